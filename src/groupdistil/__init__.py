@@ -1,0 +1,65 @@
+"""groupdistil: knowledge distillation that keeps minority groups and rare classes.
+
+The public API: per-sample loss terms, the group-risk aggregation, the online group-DRO weights, and
+the objectives built from them. Data, models, the engine and reports live in submodules.
+"""
+
+from groupdistil.errors import CheckpointError, ConfigError, DataError, UserError
+from groupdistil.losses import (
+    adjust_logits,
+    adjust_logits_weighted,
+    cross_entropy,
+    distillation,
+    logit_adjusted_cross_entropy,
+    mixed,
+    soft_cross_entropy,
+)
+from groupdistil.objectives import (
+    DRO,
+    ERM,
+    KD,
+    OBJECTIVES,
+    ClassRobustKD,
+    GroupDistil,
+    LogitAdjusted,
+    Objective,
+    ObjectiveOutput,
+    Reweight,
+    RobustTeacher,
+    build_objective,
+    objective_options,
+)
+from groupdistil.robust import GroupDRO, GroupRisks, group_risks
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DRO",
+    "ERM",
+    "KD",
+    "OBJECTIVES",
+    "CheckpointError",
+    "ClassRobustKD",
+    "ConfigError",
+    "DataError",
+    "GroupDRO",
+    "GroupDistil",
+    "GroupRisks",
+    "LogitAdjusted",
+    "Objective",
+    "ObjectiveOutput",
+    "Reweight",
+    "RobustTeacher",
+    "UserError",
+    "__version__",
+    "adjust_logits",
+    "adjust_logits_weighted",
+    "build_objective",
+    "cross_entropy",
+    "distillation",
+    "group_risks",
+    "logit_adjusted_cross_entropy",
+    "mixed",
+    "objective_options",
+    "soft_cross_entropy",
+]

@@ -1,0 +1,80 @@
+"""Argument checks shared by the public functions: each raises ``ValueError`` naming the argument."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+
+def check_temperature(temperature: float) -> float:
+    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature: expected a finite number > 0, got {temperature!r}")
+    return float(temperature)
+
+
+def check_unit_interval(name: str, value: float) -> float:
+    if not isinstance(value, (int, float)) or not (0.0 <= float(value) <= 1.0):
+        raise ValueError(f"{name}: expected a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def check_nonnegative(name: str, value: float) -> float:
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def check_logits(name: str, logits: torch.Tensor) -> None:
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"{name}: expected a (B, C) tensor, got shape {shape}")
+    if logits.shape[1] < 1:
+        raise ValueError(f"{name}: expected at least one class, got shape {tuple(logits.shape)}")
+
+
+def check_same_shape(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{name_b}: expected the shape of {name_a} {tuple(a.shape)}, got {tuple(b.shape)}"
+        )
+
+
+def check_labels(name: str, labels: torch.Tensor, batch: int, n_values: int) -> None:
+    """Check a (B,) integer tensor of ids in [0, n_values)."""
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.shape[0] != batch:
+        shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(f"{name}: expected a ({batch},) integer tensor, got shape {shape}")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():
+        raise ValueError(f"{name}: expected an integer tensor, got dtype {labels.dtype}")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n_values):
+        raise ValueError(
+            f"{name}: expected ids in [0, {n_values}), got values in "
+            f"[{int(labels.min())}, {int(labels.max())}]"
+        )
+
+
+def as_group_vector(name: str, value: float | Sequence[float] | torch.Tensor, n: int) -> torch.Tensor:
+    """A scalar or a length-n sequence as a float32 (n,) tensor."""
+    t = torch.as_tensor(value, dtype=torch.float32).flatten()
+    if t.numel() == 1:
+        t = t.expand(n).clone()
+    if t.numel() != n:
+        raise ValueError(f"{name}: expected a scalar or {n} values, got {t.numel()} values")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name}: expected finite values, got {t.tolist()}")
+    return t
+
+
+def check_distribution(name: str, value: Sequence[float] | torch.Tensor, n: int) -> torch.Tensor:
+    """A probability vector over n entries, as float32; rejects negatives and sums far from 1."""
+    t = torch.as_tensor(value, dtype=torch.float64).flatten()
+    if t.numel() != n:
+        raise ValueError(f"{name}: expected {n} probabilities, got {t.numel()} values")
+    if not torch.isfinite(t).all() or (t < 0).any() or abs(float(t.sum()) - 1.0) > 1e-4:
+        raise ValueError(
+            f"{name}: expected a distribution (non-negative, summing to 1), got sum "
+            f"{float(t.sum()):.6g} with min {float(t.min()):.6g}"
+        )
+    return (t / t.sum()).float()

@@ -1,0 +1,58 @@
+"""The typer app and the error boundary shared by every command."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from groupdistil.errors import UserError
+
+app = typer.Typer(
+    name="groupdistil",
+    help="Knowledge distillation that keeps minority groups and rare classes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+#: Modules that register commands on ``app`` when imported.
+COMMAND_MODULES = ("groupdistil.cli.data_commands",)
+
+
+def _register() -> None:
+    for name in COMMAND_MODULES:
+        importlib.import_module(name)
+
+
+def _is_usage_error(e: BaseException) -> bool:
+    # typer bundles its own click; its exceptions carry exit_code and format_message().
+    return hasattr(e, "format_message") and hasattr(e, "exit_code")
+
+
+def run_app(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code; user errors print one line and return 2."""
+    _register()
+    try:
+        result = app(args=argv, prog_name="groupdistil", standalone_mode=False)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except typer.Exit as e:
+        return int(getattr(e, "exit_code", 0) or 0)
+    except (typer.Abort, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if _is_usage_error(e):
+            print(f"error: {e.format_message()}", file=sys.stderr)  # type: ignore[attr-defined]
+            return 2
+        raise
+    return result if isinstance(result, int) else 0
+
+
+@app.callback()
+def _root() -> None:
+    """Knowledge distillation that keeps minority groups and rare classes."""

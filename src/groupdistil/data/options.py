@@ -1,0 +1,30 @@
+"""DataConfig: every dataset option, shared by the config file and the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class DataConfig(BaseModel):
+    """Which dataset to read and how. Options a dataset does not use are ignored by it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field("spurious-digits", description="dataset name (see `groupdistil datasets`)")
+    root: Path | None = Field(None, description="local copy of the data (manifest: the manifest file)")
+    data_seed: int = Field(0, description="seed of the built-in benchmarks and of derived splits")
+    group_by: list[str] | None = Field(None, description="manifest: attribute columns forming groups")
+    group_with_label: bool = Field(True, description="manifest --group-by: combine with the label")
+    features: list[str] | None = Field(None, description="manifest: numeric feature columns")
+    target_attr: str = Field("Blond_Hair", description="celeba: target attribute")
+    confounder_attr: str = Field("Male", description="celeba: confounder attribute")
+    imbalance_ratio: float = Field(100.0, gt=1.0, description="cifar*-lt: n_max / n_min")
+    task: Literal["pathology", "phase"] | None = Field(None, description="mnms: pathology or phase")
+    group_attr: Literal["vendor", "centre"] = Field("vendor", description="mnms: groups")
+    slices: Literal["central", "all"] = Field("central", description="mnms: which short-axis slices")
+    image_size: int | None = Field(None, gt=0, description="image datasets: side length after resize")
+    augment: bool = Field(False, description="random crop and flip on the training split")
+    allow_outside_root: bool = Field(False, description="manifest: allow paths outside its folder")

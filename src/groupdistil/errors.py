@@ -1,0 +1,24 @@
+"""Errors that mean "the user gave us something wrong".
+
+Library functions raise :class:`UserError` (a ``ValueError``) with a message that names the file,
+row, column or option and says what was expected and what was found. The command line turns it into
+one line on stderr and exit code 2; nothing else in the code base prints tracebacks for user mistakes.
+"""
+
+from __future__ import annotations
+
+
+class UserError(ValueError):
+    """Bad input from the user: a file, value or option that is not what we expected."""
+
+
+class DataError(UserError):
+    """A dataset file, column, row or image that is missing or malformed."""
+
+
+class ConfigError(UserError):
+    """A configuration key or value that is unknown or of the wrong type."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint that is missing, corrupt, or not written by groupdistil."""

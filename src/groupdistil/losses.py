@@ -1,0 +1,167 @@
+"""Per-sample loss terms.
+
+Every function here returns a vector of B values (``reduction="none"``) so that any aggregation (mean,
+reweighting, online group DRO) can sit on top. All terms are computed in float32 with ``log_softmax``
+whatever the dtype of the logits, so mixed-precision models still get stable losses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from groupdistil._validate import (
+    check_distribution,
+    check_labels,
+    check_logits,
+    check_same_shape,
+    check_temperature,
+    check_unit_interval,
+)
+
+
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample cross-entropy ``-log softmax(logits)[y]``.
+
+    Args:
+        logits: (B, C) student logits, any floating dtype.
+        y: (B,) integer labels in [0, C).
+
+    Returns:
+        (B,) float32 losses.
+    """
+    check_logits("logits", logits)
+    check_labels("y", y, logits.shape[0], logits.shape[1])
+    return F.cross_entropy(logits.float(), y.long(), reduction="none")
+
+
+def distillation(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0
+) -> torch.Tensor:
+    """Per-sample distillation ``T^2 * KL(softmax(t/T) || softmax(s/T))`` (Hinton et al.).
+
+    The ``T^2`` factor keeps the gradient scale independent of the temperature. The teacher side is
+    treated as a constant target: no gradient flows into ``teacher_logits``.
+
+    Args:
+        student_logits: (B, C) logits of the student.
+        teacher_logits: (B, C) logits of the teacher.
+        temperature: T > 0.
+
+    Returns:
+        (B,) float32 losses, each >= 0.
+    """
+    t = check_temperature(temperature)
+    check_logits("student_logits", student_logits)
+    check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
+    log_s = F.log_softmax(student_logits.float() / t, dim=1)
+    log_t = F.log_softmax(teacher_logits.detach().float() / t, dim=1)
+    return (t * t) * F.kl_div(log_s, log_t, reduction="none", log_target=True).sum(dim=1)
+
+
+def soft_cross_entropy(
+    student_logits: torch.Tensor, target_probs: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """Per-sample ``-T^2 * sum_k p_k log softmax(s/T)_k`` against fixed target probabilities.
+
+    It differs from :func:`distillation` by the teacher's entropy times ``T^2``, a constant in the
+    student, so both give the same gradients.
+
+    Args:
+        student_logits: (B, C).
+        target_probs: (B, C) rows on the simplex.
+        temperature: T > 0.
+
+    Returns:
+        (B,) float32 losses.
+    """
+    t = check_temperature(temperature)
+    check_logits("student_logits", student_logits)
+    check_same_shape("student_logits", student_logits, "target_probs", target_probs)
+    log_s = F.log_softmax(student_logits.float() / t, dim=1)
+    return -(t * t) * (target_probs.detach().float() * log_s).sum(dim=1)
+
+
+def mixed(
+    ce: torch.Tensor, kd: torch.Tensor, alpha: float
+) -> torch.Tensor:
+    """``(1 - alpha) * ce + alpha * kd``: alpha = 0 ignores the teacher, alpha = 1 uses only it.
+
+    Args:
+        ce: (B,) cross-entropy terms.
+        kd: (B,) distillation terms.
+        alpha: teacher weight in [0, 1].
+
+    Returns:
+        (B,) float32.
+    """
+    a = check_unit_interval("alpha", alpha)
+    check_same_shape("ce", ce, "kd", kd)
+    return (1.0 - a) * ce + a * kd
+
+
+def _log_prior(class_prior: Sequence[float] | torch.Tensor, n_classes: int) -> torch.Tensor:
+    prior = check_distribution("class_prior", class_prior, n_classes)
+    # A class with prior 0 would give -inf; clamping keeps the adjustment finite and very large.
+    return prior.clamp_min(1e-12).log()
+
+
+def adjust_logits(
+    logits: torch.Tensor, class_prior: Sequence[float] | torch.Tensor, tau: float = 1.0
+) -> torch.Tensor:
+    """Post-hoc logit adjustment towards balanced error: ``logits - tau * log(pi)``.
+
+    Args:
+        logits: (B, C) teacher logits.
+        class_prior: (C,) training class frequencies pi.
+        tau: adjustment strength (1 for the balanced-error Bayes rule).
+
+    Returns:
+        (B, C) float32 adjusted logits.
+    """
+    check_logits("logits", logits)
+    log_pi = _log_prior(class_prior, logits.shape[1]).to(logits.device)
+    return logits.float() - float(tau) * log_pi
+
+
+def adjust_logits_weighted(
+    logits: torch.Tensor,
+    class_weights: Sequence[float] | torch.Tensor,
+    class_prior: Sequence[float] | torch.Tensor,
+) -> torch.Tensor:
+    """Post-hoc adjustment for a weighted (worst-class) objective: ``logits - log(lambda / pi)``.
+
+    Args:
+        logits: (B, C) teacher logits.
+        class_weights: (C,) lambda on the simplex (e.g. from worst-class training).
+        class_prior: (C,) training class frequencies pi.
+
+    Returns:
+        (B, C) float32 adjusted logits.
+    """
+    check_logits("logits", logits)
+    n = logits.shape[1]
+    lam = check_distribution("class_weights", class_weights, n).clamp_min(1e-12)
+    log_pi = _log_prior(class_prior, n)
+    return logits.float() - (lam.log() - log_pi).to(logits.device)
+
+
+def logit_adjusted_cross_entropy(
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    class_prior: Sequence[float] | torch.Tensor,
+    tau: float = 1.0,
+) -> torch.Tensor:
+    """Per-sample logit-adjusted loss ``ce(s + tau * log pi, y)`` (Menon et al.), for balanced teachers.
+
+    Args:
+        logits: (B, C); y: (B,) labels; class_prior: (C,); tau: strength.
+
+    Returns:
+        (B,) float32.
+    """
+    check_logits("logits", logits)
+    log_pi = _log_prior(class_prior, logits.shape[1]).to(logits.device)
+    return cross_entropy(logits.float() + float(tau) * log_pi, y)

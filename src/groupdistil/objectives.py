@@ -1,0 +1,541 @@
+"""Training objectives: each is a per-sample term paired with an aggregation.
+
+=================  ======================  ===================================  ============
+name               per-sample term         aggregation                          groups
+=================  ======================  ===================================  ============
+``erm``            ce                      mean                                 none
+``reweight``       ce                      weighted mean, weight 1 / n_{g_i}   data groups
+``group-dro``      ce                      online group DRO                     data groups
+``balanced``       logit-adjusted ce       mean                                 none
+``robust-teacher`` ce(s + tau log pi - log lambda)  mean, lambda from validation  classes
+``kd``             (1-alpha) ce + alpha kd mean                                 none
+``groupdistil``    (1-alpha) ce + alpha kd online group DRO                     data groups
+``class-robust-kd`` per-class risks R_k    standard | balanced | robust | tradeoff  classes
+=================  ======================  ===================================  ============
+
+Every objective is called as ``objective(student_logits, y, groups, teacher_logits)`` and returns an
+:class:`ObjectiveOutput`: the scalar loss plus per-group loss, count and current weights for logging.
+No objective has a training loop of its own; the engine drives them all the same way.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from groupdistil import distributed
+from groupdistil._validate import (
+    as_group_vector,
+    check_distribution,
+    check_labels,
+    check_logits,
+    check_nonnegative,
+    check_same_shape,
+    check_temperature,
+    check_unit_interval,
+)
+from groupdistil.losses import cross_entropy, distillation, logit_adjusted_cross_entropy
+from groupdistil.robust import EPS, GroupDRO, GroupRisks, group_risks
+
+Term = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+class ObjectiveOutput(NamedTuple):
+    """What an objective returns.
+
+    Attributes:
+        loss: scalar float32 loss to back-propagate.
+        group_loss: (G,) mean loss per group in this batch (0 where absent); empty without groups.
+        group_count: (G,) samples (or soft mass) per group in this batch.
+        weights: (G,) current group weights (q or lambda) for robust objectives, else None.
+    """
+
+    loss: torch.Tensor
+    group_loss: torch.Tensor
+    group_count: torch.Tensor
+    weights: torch.Tensor | None
+
+
+def _empty() -> torch.Tensor:
+    return torch.zeros(0)
+
+
+def _global_mean_parts(
+    values: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Weighted mean whose value and gradient equal those on the global batch under DDP."""
+    w = torch.ones_like(values) if weights is None else weights
+    num = distributed.global_sum_with_local_grad((w * values).sum())
+    den = distributed.all_reduce_sum(w.sum().detach())
+    return num / den.clamp_min(EPS)
+
+
+def _logged_risks(losses: torch.Tensor, groups: torch.Tensor | None, n_groups: int | None) -> GroupRisks:
+    if groups is None or n_groups is None:
+        return GroupRisks(_empty(), _empty(), _empty())
+    r = group_risks(losses.detach(), groups, n_groups)
+    if distributed.is_distributed():
+        sums, counts = distributed.all_reduce_sum(r.sums), distributed.all_reduce_sum(r.counts)
+        return GroupRisks(sums, counts, sums / counts.clamp_min(EPS))
+    return r
+
+
+class Objective(nn.Module):
+    """Base class: ``loss = aggregate(term(s, y, t), groups) [+ mean(extra_term(s, y, t))]``.
+
+    Subclasses set ``requires_teacher`` and implement :meth:`per_sample` and :meth:`aggregate`.
+    """
+
+    requires_teacher: bool = False
+    #: K when the objective wants :meth:`update_from_validation` every K steps, else None.
+    validation_every: int | None = None
+
+    def __init__(self, n_groups: int | None = None) -> None:
+        super().__init__()
+        self.n_groups = n_groups
+
+    def per_sample(
+        self, student_logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(robust part (B,), plain part (B,) or None): the first is aggregated, the second averaged."""
+        raise NotImplementedError
+
+    def aggregate(self, losses: torch.Tensor, groups: torch.Tensor | None) -> ObjectiveOutput:
+        r = _logged_risks(losses, groups, self.n_groups)
+        return ObjectiveOutput(_global_mean_parts(losses), r.means, r.counts, None)
+
+    def _check_inputs(
+        self,
+        student_logits: torch.Tensor,
+        y: torch.Tensor,
+        groups: torch.Tensor | None,
+        teacher_logits: torch.Tensor | None,
+    ) -> None:
+        check_logits("student_logits", student_logits)
+        check_labels("y", y, student_logits.shape[0], student_logits.shape[1])
+        if groups is not None and self.n_groups is not None:
+            check_labels("groups", groups, student_logits.shape[0], self.n_groups)
+        if self.requires_teacher:
+            if teacher_logits is None:
+                raise ValueError(f"teacher_logits: {type(self).__name__} needs teacher logits")
+            check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
+
+    def forward(
+        self,
+        student_logits: torch.Tensor,
+        y: torch.Tensor,
+        groups: torch.Tensor | None = None,
+        teacher_logits: torch.Tensor | None = None,
+    ) -> ObjectiveOutput:
+        """Loss of a batch.
+
+        Args:
+            student_logits: (B, C). y: (B,) labels. groups: (B,) group ids (needed by group
+                objectives). teacher_logits: (B, C) (needed when ``requires_teacher``).
+        """
+        self._check_inputs(student_logits, y, groups, teacher_logits)
+        robust_part, plain_part = self.per_sample(student_logits, y, teacher_logits)
+        out = self.aggregate(robust_part, groups)
+        if plain_part is not None:
+            out = out._replace(loss=out.loss + _global_mean_parts(plain_part))
+        return out
+
+    def update_from_validation(self, per_group_error: torch.Tensor) -> None:
+        """Objectives with validation-driven weights override this."""
+        raise NotImplementedError(f"{type(self).__name__} has no validation-driven weights")
+
+
+class _DROMixin:
+    """Aggregation by online group DRO over hard data groups."""
+
+    dro: GroupDRO
+    n_groups: int | None
+
+    def aggregate(self, losses: torch.Tensor, groups: torch.Tensor | None) -> ObjectiveOutput:
+        if groups is None:
+            raise ValueError(f"groups: {type(self).__name__} needs a group id per sample")
+        r = group_risks(losses, groups, self.n_groups)
+        loss, stats = self.dro.robust_loss(r.sums, r.counts)
+        return ObjectiveOutput(loss, stats.means, stats.counts, self.dro.q.detach().clone())
+
+
+def _make_dro(
+    n_groups: int,
+    step_size: float,
+    group_counts: Sequence[float] | torch.Tensor | None,
+    adjustment: float | Sequence[float],
+    normalize_loss: bool,
+) -> GroupDRO:
+    return GroupDRO(
+        n_groups,
+        step_size=step_size,
+        group_counts=group_counts,
+        adjustment=adjustment,
+        normalize_loss=normalize_loss,
+    )
+
+
+class ERM(Objective):
+    """Empirical risk minimisation: mean cross-entropy. ``n_groups`` only enables per-group logs."""
+
+    def per_sample(self, student_logits, y, teacher_logits):
+        return cross_entropy(student_logits, y), None
+
+
+class Reweight(Objective):
+    """Cross-entropy averaged with weight ``1 / n_{g_i}`` (normalised over the batch).
+
+    Args:
+        group_counts: (G,) training samples per group.
+    """
+
+    inv_counts: torch.Tensor
+
+    def __init__(self, group_counts: Sequence[float] | torch.Tensor) -> None:
+        counts = torch.as_tensor(group_counts, dtype=torch.float32).flatten()
+        super().__init__(n_groups=int(counts.numel()))
+        counts = as_group_vector("group_counts", counts, int(counts.numel()))
+        if (counts < 0).any() or counts.sum() <= 0:
+            raise ValueError(f"group_counts: expected non-negative counts, got {counts.tolist()}")
+        self.register_buffer("inv_counts", torch.where(counts > 0, 1.0 / counts.clamp_min(1), 0.0))
+
+    def per_sample(self, student_logits, y, teacher_logits):
+        return cross_entropy(student_logits, y), None
+
+    def aggregate(self, losses, groups):
+        if groups is None:
+            raise ValueError("groups: Reweight needs a group id per sample")
+        r = _logged_risks(losses, groups, self.n_groups)
+        loss = _global_mean_parts(losses, self.inv_counts[groups.long()])
+        return ObjectiveOutput(loss, r.means, r.counts, None)
+
+
+class DRO(_DROMixin, Objective):
+    """Group DRO on cross-entropy, no teacher (Sagawa et al.). Options as :class:`GroupDRO`."""
+
+    def __init__(
+        self,
+        n_groups: int,
+        step_size: float = 0.01,
+        group_counts: Sequence[float] | torch.Tensor | None = None,
+        adjustment: float | Sequence[float] = 0.0,
+        normalize_loss: bool = False,
+    ) -> None:
+        super().__init__(n_groups=n_groups)
+        self.dro = _make_dro(n_groups, step_size, group_counts, adjustment, normalize_loss)
+
+    def per_sample(self, student_logits, y, teacher_logits):
+        return cross_entropy(student_logits, y), None
+
+
+class KD(Objective):
+    """Plain distillation: mean of ``(1 - alpha) ce + alpha T^2 KL(t || s)``.
+
+    Args:
+        alpha: teacher weight in [0, 1]. temperature: T > 0. n_groups: only for per-group logs.
+    """
+
+    def __init__(self, alpha: float = 0.5, temperature: float = 4.0, n_groups: int | None = None):
+        super().__init__(n_groups=n_groups)
+        self.alpha = check_unit_interval("alpha", alpha)
+        self.temperature = check_temperature(temperature)
+        self.requires_teacher = self.alpha > 0
+
+    def per_sample(self, student_logits, y, teacher_logits):
+        ce = cross_entropy(student_logits, y)
+        if self.alpha == 0:
+            return ce, None
+        kd = distillation(student_logits, teacher_logits, self.temperature)
+        return (1 - self.alpha) * ce + self.alpha * kd, None
+
+
+DRO_ON = ("both", "kd", "ce")
+
+
+class GroupDistil(_DROMixin, Objective):
+    """GroupDistil (Vilouras et al., 2023): distillation loss aggregated by online group DRO.
+
+    ``dro_on`` picks what the group weights apply to: ``both`` (the whole mix, default), ``kd`` (the
+    distillation term; cross-entropy is averaged) or ``ce`` (the reverse).
+
+    Args:
+        n_groups: G. alpha: teacher weight in [0, 1]. temperature: T > 0. step_size: eta.
+        group_counts, adjustment, normalize_loss: as :class:`GroupDRO`. dro_on: both | kd | ce.
+    """
+
+    def __init__(
+        self,
+        n_groups: int,
+        alpha: float = 0.5,
+        temperature: float = 4.0,
+        step_size: float = 0.01,
+        group_counts: Sequence[float] | torch.Tensor | None = None,
+        adjustment: float | Sequence[float] = 0.0,
+        normalize_loss: bool = False,
+        dro_on: str = "both",
+    ) -> None:
+        super().__init__(n_groups=n_groups)
+        self.alpha = check_unit_interval("alpha", alpha)
+        self.temperature = check_temperature(temperature)
+        if dro_on not in DRO_ON:
+            raise ValueError(f"dro_on: expected one of {', '.join(DRO_ON)}, got {dro_on!r}")
+        self.dro_on = dro_on
+        self.requires_teacher = self.alpha > 0
+        self.dro = _make_dro(n_groups, step_size, group_counts, adjustment, normalize_loss)
+
+    def per_sample(self, student_logits, y, teacher_logits):
+        ce = (1 - self.alpha) * cross_entropy(student_logits, y)
+        if self.alpha == 0:
+            return ce, None
+        kd = self.alpha * distillation(student_logits, teacher_logits, self.temperature)
+        if self.dro_on == "both":
+            return ce + kd, None
+        return (kd, ce) if self.dro_on == "kd" else (ce, kd)
+
+
+class LogitAdjusted(Objective):
+    """Balanced teacher: mean logit-adjusted loss ``ce(s + tau log pi, y)`` (Menon et al.).
+
+    Args:
+        class_prior: (C,) training class frequencies. tau: strength (default 1).
+    """
+
+    log_prior: torch.Tensor
+
+    def __init__(self, class_prior: Sequence[float] | torch.Tensor, tau: float = 1.0) -> None:
+        super().__init__()
+        prior = torch.as_tensor(class_prior, dtype=torch.float32).flatten()
+        self.register_buffer("prior", check_distribution("class_prior", prior, prior.numel()))
+        self.tau = float(tau)
+
+    def per_sample(self, student_logits, y, teacher_logits):
+        return logit_adjusted_cross_entropy(student_logits, y, self.prior, self.tau), None
+
+
+class RobustTeacher(Objective):
+    """Worst-class teacher (Narasimhan & Menon, 2021): mean ``ce(s + tau log pi - log lambda, y)``.
+
+    lambda lives on the simplex over classes and is moved by exponentiated gradient on the per-class
+    0-1 error of a validation batch every ``validation_every`` steps (the engine calls
+    :meth:`update_from_validation`).
+
+    Args:
+        class_prior: (C,). tau: logit adjustment. step_size: eta for lambda (0.1 in the paper).
+        validation_every: K (32 in the paper).
+    """
+
+    prior: torch.Tensor
+
+    def __init__(
+        self,
+        class_prior: Sequence[float] | torch.Tensor,
+        tau: float = 1.0,
+        step_size: float = 0.1,
+        validation_every: int = 32,
+    ) -> None:
+        super().__init__()
+        prior = torch.as_tensor(class_prior, dtype=torch.float32).flatten()
+        prior = check_distribution("class_prior", prior, prior.numel())
+        self.register_buffer("prior", prior)
+        self.n_groups = int(prior.numel())
+        self.tau = float(tau)
+        if int(validation_every) < 1:
+            raise ValueError(f"validation_every: expected an integer >= 1, got {validation_every}")
+        self.validation_every = int(validation_every)
+        self.dro = GroupDRO(self.n_groups, step_size=step_size, group_counts=prior)
+
+    def per_sample(self, student_logits, y, teacher_logits):
+        shift = self.tau * self.prior.clamp_min(1e-12).log() - self.dro.q.clamp_min(1e-12).log()
+        return cross_entropy(student_logits.float() + shift, y), None
+
+    def aggregate(self, losses, groups):
+        out = super().aggregate(losses, None)
+        return out._replace(weights=self.dro.q.detach().clone())
+
+    def forward(self, student_logits, y, groups=None, teacher_logits=None):
+        # The groups of this objective are the classes, whatever the data's grouping.
+        return super().forward(student_logits, y, y, teacher_logits)
+
+    def update_from_validation(self, per_group_error: torch.Tensor) -> None:
+        """EG step on lambda from a (C,) vector of per-class 0-1 validation error."""
+        self.dro.update(per_group_error.float().to(self.dro.q.device))
+
+
+CLASS_ROBUST_MODES = ("standard", "balanced", "robust", "tradeoff")
+
+
+class ClassRobustKD(Objective):
+    """Class-robust distillation (Wang et al., 2023; reconstruction described in docs/methods.md).
+
+    Per-class risk with the teacher's probabilities as soft class membership:
+    ``R_k = [(1-alpha) sum_i 1(y_i=k) ce_ik + alpha sum_i p_ik T^2 (-log softmax(s_i/T)_k)] / (B pi_k)``.
+
+    Modes: ``standard`` = sum_k pi_k R_k (plain distillation), ``balanced`` = mean_k R_k, ``robust`` =
+    sum_k lambda_k R_k with lambda updated by EG (from the training batch, or from validation error
+    every ``validation_every`` steps when ``lambda_source="val"``), ``tradeoff`` =
+    (1 - beta) standard + beta robust.
+
+    Args:
+        n_classes: C. class_prior: (C,) training class frequencies. alpha, temperature: as KD.
+        mode: see above. beta: tradeoff in [0, 1]. step_size: eta for lambda.
+        lambda_source: ``train`` or ``val``. validation_every: K for ``val``.
+    """
+
+    prior: torch.Tensor
+
+    def __init__(
+        self,
+        n_classes: int,
+        class_prior: Sequence[float] | torch.Tensor,
+        alpha: float = 0.5,
+        temperature: float = 4.0,
+        mode: str = "robust",
+        beta: float = 1.0,
+        step_size: float = 0.01,
+        lambda_source: str = "train",
+        validation_every: int = 32,
+    ) -> None:
+        super().__init__(n_groups=n_classes)
+        if not isinstance(n_classes, int) or n_classes < 1:
+            raise ValueError(f"n_classes: expected an integer >= 1, got {n_classes!r}")
+        self.register_buffer("prior", check_distribution("class_prior", class_prior, n_classes))
+        self.alpha = check_unit_interval("alpha", alpha)
+        self.temperature = check_temperature(temperature)
+        if mode not in CLASS_ROBUST_MODES:
+            raise ValueError(f"mode: expected one of {', '.join(CLASS_ROBUST_MODES)}, got {mode!r}")
+        self.mode = mode
+        self.beta = check_unit_interval("beta", beta)
+        if lambda_source not in ("train", "val"):
+            raise ValueError(f"lambda_source: expected train or val, got {lambda_source!r}")
+        self.lambda_source = lambda_source
+        check_nonnegative("step_size", step_size)
+        uses_lambda = mode == "robust" or (mode == "tradeoff" and self.beta > 0)
+        if lambda_source == "val" and uses_lambda:
+            if int(validation_every) < 1:
+                raise ValueError(f"validation_every: expected >= 1, got {validation_every}")
+            self.validation_every = int(validation_every)
+        self.requires_teacher = True
+        # lambda shares group DRO's EG update; on the training batch it moves only in "train" mode.
+        # sync=False: the sums and denominators reaching it are already global.
+        self.dro = GroupDRO(n_classes, step_size=step_size, group_counts=self.prior, sync=False)
+
+    def class_risks(
+        self, student_logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Numerators (C,) of R_k and their denominators B * pi_k (C,), float32."""
+        t = self.temperature
+        s = student_logits.float()
+        ce = cross_entropy(s, y)
+        label_part = torch.zeros(s.shape[1], device=s.device).index_add_(0, y.long(), ce)
+        p = torch.softmax(teacher_logits.detach().float() / t, dim=1)
+        tea = -(t * t) * torch.log_softmax(s / t, dim=1)
+        teacher_part = (p * tea).sum(dim=0)
+        sums = (1 - self.alpha) * label_part + self.alpha * teacher_part
+        return sums, s.shape[0] * self.prior.to(s.device)
+
+    def forward(self, student_logits, y, groups=None, teacher_logits=None):
+        self._check_inputs(student_logits, y, None, teacher_logits)
+        sums, denom = self.class_risks(student_logits, y, teacher_logits)
+        if distributed.is_distributed():
+            sums = distributed.global_sum_with_local_grad(sums)
+            denom = distributed.all_reduce_sum(denom)
+        risks = sums / denom.clamp_min(EPS)
+        standard = (self.prior * risks).sum()
+        if self.mode == "standard":
+            loss = standard
+        elif self.mode == "balanced":
+            loss = risks.mean()
+        else:
+            self.dro.train(self.training and self.lambda_source == "train")
+            robust, _ = self.dro.robust_loss(sums, denom)
+            loss = robust if self.mode == "robust" else (1 - self.beta) * standard + self.beta * robust
+        counts = torch.bincount(y.long(), minlength=self.n_groups).float()
+        counts = distributed.all_reduce_sum(counts)
+        return ObjectiveOutput(loss, risks.detach(), counts, self.dro.q.detach().clone())
+
+    def update_from_validation(self, per_group_error: torch.Tensor) -> None:
+        """EG step on lambda from a (C,) vector of per-class 0-1 validation error."""
+        self.dro.update(per_group_error.float().to(self.dro.q.device))
+
+
+# ---- construction by name (used by the CLI and configs) ----------------------------------------
+
+OBJECTIVES: dict[str, type[Objective]] = {
+    "erm": ERM,
+    "reweight": Reweight,
+    "group-dro": DRO,
+    "balanced": LogitAdjusted,
+    "robust-teacher": RobustTeacher,
+    "kd": KD,
+    "groupdistil": GroupDistil,
+    "class-robust-kd": ClassRobustKD,
+}
+
+#: Arguments that come from the dataset, not from the user's options.
+CONTEXT_KEYS = ("n_groups", "n_classes", "group_counts", "class_prior")
+
+
+def objective_options(name: str) -> dict[str, Any]:
+    """The user-settable options of an objective and their defaults."""
+    cls = _lookup(name)
+    params = inspect.signature(cls.__init__).parameters
+    return {
+        k: p.default
+        for k, p in params.items()
+        if k != "self" and k not in CONTEXT_KEYS
+    }
+
+
+def _lookup(name: str) -> type[Objective]:
+    if name not in OBJECTIVES:
+        raise ValueError(f"objective: unknown name {name!r}; expected one of {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name]
+
+
+def build_objective(
+    name: str,
+    *,
+    n_groups: int | None = None,
+    n_classes: int | None = None,
+    group_counts: Sequence[float] | torch.Tensor | None = None,
+    class_prior: Sequence[float] | torch.Tensor | None = None,
+    **options: Any,
+) -> Objective:
+    """Build an objective from its name, the dataset's facts and user options.
+
+    Args:
+        name: one of :data:`OBJECTIVES`.
+        n_groups, n_classes, group_counts, class_prior: facts of the training split; each objective
+            takes those it needs.
+        **options: the objective's own options (e.g. ``alpha``, ``temperature``, ``step_size``).
+
+    Raises:
+        ValueError: unknown name or option, naming the valid ones.
+    """
+    cls = _lookup(name)
+    allowed = objective_options(name)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"objective {name}: unknown option {unknown[0]!r}; expected one of "
+            f"{', '.join(allowed) or '(none)'}"
+        )
+    params = inspect.signature(cls.__init__).parameters
+    context = {
+        "n_groups": n_groups,
+        "n_classes": n_classes,
+        "group_counts": group_counts,
+        "class_prior": class_prior,
+    }
+    kwargs = {k: v for k, v in context.items() if k in params and v is not None}
+    missing = [
+        k for k in CONTEXT_KEYS
+        if k in params and k not in kwargs and params[k].default is inspect.Parameter.empty
+    ]
+    if missing:
+        raise ValueError(f"objective {name}: needs {missing[0]} from the dataset")
+    return cls(**kwargs, **options)

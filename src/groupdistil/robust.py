@@ -1,0 +1,192 @@
+"""Group risks and the online group-DRO weight vector (Sagawa et al., 2020).
+
+``group_risks`` is the one aggregation every robust objective shares. ``GroupDRO`` owns the weight
+vector ``q`` on the simplex (a buffer: it is checkpointed and, under DDP, identical on every rank).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from groupdistil import distributed
+from groupdistil._validate import as_group_vector, check_labels, check_nonnegative
+
+EPS = 1e-12
+
+
+class GroupRisks(NamedTuple):
+    """Per-group statistics of one batch, all float32 of shape (G,)."""
+
+    sums: torch.Tensor  # sum_i m[i, g] * l_i
+    counts: torch.Tensor  # sum_i m[i, g]
+    means: torch.Tensor  # sums / max(counts, eps); 0 for a group absent from the batch
+
+
+def group_risks(
+    losses: torch.Tensor,
+    groups: torch.Tensor | None = None,
+    n_groups: int | None = None,
+    membership: torch.Tensor | None = None,
+) -> GroupRisks:
+    """Per-group sums, counts and means of per-sample losses.
+
+    Hard groups use ``index_add_`` and ``bincount`` (O(B + G), no B x G matrix); soft membership is a
+    dense (B, G) matrix and costs O(B * G).
+
+    Args:
+        losses: (B,) per-sample losses (any float dtype; accumulated in float32).
+        groups: (B,) group ids in [0, n_groups), for hard groups.
+        n_groups: G, required with ``groups``.
+        membership: (B, G) non-negative weights ``m[i, g]``, instead of ``groups``.
+
+    Returns:
+        :class:`GroupRisks` with (G,) float32 tensors.
+    """
+    if losses.dim() != 1:
+        raise ValueError(f"losses: expected a (B,) tensor, got shape {tuple(losses.shape)}")
+    values = losses.float()
+    if (groups is None) == (membership is None):
+        raise ValueError("group_risks: pass exactly one of groups (with n_groups) or membership")
+    if groups is not None:
+        if n_groups is None or n_groups < 1:
+            raise ValueError(f"n_groups: expected an integer >= 1, got {n_groups!r}")
+        check_labels("groups", groups, values.shape[0], n_groups)
+        idx = groups.long()
+        sums = torch.zeros(n_groups, dtype=torch.float32, device=values.device).index_add_(
+            0, idx, values
+        )
+        counts = torch.bincount(idx, minlength=n_groups).to(torch.float32)
+    else:
+        assert membership is not None
+        if membership.dim() != 2 or membership.shape[0] != values.shape[0]:
+            raise ValueError(
+                f"membership: expected a ({values.shape[0]}, G) tensor, got {tuple(membership.shape)}"
+            )
+        if n_groups is not None and membership.shape[1] != n_groups:
+            raise ValueError(
+                f"membership: expected {n_groups} columns, got {membership.shape[1]}"
+            )
+        m = membership.float()
+        sums = m.t() @ values
+        counts = m.sum(dim=0)
+    return GroupRisks(sums, counts, sums / counts.clamp_min(EPS))
+
+
+class GroupDRO(nn.Module):
+    """Online group DRO: exponentiated-gradient weights over groups, updated every training step.
+
+    Each training step (``self.training``): ``a_g = L_g + C_g / sqrt(n_g)``; optionally
+    ``a <- a / sum(a)``; ``q <- q * exp(step_size * a)`` renormalised; the returned loss is
+    ``sum_g q_g L_g`` with the *updated* q. In eval mode q is left unchanged.
+
+    Args:
+        n_groups: G.
+        step_size: eta >= 0 (0 keeps q fixed: a static group weighting).
+        group_counts: (G,) training samples per group. Groups with count 0 get weight 0 forever;
+            the generalisation adjustment needs these counts.
+        adjustment: C, a scalar or one value per group; 0 for a group means no adjustment there.
+        normalize_loss: divide the adjusted losses by their sum before the update.
+        sync: all-reduce per-group sums and counts across ranks when running distributed.
+    """
+
+    q: torch.Tensor
+    adjustment: torch.Tensor
+    group_counts: torch.Tensor
+
+    def __init__(
+        self,
+        n_groups: int,
+        step_size: float = 0.01,
+        group_counts: Sequence[float] | torch.Tensor | None = None,
+        adjustment: float | Sequence[float] | torch.Tensor = 0.0,
+        normalize_loss: bool = False,
+        sync: bool = True,
+    ) -> None:
+        super().__init__()
+        if not isinstance(n_groups, int) or n_groups < 1:
+            raise ValueError(f"n_groups: expected an integer >= 1, got {n_groups!r}")
+        self.n_groups = n_groups
+        self.step_size = check_nonnegative("step_size", step_size)
+        self.normalize_loss = bool(normalize_loss)
+        self.sync = sync
+        adj = as_group_vector("adjustment", adjustment, n_groups)
+        if (adj < 0).any():
+            raise ValueError(f"adjustment: expected values >= 0, got {adj.tolist()}")
+        if group_counts is None:
+            if (adj > 0).any():
+                raise ValueError("adjustment: needs group_counts (the training samples per group)")
+            counts = torch.ones(n_groups)
+        else:
+            counts = as_group_vector("group_counts", group_counts, n_groups)
+            if (counts < 0).any() or counts.sum() <= 0:
+                raise ValueError(
+                    f"group_counts: expected non-negative counts with a positive total, "
+                    f"got {counts.tolist()}"
+                )
+        present = counts > 0
+        self.register_buffer("group_counts", counts)
+        self.register_buffer("adjustment", adj)
+        self.register_buffer("q", present.float() / present.float().sum())
+
+    def extra_repr(self) -> str:
+        return (
+            f"n_groups={self.n_groups}, step_size={self.step_size}, "
+            f"normalize_loss={self.normalize_loss}"
+        )
+
+    def _adjusted(self, means: torch.Tensor) -> torch.Tensor:
+        bonus = torch.where(
+            (self.adjustment > 0) & (self.group_counts > 0),
+            self.adjustment / self.group_counts.clamp_min(1.0).sqrt(),
+            torch.zeros_like(self.adjustment),
+        )
+        a = means.detach() + bonus
+        if self.normalize_loss:
+            total = a.sum()
+            a = a / total if total > 0 else a
+        return a
+
+    @torch.no_grad()
+    def update(self, means: torch.Tensor) -> None:
+        """One exponentiated-gradient step on q from per-group mean losses (G,)."""
+        a = self._adjusted(means.float())
+        # In log space: q * exp(eta * a) overflows for large losses, the log-sum-exp form does not.
+        # Groups with q = 0 have log q = -inf and stay at 0.
+        logits = self.q.log() + self.step_size * a
+        self.q.copy_(torch.softmax(logits, dim=0))
+
+    def robust_loss(self, sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, GroupRisks]:
+        """Update q (in training mode) from per-group sums and counts and return ``sum_g q_g L_g``.
+
+        Under DDP the sums and counts are first summed over ranks, so q is the same everywhere and
+        the gradient equals the single-process gradient on the global batch.
+
+        Args:
+            sums: (G,) per-group loss sums on this rank (with autograd).
+            counts: (G,) per-group sample counts (or soft masses) on this rank.
+
+        Returns:
+            The scalar loss and the (global) :class:`GroupRisks` it was computed from.
+        """
+        if self.sync and distributed.is_distributed():
+            sums = distributed.global_sum_with_local_grad(sums)
+            counts = distributed.all_reduce_sum(counts.detach())
+        means = sums / counts.clamp_min(EPS)
+        if self.training:
+            self.update(means)
+        loss = (self.q.to(means.dtype) * means).sum()
+        return loss, GroupRisks(sums.detach(), counts.detach(), means.detach())
+
+    def forward(
+        self,
+        losses: torch.Tensor,
+        groups: torch.Tensor | None = None,
+        membership: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Robust loss from per-sample losses (B,) and hard group ids (B,) or membership (B, G)."""
+        r = group_risks(losses, groups, self.n_groups, membership)
+        return self.robust_loss(r.sums, r.counts)[0]

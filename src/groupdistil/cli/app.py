@@ -19,12 +19,20 @@ app = typer.Typer(
 )
 
 #: Modules that register commands on ``app`` when imported.
-COMMAND_MODULES = ("groupdistil.cli.data_commands",)
+COMMAND_MODULES = (
+    "groupdistil.cli.data_commands",
+    "groupdistil.cli.train_commands",
+    "groupdistil.cli.report_commands",
+)
 
 
 def _register() -> None:
     for name in COMMAND_MODULES:
-        importlib.import_module(name)
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:  # only a command module not written yet is optional
+                raise
 
 
 def _is_usage_error(e: BaseException) -> bool:

@@ -22,3 +22,8 @@ class ConfigError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint that is missing, corrupt, or not written by groupdistil."""
+
+
+class NumericalError(RuntimeError):
+    """Training produced a non-finite loss or logit; the message names the step and the last good
+    checkpoint. The command line prints it as one line and exits with code 3."""

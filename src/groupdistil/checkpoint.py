@@ -1,0 +1,104 @@
+"""Checkpoints: written atomically, read with ``weights_only=True``.
+
+A checkpoint is a plain dict of tensors and primitives (no pickled classes), tagged with
+``format = "groupdistil-checkpoint"``, so loading never runs code from the file.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from groupdistil.errors import CheckpointError
+
+FORMAT = "groupdistil-checkpoint"
+VERSION = 1
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Write a file atomically: ``write(fileobj)`` into a temporary file, fsync, rename.
+
+    A process killed at any moment leaves either the old file or the new one, never a truncated one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable; not every file system allows opening a directory.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Atomically save ``payload`` (tensors, dicts, lists, numbers, strings) tagged with our format."""
+    data = {"format": FORMAT, "version": VERSION, **payload}
+    atomic_write(Path(path), lambda f: torch.save(data, f))
+
+
+def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and validate a groupdistil checkpoint.
+
+    Raises:
+        CheckpointError: missing file, corrupt file, a file that needs code to load, or a file that
+            is not a groupdistil checkpoint; the message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
+        raise CheckpointError(
+            f"{path}: refused to load (weights_only=True allows only tensors and plain data): {first}"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, AttributeError) as e:
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a groupdistil checkpoint (expected format {FORMAT!r})")
+    if data.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {data.get('version')!r}, expected {VERSION}")
+    missing = [k for k in ("model", "model_name", "num_classes") if k not in data]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {missing[0]!r}")
+    return data
+
+
+def rng_state() -> dict[str, Any]:
+    """The torch RNG states (CPU and, when present, CUDA) as plain tensors."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,198 @@
+"""The experiment configuration: one pydantic schema for the YAML file and the command line.
+
+Every leaf field is also a command-line flag (``--`` + the field name with dashes, or the name given
+in ``json_schema_extra={"flag": ...}``), generated from this schema by :mod:`groupdistil.cli.flags`,
+so a config key and its flag can never drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from groupdistil.data.options import DataConfig
+from groupdistil.errors import ConfigError
+
+
+def _flag(name: str, *aliases: str) -> dict[str, Any]:
+    return {"flag": [name, *aliases]}
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    name: str = Field("cnn-small", description="model name (see create_model)",
+                      json_schema_extra=_flag("--model", "--student"))
+    weights: Path | None = Field(None, description="initial weights from a local file")
+
+
+class TeacherConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoints: list[Path] = Field(default_factory=list, description="teacher checkpoint(s)",
+                                    json_schema_extra=_flag("--teacher"))
+    combine: Literal["mean", "agre-kd"] = Field("mean", description="how an ensemble is combined",
+                                                json_schema_extra=_flag("--teacher-combine"))
+    reference: Path | None = Field(None, description="AGRE-KD: biased reference model checkpoint",
+                                   json_schema_extra=_flag("--teacher-reference"))
+    adjust: Literal["none", "balanced", "weighted"] = Field(
+        "none", description="post-hoc teacher logit adjustment: t - tau log pi, or t - log(lambda/pi)",
+        json_schema_extra=_flag("--teacher-adjust"))
+    adjust_tau: float = Field(1.0, description="tau of the balanced adjustment",
+                              json_schema_extra=_flag("--teacher-tau"))
+    cache: bool = Field(True, description="cache teacher logits when the training view is not augmented",
+                        json_schema_extra=_flag("--teacher-cache"))
+    cache_dir: Path | None = Field(None, description="teacher-logit cache folder "
+                                   "(default $GROUPDISTIL_CACHE or ~/.cache/groupdistil)")
+
+
+class ObjectiveConfig(BaseModel):
+    """The objective and its options; an option left unset takes the objective's default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str = Field("erm", description="objective: erm, reweight, group-dro, balanced, robust-teacher, "
+                        "kd, groupdistil, class-robust-kd")
+    alpha: float | None = Field(None, ge=0, le=1, description="teacher weight in [0, 1]")
+    temperature: float | None = Field(None, gt=0, description="distillation temperature T")
+    step_size: float | None = Field(None, ge=0, description="EG step size eta of q or lambda")
+    adjustment: float | None = Field(None, ge=0, description="group DRO generalisation adjustment C")
+    normalize_loss: bool | None = Field(None, description="normalise adjusted group losses before the update")
+    dro_on: Literal["both", "kd", "ce"] | None = Field(None, description="groupdistil: what q weights")
+    mode: Literal["standard", "balanced", "robust", "tradeoff"] | None = Field(
+        None, description="class-robust-kd student objective")
+    beta: float | None = Field(None, ge=0, le=1, description="class-robust-kd tradeoff beta")
+    tau: float | None = Field(None, description="balanced / robust-teacher logit adjustment tau")
+    lambda_source: Literal["train", "val"] | None = Field(None, description="class-robust-kd lambda from")
+    validation_every: int | None = Field(None, ge=1, description="K: validation-driven lambda every K steps")
+
+    def options(self) -> dict[str, Any]:
+        """The options the user set (not None), without the method name."""
+        return {k: v for k, v in self.model_dump(exclude={"method"}).items() if v is not None}
+
+
+class OptimConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="optimiser")
+    lr: float = Field(0.05, gt=0, description="learning rate")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    weight_decay: float = Field(5e-4, ge=0, description="weight decay")
+    schedule: Literal["cosine", "step", "constant"] = Field("cosine", description="learning-rate schedule")
+    lr_step: int = Field(30, ge=1, description="step schedule: epochs between decays")
+    lr_gamma: float = Field(0.1, gt=0, le=1, description="step schedule: decay factor")
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(10, ge=1, description="epochs")
+    batch_size: int = Field(64, ge=1, description="batch size per process")
+    seed: int = Field(0, description="training seed (initialisation, order, augmentation)")
+    sampler: Literal["shuffle", "group-balanced"] = Field("shuffle", description="training sampler")
+    amp: Literal["none", "bf16", "fp16"] = Field("none", description="mixed precision (CUDA only)")
+    compile: bool = Field(False, description="torch.compile the student")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    num_workers: int = Field(0, ge=0, description="data-loader workers")
+    select_on: Literal["worst_group_acc", "avg_acc", "balanced_acc", "worst_class_acc"] = Field(
+        "worst_group_acc", description="validation metric for model selection")
+    skip_nonfinite: bool = Field(False, description="skip steps with a non-finite loss instead of stopping")
+    channels_last: bool = Field(False, description="channels_last memory format (CUDA)")
+
+
+class RunConfig(BaseModel):
+    """One experiment: data, student (or teacher) model, optional teacher, objective, training."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, description="label of the run (default: the method)")
+    role: Literal["teacher", "student"] = Field("student", description="recorded in the outputs")
+    out: Path = Field(Path("runs/run"), description="output folder")
+    force: bool = Field(False, description="overwrite a finished run's folder")
+    resume: bool = Field(False, description="continue from out/checkpoints/last.pt")
+    quiet: bool = Field(False, description="no progress bars or per-epoch lines")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.objective.method
+
+
+def leaf_fields(model: type[BaseModel] = RunConfig, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, pydantic FieldInfo) for every leaf of the schema, in declaration order."""
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            yield from leaf_fields(ann, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", field
+
+
+def _one_line(e: ValidationError, source: str) -> str:
+    err = e.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"{source}: unknown key {key!r}"
+    got = err.get("input")
+    got_s = repr(got) if not isinstance(got, dict) else "a mapping"
+    return f"{source}: {key}: {err['msg']} (got {got_s})"
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
+    """A :class:`RunConfig` from a plain dict; any problem is one ConfigError line naming the key."""
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_one_line(e, source)) from None
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping with ``yaml.safe_load`` (no Python objects are ever constructed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{at}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
+    return raw
+
+
+def set_dotted(raw: dict[str, Any], assignment: str) -> None:
+    """Apply ``key.sub=value`` (value parsed as YAML, so 3, 0.5, true and [a, b] work)."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment}: expected key=value")
+    key, value = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {assignment}: empty key")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    node = raw
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {assignment}: {p} is not a section")
+        node = child
+    node[parts[-1]] = parsed
+
+
+def dump_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

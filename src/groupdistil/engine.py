@@ -1,0 +1,295 @@
+"""The training loop: one loop for every objective (objectives differ only in term x aggregation).
+
+``fit`` trains with per-epoch validation, selects the checkpoint with the best validation metric
+(worst-group accuracy by default; ties by average accuracy), and writes ``last.pt`` every epoch and
+``best.pt`` on improvement, atomically. ``last.pt`` holds everything needed to resume bit for bit on
+CPU: model, optimiser, scheduler, objective state (q or lambda), RNG state, epoch, step, best metric.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from groupdistil import distributed
+from groupdistil.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from groupdistil.config import OptimConfig, TrainConfig
+from groupdistil.data.base import DatasetBundle
+from groupdistil.errors import CheckpointError, NumericalError
+from groupdistil.evaluation import autocast, evaluate, per_class_error
+from groupdistil.loaders import epoch_generator, train_loader
+from groupdistil.metrics import GroupMetrics, is_better
+from groupdistil.objectives import Objective
+from groupdistil.optim import make_optimizer, make_scheduler
+from groupdistil.outputs import RunWriter
+from groupdistil.teachers import Teacher
+
+log = logging.getLogger("groupdistil")
+
+
+@dataclass
+class FitState:
+    """Progress that a checkpoint carries."""
+
+    epoch: int = -1  # last completed epoch
+    step: int = 0
+    best_metrics: dict[str, Any] | None = None
+    best_epoch: int = -1
+    skipped_steps: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_metrics: dict[str, Any] | None
+    skipped_steps: int
+    checkpoint: Path | None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    return getattr(model, "module", model)  # DDP
+
+
+def _payload(
+    model: nn.Module,
+    objective: Objective,
+    state: FitState,
+    meta: dict[str, Any],
+    opt: torch.optim.Optimizer | None = None,
+    sched: Any = None,
+) -> dict[str, Any]:
+    p: dict[str, Any] = {
+        **meta,
+        "model": _unwrap(model).state_dict(),
+        "objective": objective.state_dict(),
+        "epoch": state.epoch,
+        "step": state.step,
+        "best_metric": state.best_metrics,
+        "best_epoch": state.best_epoch,
+        "skipped_steps": state.skipped_steps,
+    }
+    if opt is not None:
+        p.update(optimizer=opt.state_dict(), scheduler=sched.state_dict(), rng=rng_state())
+    return p
+
+
+def _restore(
+    path: Path, model: nn.Module, objective: Objective, opt: torch.optim.Optimizer, sched: Any
+) -> FitState:
+    ck = load_checkpoint(path)
+    for key in ("optimizer", "scheduler", "rng", "objective", "epoch", "step"):
+        if key not in ck:
+            raise CheckpointError(f"{path}: cannot resume: checkpoint lacks {key!r}")
+    try:
+        _unwrap(model).load_state_dict(ck["model"])
+        objective.load_state_dict(ck["objective"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: does not match this run's model or objective: {first}") from None
+    set_rng_state(ck["rng"])
+    return FitState(
+        epoch=int(ck["epoch"]),
+        step=int(ck["step"]),
+        best_metrics=ck.get("best_metric"),
+        best_epoch=int(ck.get("best_epoch", -1)),
+        skipped_steps=int(ck.get("skipped_steps", 0)),
+    )
+
+
+def weight_names(objective: Objective, bundle: DatasetBundle) -> list[str]:
+    """Column names of group_weights.csv: classes for class-level objectives, else data groups."""
+    n = getattr(getattr(objective, "dro", None), "n_groups", None)
+    if n is None:
+        return []
+    if objective.n_groups == bundle.n_classes and n == bundle.n_classes and not _data_groups(objective):
+        return list(bundle.grouping.class_names)
+    return list(bundle.grouping.group_names)
+
+
+def _data_groups(objective: Objective) -> bool:
+    from groupdistil.objectives import DRO, GroupDistil
+
+    return isinstance(objective, (DRO, GroupDistil))
+
+
+def fit(
+    model: nn.Module,
+    objective: Objective,
+    bundle: DatasetBundle,
+    *,
+    train: TrainConfig,
+    optim: OptimConfig,
+    teacher: Teacher | None = None,
+    out: Path | None = None,
+    writer: RunWriter | None = None,
+    meta: dict[str, Any] | None = None,
+    resume: bool = False,
+    quiet: bool = False,
+    echo: Callable[[str], None] = print,
+) -> FitResult:
+    """Train ``model`` with ``objective`` on ``bundle.train``; select on ``bundle.val``.
+
+    Args:
+        model: the student (or teacher being trained); returns (B, C) logits.
+        objective: called as ``objective(logits, y, g, teacher_logits)``.
+        bundle: the dataset (test is never touched here).
+        train, optim: loop and optimiser settings.
+        teacher: teacher logits provider, required when ``objective.requires_teacher``.
+        out: run folder; checkpoints go to ``out/checkpoints``. None trains without writing.
+        writer: metrics and group-weight logger for ``out``.
+        meta: extra checkpoint fields (model name, class count, config, ...).
+        resume: continue from ``out/checkpoints/last.pt``.
+    """
+    device = resolve_device(train.device)
+    if objective.requires_teacher and teacher is None:
+        raise ValueError(f"teacher: objective {type(objective).__name__} needs a teacher")
+    model.to(device)
+    objective.to(device)
+    if train.channels_last and device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    opt = make_optimizer(model.parameters(), optim)
+    sched = make_scheduler(opt, optim, train.epochs)
+    ckpt_dir = Path(out) / "checkpoints" if out is not None else None
+    state = FitState()
+    if resume and ckpt_dir is not None:
+        state = _restore(ckpt_dir / "last.pt", model, objective, opt, sched)
+        echo(f"resumed from {ckpt_dir / 'last.pt'} after epoch {state.epoch + 1}")
+    net: nn.Module = model
+    if distributed.is_distributed():
+        ids = [device.index] if device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if train.compile:
+        net = torch.compile(net)
+    scaler = torch.amp.GradScaler("cuda", enabled=train.amp == "fp16" and device.type == "cuda")
+    train_counts = bundle.group_counts("train")
+    meta = dict(meta or {})
+    for epoch in range(state.epoch + 1, train.epochs):
+        train_metrics = _train_epoch(
+            net, objective, bundle, teacher, opt, scaler, state, epoch, train, device, writer, quiet,
+            last_good=str(ckpt_dir / "last.pt") if ckpt_dir is not None and state.epoch >= 0 else "none",
+        )
+        sched.step()
+        val_metrics = evaluate(
+            model, bundle.val, bundle.grouping, train_group_counts=train_counts,
+            batch_size=max(train.batch_size, 256), device=device, amp=train.amp, quiet=quiet,
+            desc=f"val {epoch + 1}",
+        )
+        if writer is not None:
+            writer.log_epoch(epoch, "train", train_metrics)
+            writer.log_epoch(epoch, "val", val_metrics)
+        improved = is_better(val_metrics, state.best_metrics, train.select_on)
+        state.epoch = epoch
+        if improved:
+            state.best_metrics, state.best_epoch = val_metrics, epoch
+            if ckpt_dir is not None and distributed.is_main_process():
+                save_checkpoint(ckpt_dir / "best.pt", _payload(model, objective, state, meta))
+        if ckpt_dir is not None and distributed.is_main_process():
+            save_checkpoint(ckpt_dir / "last.pt", _payload(model, objective, state, meta, opt, sched))
+        if not quiet and distributed.is_main_process():
+            echo(_epoch_line(epoch, train.epochs, train_metrics, val_metrics, train.select_on, improved))
+    return FitResult(
+        state.best_epoch,
+        state.best_metrics,
+        state.skipped_steps,
+        ckpt_dir / "best.pt" if ckpt_dir is not None else None,
+    )
+
+
+def _train_epoch(
+    net: nn.Module,
+    objective: Objective,
+    bundle: DatasetBundle,
+    teacher: Teacher | None,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    state: FitState,
+    epoch: int,
+    train: TrainConfig,
+    device: torch.device,
+    writer: RunWriter | None,
+    quiet: bool,
+    last_good: str,
+) -> dict[str, Any]:
+    net.train()
+    objective.train()
+    metrics = GroupMetrics(bundle.n_groups, bundle.n_classes)
+    loader = train_loader(
+        bundle.train, train.batch_size, seed=train.seed, epoch=epoch, sampler=train.sampler,
+        n_groups=bundle.n_groups, num_workers=train.num_workers, pin_memory=device.type == "cuda",
+    )
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{train.epochs}", leave=False,
+               disable=quiet or not distributed.is_main_process())
+    for x, y, g, idx in bar:
+        x = x.to(device, non_blocking=True)
+        if train.channels_last and device.type == "cuda" and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y, g = y.to(device, non_blocking=True), g.to(device, non_blocking=True)
+        snapshot = {k: v.clone() for k, v in objective.state_dict().items()} if train.skip_nonfinite else None
+        with autocast(device, train.amp):
+            logits = net(x)
+        t = teacher(x, idx, logits) if objective.requires_teacher and teacher is not None else None
+        out = objective(logits.float(), y, g, t)
+        loss_value = float(out.loss.detach())
+        if not math.isfinite(loss_value) or (t is not None and not bool(torch.isfinite(t).all())):
+            if not train.skip_nonfinite:
+                raise NumericalError(
+                    f"non-finite loss at step {state.step + 1} (epoch {epoch + 1}); last good checkpoint: "
+                    f"{last_good}; lower the learning rate or pass --skip-nonfinite"
+                )
+            objective.load_state_dict(snapshot)  # an update from a NaN loss would poison q
+            opt.zero_grad(set_to_none=True)
+            state.skipped_steps += 1
+            continue
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(out.loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        state.step += 1
+        if writer is not None and out.weights is not None:
+            writer.log_weights(state.step, epoch, out.weights.tolist())
+        metrics.update(logits, y, g, loss_value)
+        k = objective.validation_every
+        if k is not None and state.step % k == 0:
+            err = per_class_error(
+                _unwrap(net), bundle.val, bundle.n_classes,
+                generator=epoch_generator(train.seed, state.step), device=device,
+            )
+            objective.update_from_validation(err)
+    metrics.all_reduce()
+    summary = metrics.summary(bundle.grouping, bundle.group_counts("train"))
+    summary["skipped_steps"] = state.skipped_steps
+    return summary
+
+
+def _pct(v: float | None) -> str:
+    return "  n/a" if v is None else f"{100 * v:5.1f}"
+
+
+def _epoch_line(
+    epoch: int, epochs: int, tr: dict[str, Any], va: dict[str, Any], select_on: str, improved: bool
+) -> str:
+    loss = tr.get("loss")
+    loss_s = "n/a" if loss is None else f"{loss:.4f}"
+    return (
+        f"epoch {epoch + 1:3d}/{epochs}  loss {loss_s}  train acc {_pct(tr['avg_acc'])}  "
+        f"val avg {_pct(va['avg_acc'])}  worst-group {_pct(va['worst_group_acc'])}"
+        + ("  *best" if improved else "")
+    )

@@ -1,0 +1,84 @@
+"""Evaluation of a model on a split: per-group and per-class metrics (METHODS.md, Evaluation)."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from groupdistil import distributed
+from groupdistil.data.base import GroupedDataset
+from groupdistil.groups import Grouping
+from groupdistil.loaders import eval_loader
+from groupdistil.metrics import GroupMetrics
+
+
+def autocast(device: torch.device, amp: str):
+    """Mixed precision on CUDA only; on CPU it would be slower, so it is a no-op there."""
+    if amp == "none" or device.type != "cuda":
+        return nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset: GroupedDataset,
+    grouping: Grouping,
+    *,
+    train_group_counts: torch.Tensor | None = None,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    amp: str = "none",
+    num_workers: int = 0,
+    quiet: bool = True,
+    desc: str = "eval",
+) -> dict[str, Any]:
+    """Metrics of ``model`` on ``dataset`` (augmentation off), all-reduced under DDP.
+
+    Returns the dict of :meth:`GroupMetrics.summary` (accuracies in [0, 1]).
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    metrics = GroupMetrics(grouping.n_groups, grouping.n_classes)
+    loader = eval_loader(dataset, batch_size, num_workers)
+    bar = tqdm(loader, desc=desc, leave=False, disable=quiet or not distributed.is_main_process())
+    for x, y, g, _ in bar:
+        with autocast(device, amp):
+            logits = model(x.to(device, non_blocking=True))
+        metrics.update(logits.float(), y, g)
+    metrics.all_reduce()
+    model.train(was_training)
+    return metrics.summary(grouping, train_group_counts)
+
+
+@torch.no_grad()
+def per_class_error(
+    model: nn.Module,
+    dataset: GroupedDataset,
+    n_classes: int,
+    *,
+    max_samples: int = 4096,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """(C,) 0-1 error per class on a validation batch (all of ``dataset`` when it has at most
+    ``max_samples`` samples, else a random subset). A class absent from the batch gets error 0, so
+    validation-driven weights do not move towards classes they have no evidence about."""
+    n = len(dataset)
+    idx = torch.arange(n) if n <= max_samples else torch.randperm(n, generator=generator)[:max_samples]
+    sub = torch.utils.data.Subset(dataset.without_augmentation(), idx.tolist())
+    was_training = model.training
+    model.eval()
+    wrong = torch.zeros(n_classes, dtype=torch.float64)
+    count = torch.zeros(n_classes, dtype=torch.float64)
+    for x, y, _, _ in torch.utils.data.DataLoader(sub, batch_size=512):
+        pred = model(torch.as_tensor(x).to(device)).argmax(1).cpu()
+        wrong += torch.bincount(y, weights=(pred != y).double(), minlength=n_classes)
+        count += torch.bincount(y, minlength=n_classes).double()
+    model.train(was_training)
+    return (wrong / count.clamp_min(1)).float()

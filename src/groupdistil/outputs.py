@@ -1,0 +1,141 @@
+"""Everything a run writes into its folder (only the main process writes).
+
+- ``config.yaml``: the resolved configuration.
+- ``metrics.jsonl``: a line per epoch and split.
+- ``group_weights.csv``: header ``step,epoch,<group or class names>``, then a row per optimisation step.
+- ``final.json``: the selected checkpoint's metrics per split (written last: its presence marks a
+  finished run).
+- ``tb/``: TensorBoard events. ``checkpoints/``: ``last.pt`` and ``best.pt``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from groupdistil import distributed
+from groupdistil.checkpoint import atomic_write
+
+SCALARS = ("loss", "avg_acc", "worst_group_acc", "balanced_acc", "adjusted_avg_acc", "worst_class_acc", "ece")
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    text = json.dumps(_json_safe(data), indent=2, sort_keys=False) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+class RunWriter:
+    """Appends per-epoch metrics and per-step group weights; a no-op on ranks other than 0."""
+
+    def __init__(self, directory: Path, weight_names: Sequence[str], tensorboard: bool = True) -> None:
+        self.dir = Path(directory)
+        self.active = distributed.is_main_process()
+        self.weight_names = list(weight_names)
+        self._tb = None
+        self._rows: list[list[Any]] = []
+        if not self.active:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "checkpoints").mkdir(exist_ok=True)
+        if tensorboard:
+            # Imported here: it costs about two seconds and only a writing process needs it.
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.dir / "tb"))
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.dir / "metrics.jsonl"
+
+    @property
+    def weights_path(self) -> Path:
+        return self.dir / "group_weights.csv"
+
+    def start(self, config_yaml: str, resume_epoch: int | None) -> None:
+        """Write config.yaml; on resume drop any line logged after the checkpoint's epoch."""
+        if not self.active:
+            return
+        atomic_write(self.dir / "config.yaml", lambda f: f.write(config_yaml.encode()))
+        if resume_epoch is None:
+            self.metrics_path.unlink(missing_ok=True)
+            atomic_write(self.weights_path, lambda f: f.write(self._header().encode()))
+            return
+        self._truncate(resume_epoch)
+
+    def _header(self) -> str:
+        return ",".join(["step", "epoch", *self.weight_names]) + "\n"
+
+    def _truncate(self, last_epoch: int) -> None:
+        # A kill mid-epoch leaves lines of an epoch the resumed run will redo: keep what the
+        # checkpoint covers, drop the rest (including a half-written last line).
+        kept = []
+        if self.metrics_path.is_file():
+            for line in self.metrics_path.read_text().splitlines():
+                try:
+                    if json.loads(line)["epoch"] <= last_epoch:
+                        kept.append(line)
+                except (ValueError, KeyError, TypeError):
+                    continue
+        atomic_write(self.metrics_path, lambda f: f.write("".join(x + "\n" for x in kept).encode()))
+        rows = [self._header()]
+        if self.weights_path.is_file():
+            with open(self.weights_path, newline="") as f:
+                for row in list(csv.reader(f))[1:]:
+                    epoch = _int(row[1]) if len(row) == len(self.weight_names) + 2 else None
+                    if epoch is not None and epoch <= last_epoch:
+                        rows.append(",".join(row) + "\n")
+        atomic_write(self.weights_path, lambda f: f.write("".join(rows).encode()))
+
+    def log_weights(self, step: int, epoch: int, weights: Sequence[float] | None) -> None:
+        if self.active and weights is not None and self.weight_names:
+            self._rows.append([step, epoch, *(f"{w:.8g}" for w in weights)])
+
+    def log_epoch(self, epoch: int, split: str, metrics: dict[str, Any]) -> None:
+        """Append one metrics line (and flush the step rows of this epoch)."""
+        if not self.active:
+            return
+        if self._rows:
+            with open(self.weights_path, "a", newline="") as f:
+                csv.writer(f, lineterminator="\n").writerows(self._rows)
+            self._rows = []
+        line = {"epoch": epoch, "split": split, **metrics}
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(_json_safe(line)) + "\n")
+        if self._tb is not None:
+            for k in SCALARS:
+                v = metrics.get(k)
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    self._tb.add_scalar(f"{split}/{k}", v, epoch)
+            self._tb.flush()
+
+    def finish(self, final: dict[str, Any]) -> None:
+        if not self.active:
+            return
+        write_json(self.dir / "final.json", final)
+        self.close()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def _int(s: str) -> int | None:
+    try:
+        return int(s)
+    except ValueError:
+        return None

@@ -1,0 +1,193 @@
+"""One experiment from a :class:`RunConfig`: data -> model -> teacher -> objective -> fit -> final.json."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from groupdistil import distributed
+from groupdistil.checkpoint import load_checkpoint
+from groupdistil.config import RunConfig, dump_yaml
+from groupdistil.data import DatasetBundle, load_dataset
+from groupdistil.engine import fit, resolve_device, weight_names
+from groupdistil.errors import CheckpointError, UserError
+from groupdistil.evaluation import evaluate
+from groupdistil.models import create_model
+from groupdistil.objectives import Objective, build_objective, objective_options
+from groupdistil.outputs import RunWriter
+from groupdistil.teachers import LogitCache, Teacher, TeacherMember, cached_or_computed, teacher_class_weights
+
+Echo = Callable[[str], None]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every RNG the run uses and make CPU kernels deterministic."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("GROUPDISTIL_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "groupdistil" / "teacher-logits"
+
+
+def prepare_out(cfg: RunConfig) -> bool:
+    """Check the output folder; returns True when the run resumes.
+
+    A finished run (final.json present) is never overwritten without ``force``; an unfinished one
+    needs ``resume`` or ``force``.
+    """
+    out = Path(cfg.out)
+    if cfg.force and out.exists() and distributed.is_main_process():
+        shutil.rmtree(out)
+        return False
+    if (out / "final.json").exists():
+        raise UserError(f"--out {out}: holds a finished run; pass --force to overwrite it")
+    if cfg.resume:
+        if not (out / "checkpoints" / "last.pt").is_file():
+            raise UserError(f"--resume: {out / 'checkpoints' / 'last.pt'} not found")
+        return True
+    if (out / "checkpoints" / "last.pt").exists():
+        raise UserError(f"--out {out}: holds an unfinished run; pass --resume to continue or --force")
+    return False
+
+
+def model_from_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model saved by groupdistil and load its weights (``weights_only=True``)."""
+    ck = load_checkpoint(path)
+    try:
+        model = create_model(
+            ck["model_name"], num_classes=int(ck["num_classes"]),
+            in_channels=int(ck.get("in_channels", 3)), input_shape=tuple(ck.get("input_shape") or ()) or None,
+        )
+        model.load_state_dict(ck["model"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: weights do not fit model {ck['model_name']!r}: {first}") from None
+    return model.to(device).eval(), ck
+
+
+def build_objective_for(cfg: RunConfig, bundle: DatasetBundle) -> Objective:
+    """The configured objective, with the dataset's facts; options it does not take are errors."""
+    method = cfg.objective.method
+    options = cfg.objective.options()
+    try:
+        allowed = objective_options(method)
+    except ValueError as e:
+        raise UserError(f"--method: {e}".replace("objective: ", "")) from None
+    for key in options:
+        if key not in allowed:
+            flag = "--" + key.replace("_", "-")
+            raise UserError(f"{flag}: does not apply to method {method} (its options: {', '.join(allowed)})")
+    counts = bundle.group_counts("train")
+    try:
+        return build_objective(
+            method, n_groups=bundle.n_groups, n_classes=bundle.n_classes,
+            group_counts=counts.float(), class_prior=bundle.class_prior(), **options,
+        )
+    except ValueError as e:
+        raise UserError(f"objective {method}: {e}") from None
+
+
+def build_teacher(
+    cfg: RunConfig, bundle: DatasetBundle, objective: Objective, device: torch.device, echo: Echo
+) -> Teacher | None:
+    """Load the teacher checkpoint(s), check them against the data, and set up the logit cache."""
+    tc = cfg.teacher
+    if not objective.requires_teacher:
+        if tc.checkpoints:
+            echo(f"note: method {cfg.objective.method} uses no teacher; --teacher is ignored")
+        return None
+    if not tc.checkpoints:
+        raise UserError(f"--teacher: method {cfg.objective.method} needs a teacher checkpoint")
+    use_cache = tc.cache and not bundle.train.has_random_augmentation
+    cache = LogitCache(tc.cache_dir or default_cache_dir())
+
+    def member(path: Path, adjust: str) -> TeacherMember:
+        model, ck = model_from_checkpoint(path, device)
+        if int(ck["num_classes"]) != bundle.n_classes:
+            raise UserError(
+                f"--teacher {path}: has {ck['num_classes']} classes, the dataset has {bundle.n_classes}"
+            )
+        lam = teacher_class_weights(ck)
+        if adjust == "weighted" and lam is None:
+            raise UserError(f"--teacher-adjust weighted: {path} has no class weights (not a robust teacher)")
+        m = TeacherMember(model, adjust, tc.adjust_tau, lam)
+        if use_cache:
+            m.cached, status = cached_or_computed(
+                model, bundle.train.without_augmentation(), cache, bundle.n_classes,
+                batch_size=256, device=device,
+            )
+            echo(f"teacher logits for {path}: cache {status} ({cache.directory})")
+        return m
+
+    members = [member(p, tc.adjust) for p in tc.checkpoints]
+    reference = member(tc.reference, "none") if tc.reference is not None else None
+    if not use_cache:
+        why = "the training view has random augmentation" if tc.cache else "--no-teacher-cache"
+        echo(f"teacher logits: computed online ({why})")
+    return Teacher(
+        members, bundle.class_prior(), combine=tc.combine, reference=reference,
+        temperature=getattr(objective, "temperature", 1.0),
+    ).to(device)
+
+
+def run_experiment(cfg: RunConfig, echo: Echo = print) -> dict[str, Any]:
+    """Run one experiment end to end; returns the contents of final.json."""
+    resume = prepare_out(cfg)
+    seed_everything(cfg.train.seed)
+    device = resolve_device(cfg.train.device)
+    bundle = load_dataset(cfg.data)
+    for w in bundle.warnings:
+        echo(f"warning: {w}")
+    objective = build_objective_for(cfg, bundle)
+    teacher = build_teacher(cfg, bundle, objective, device, echo)
+    seed_everything(cfg.train.seed)  # the model's initialisation does not depend on teacher loading
+    in_shape = tuple(bundle.input_shape)
+    model = create_model(
+        cfg.model.name, num_classes=bundle.n_classes, in_channels=in_shape[0],
+        input_shape=in_shape, weights=cfg.model.weights,
+    )
+    meta = {
+        "model_name": cfg.model.name, "num_classes": bundle.n_classes, "in_channels": in_shape[0],
+        "input_shape": list(in_shape), "class_names": list(bundle.grouping.class_names),
+        "group_names": list(bundle.grouping.group_names), "config": cfg.model_dump(mode="json"),
+    }
+    writer = RunWriter(cfg.out, weight_names(objective, bundle))
+    try:
+        writer.start(dump_yaml(cfg), resume_epoch=_resume_epoch(cfg) if resume else None)
+        result = fit(
+            model, objective, bundle, train=cfg.train, optim=cfg.optim, teacher=teacher, out=cfg.out,
+            writer=writer, meta=meta, resume=resume, quiet=cfg.quiet, echo=echo,
+        )
+        best, _ = model_from_checkpoint(Path(cfg.out) / "checkpoints" / "best.pt", device)
+        counts = bundle.group_counts("train")
+        splits = {
+            name: evaluate(best, bundle.splits[name], bundle.grouping, train_group_counts=counts,
+                           batch_size=max(cfg.train.batch_size, 256), device=device, quiet=cfg.quiet)
+            for name in ("train", "val", "test")
+        }
+        final = {
+            "name": cfg.label, "method": cfg.objective.method, "role": cfg.role,
+            "dataset": cfg.data.dataset, "seed": cfg.train.seed, "model": cfg.model.name,
+            "teacher": ",".join(str(p) for p in cfg.teacher.checkpoints) if teacher is not None else None,
+            "options": cfg.objective.options(), "selected_epoch": result.best_epoch,
+            "selection_metric": cfg.train.select_on, "skipped_steps": result.skipped_steps,
+            "splits": splits,
+        }
+        writer.finish(final)
+    finally:
+        writer.close()
+    return final
+
+
+def _resume_epoch(cfg: RunConfig) -> int:
+    return int(load_checkpoint(Path(cfg.out) / "checkpoints" / "last.pt")["epoch"])

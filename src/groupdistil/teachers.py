@@ -1,0 +1,240 @@
+"""Teachers: trained models that stay in ``eval()``, the teacher-logit cache, ensembles and post-hoc
+logit adjustment.
+
+When the training view has no random augmentation, each teacher's logits on the training split are
+computed once into a memory-mapped ``.npy`` file keyed by a fingerprint of the teacher's weights and
+the data (identity, labels, inputs, transform); later epochs and later runs read it. With random
+augmentation the teacher runs online on every batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from groupdistil.checkpoint import atomic_write
+from groupdistil.data.base import GroupedDataset
+from groupdistil.errors import UserError
+from groupdistil.losses import adjust_logits, adjust_logits_weighted
+
+log = logging.getLogger("groupdistil")
+
+COMBINE = ("mean", "agre-kd")
+ADJUST = ("none", "balanced", "weighted")
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """A hash of a model's parameters and buffers (names, shapes, values)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def compute_logits(
+    model: nn.Module, dataset: GroupedDataset, batch_size: int = 256, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """(N, C) float32 logits of ``model`` on every sample of ``dataset``, in index order."""
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    out = [model(x.to(device)).float().cpu() for x, *_ in loader]
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def _file_sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class LogitCache:
+    """Teacher logits on disk: ``<dir>/<key>.npy`` (float32, N x C) and ``<key>.json`` (shape, sha256).
+
+    Both files are written atomically; the array is checked against its recorded shape and checksum
+    before use, so a truncated or tampered file is recomputed, never trusted.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    def paths(self, key: str) -> tuple[Path, Path]:
+        return self.directory / f"{key}.npy", self.directory / f"{key}.json"
+
+    def load(self, key: str, shape: tuple[int, int]) -> torch.Tensor | None:
+        """The cached (N, C) logits, memory-mapped, or None when absent or invalid."""
+        npy, meta_path = self.paths(key)
+        if not npy.is_file() or not meta_path.is_file():
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+            if tuple(meta["shape"]) != tuple(shape) or meta["sha256"] != _file_sha(npy):
+                raise ValueError("shape or checksum differs")
+            arr = np.load(npy, mmap_mode="r", allow_pickle=False)
+            if arr.shape != tuple(shape) or arr.dtype != np.float32:
+                raise ValueError("array header differs")
+        except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+            log.warning("teacher-logit cache %s is invalid (%s): recomputing", npy, e)
+            return None
+        return torch.from_numpy(arr)
+
+    def store(self, key: str, logits: torch.Tensor) -> torch.Tensor:
+        npy, meta_path = self.paths(key)
+        arr = logits.detach().float().cpu().numpy()
+        atomic_write(npy, lambda f: np.save(f, arr, allow_pickle=False))
+        meta = {"shape": list(arr.shape), "dtype": "float32", "sha256": _file_sha(npy)}
+        atomic_write(meta_path, lambda f: f.write(json.dumps(meta).encode()))
+        return torch.from_numpy(np.load(npy, mmap_mode="r", allow_pickle=False))
+
+
+def cached_or_computed(
+    model: nn.Module,
+    dataset: GroupedDataset,
+    cache: LogitCache,
+    n_classes: int,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, str]:
+    """Teacher logits (N, C) on ``dataset`` from the cache, computing them on a miss.
+
+    Returns the logits and ``"hit"`` or ``"miss"``.
+    """
+    key = hashlib.sha256(f"{weights_fingerprint(model)}:{dataset.fingerprint()}".encode()).hexdigest()[:24]
+    shape = (len(dataset), n_classes)
+    hit = cache.load(key, shape)
+    if hit is not None:
+        return hit, "hit"
+    return cache.store(key, compute_logits(model, dataset, batch_size, device)), "miss"
+
+
+@dataclass
+class TeacherMember:
+    """One teacher: a frozen model, its post-hoc adjustment, and its cached logits when available."""
+
+    model: nn.Module
+    adjust: str = "none"
+    tau: float = 1.0
+    class_weights: torch.Tensor | None = None  # lambda of a robust teacher, for adjust="weighted"
+    cached: torch.Tensor | None = None  # (N, C) logits on the training split, indexed by sample index
+
+    def raw_logits(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        if self.cached is not None:
+            return self.cached.index_select(0, index.cpu().long()).to(x.device, torch.float32)
+        with torch.no_grad():
+            return self.model(x).float()
+
+
+class Teacher(nn.Module):
+    """Teacher logits for a training batch: one model, or an ensemble combined by ``mean`` or
+    ``agre-kd`` (Kenfack et al., 2025).
+
+    The ensemble's target is a (weighted) mean of the members' probabilities at temperature T; it is
+    returned as logits ``T * log p`` so that ``softmax(logits / T) = p`` feeds any KD loss unchanged.
+
+    Args:
+        members: the teachers. class_prior: (C,) training class frequencies (for adjustments).
+        combine: ``mean`` or ``agre-kd``. reference: AGRE-KD's biased reference model.
+        temperature: T of the distillation loss.
+    """
+
+    def __init__(
+        self,
+        members: Sequence[TeacherMember],
+        class_prior: torch.Tensor,
+        combine: str = "mean",
+        reference: TeacherMember | None = None,
+        temperature: float = 4.0,
+    ) -> None:
+        super().__init__()
+        if not members:
+            raise UserError("--teacher: expected at least one teacher checkpoint")
+        if combine not in COMBINE:
+            raise UserError(f"--teacher-combine: expected one of {', '.join(COMBINE)}, got {combine!r}")
+        if combine == "agre-kd" and reference is None:
+            raise UserError("--teacher-reference: AGRE-KD needs a biased reference model checkpoint")
+        self.members = list(members)
+        self.reference = reference
+        self.combine = combine
+        self.temperature = float(temperature)
+        self.register_buffer("class_prior", class_prior.float())
+        # The teacher never trains: freeze it whatever the student does (mdistiller's habit).
+        for m in self._models():
+            m.eval()
+            m.requires_grad_(False)
+
+    def _models(self) -> list[nn.Module]:
+        ms = [m.model for m in self.members]
+        return ms + ([self.reference.model] if self.reference is not None else [])
+
+    def train(self, mode: bool = True) -> Teacher:
+        super().train(mode)
+        for m in self._models():
+            m.eval()
+        return self
+
+    def _member_logits(self, member: TeacherMember, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        t = member.raw_logits(x, index)
+        if member.adjust == "balanced":
+            t = adjust_logits(t, self.class_prior, member.tau)
+        elif member.adjust == "weighted":
+            t = adjust_logits_weighted(t, member.class_weights, self.class_prior)
+        return t
+
+    @torch.no_grad()
+    def forward(
+        self, x: torch.Tensor, index: torch.Tensor, student_logits: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Teacher logits (B, C) for inputs x (B, ...) with dataset indices ``index`` (B,)."""
+        logits = [self._member_logits(m, x, index) for m in self.members]
+        if len(logits) == 1 and self.combine == "mean":
+            return logits[0]
+        t = self.temperature
+        probs = torch.stack([torch.softmax(v / t, dim=1) for v in logits])  # (M, B, C)
+        if self.combine == "mean":
+            target = probs.mean(0)
+        else:
+            if student_logits is None:
+                raise ValueError("student_logits: AGRE-KD weights need the student's logits")
+            p_s = torch.softmax(student_logits.detach().float() / t, dim=1)
+            p_b = torch.softmax(self._member_logits(self.reference, x, index) / t, dim=1)
+            w = agre_weights(p_s, probs, p_b)  # (M, B)
+            w = torch.where(w.sum(0, keepdim=True) > 0, w, torch.ones_like(w))
+            target = (w.unsqueeze(2) * probs).sum(0) / w.sum(0).unsqueeze(1)
+        return t * target.clamp_min(1e-12).log()
+
+
+def agre_weights(p_s: torch.Tensor, p_m: torch.Tensor, p_b: torch.Tensor) -> torch.Tensor:
+    """AGRE-KD per-sample teacher weights ``1 - cos(p_s - p_m, p_s - p_b)``.
+
+    For the student's final linear layer the gradient of KD is ``(p_s - p_m) features^T``, so the
+    cosine between two teachers' gradients is the cosine of the probability differences: no extra
+    backward pass is needed.
+
+    Args:
+        p_s: (B, C) student probabilities. p_m: (M, B, C) teachers'. p_b: (B, C) reference's.
+
+    Returns:
+        (M, B) weights in [0, 2].
+    """
+    return 1 - torch.cosine_similarity(p_s - p_m, (p_s - p_b).unsqueeze(0), dim=2)
+
+
+def teacher_class_weights(checkpoint: dict[str, Any]) -> torch.Tensor | None:
+    """lambda of a robust teacher (its objective's ``dro.q``), if the checkpoint has one."""
+    state = checkpoint.get("objective") or {}
+    q = state.get("dro.q")
+    return q.float() if isinstance(q, torch.Tensor) else None

@@ -1,0 +1,132 @@
+"""The training loop on a tiny in-memory dataset: every objective, outputs, exact resume."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from groupdistil.checkpoint import load_checkpoint
+from groupdistil.config import OptimConfig, TrainConfig
+from groupdistil.engine import fit, weight_names
+from groupdistil.errors import NumericalError
+from groupdistil.objectives import build_objective
+from groupdistil.outputs import RunWriter
+from groupdistil.teachers import Teacher, TeacherMember
+
+
+def _net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
+
+
+def _objective(name, bundle, **opts):
+    return build_objective(
+        name, n_groups=bundle.n_groups, n_classes=bundle.n_classes,
+        group_counts=bundle.group_counts().float(), class_prior=bundle.class_prior(), **opts,
+    )
+
+
+def _teacher(bundle):
+    t = _net(1)
+    fit(t, _objective("erm", bundle), bundle, train=TrainConfig(epochs=2, batch_size=32),
+        optim=OptimConfig(lr=0.1), quiet=True)
+    return Teacher([TeacherMember(t)], bundle.class_prior())
+
+
+@pytest.mark.parametrize(
+    "method,opts",
+    [("erm", {}), ("reweight", {}), ("group-dro", {"step_size": 0.5}), ("balanced", {}),
+     ("robust-teacher", {"validation_every": 3}), ("kd", {}), ("groupdistil", {"step_size": 0.5}),
+     ("groupdistil", {"dro_on": "kd"}), ("class-robust-kd", {"mode": "tradeoff", "beta": 0.5}),
+     ("class-robust-kd", {"lambda_source": "val", "validation_every": 2})],
+)
+def test_every_objective_trains_and_logs(blobs, tmp_path, method, opts):
+    obj = _objective(method, blobs, **opts)
+    teacher = _teacher(blobs) if obj.requires_teacher else None
+    writer = RunWriter(tmp_path, weight_names(obj, blobs), tensorboard=False)
+    writer.start("x: 1\n", None)
+    res = fit(_net(), obj, blobs, train=TrainConfig(epochs=2, batch_size=32), optim=OptimConfig(lr=0.1),
+              teacher=teacher, out=tmp_path, writer=writer, meta={"model_name": "t", "num_classes": 2},
+              quiet=True)
+    assert res.best_epoch in (0, 1)
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(x["epoch"], x["split"]) for x in lines] == [(0, "train"), (0, "val"), (1, "train"), (1, "val")]
+    rows = (tmp_path / "group_weights.csv").read_text().splitlines()
+    if getattr(obj, "dro", None) is not None:
+        steps_per_epoch = -(-len(blobs.train) // 32)
+        assert len(rows) == 1 + 2 * steps_per_epoch
+        header = rows[0].split(",")
+        assert header[:2] == ["step", "epoch"]
+        last = [float(v) for v in rows[-1].split(",")[2:]]
+        assert abs(sum(last) - 1) < 1e-5
+    ck = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert ck["epoch"] == 1 and "optimizer" in ck and "rng" in ck
+
+
+def test_group_dro_moves_weight_to_the_worst_group(blobs):
+    obj = _objective("group-dro", blobs, step_size=1.0)
+    fit(_net(), obj, blobs, train=TrainConfig(epochs=3, batch_size=32), optim=OptimConfig(lr=0.1), quiet=True)
+    q = obj.dro.q
+    # The minority groups (label disagrees with attribute) are the hard ones.
+    assert q[1] + q[2] > q[0] + q[3]
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_stopped_after_epoch_one_and_resumed_equals_uninterrupted(blobs, tmp_path):
+    cfg = TrainConfig(epochs=3, batch_size=32, seed=3)
+
+    def run(out, stop_after=None, resume=False):
+        torch.manual_seed(0)
+        obj = _objective("groupdistil", blobs, step_size=0.5)
+        model = _net()
+        teacher = Teacher([TeacherMember(_net(7))], blobs.class_prior())
+        writer = RunWriter(out, weight_names(obj, blobs), tensorboard=False)
+        writer.start("", int(load_checkpoint(out / "checkpoints/last.pt")["epoch"]) if resume else None)
+        seen = []
+
+        def echo(msg):
+            seen.append(msg)
+            if stop_after is not None and len(seen) == stop_after:
+                raise _Stop
+
+        fit(model, obj, blobs, train=cfg, optim=OptimConfig(lr=0.1), teacher=teacher, out=out, writer=writer,
+            meta={"model_name": "t", "num_classes": 2}, resume=resume, echo=echo)
+        return model, obj
+
+    full_model, full_obj = run(tmp_path / "full")
+    with pytest.raises(_Stop):
+        run(tmp_path / "cut", stop_after=1)
+    # Torch RNG is disturbed in between, as a new process would have it.
+    torch.rand(5)
+    cut_model, cut_obj = run(tmp_path / "cut", resume=True)
+    for a, b in zip(full_model.state_dict().values(), cut_model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert torch.equal(full_obj.dro.q, cut_obj.dro.q)
+    assert (tmp_path / "full/group_weights.csv").read_text() == (tmp_path / "cut/group_weights.csv").read_text()
+    full_lines = (tmp_path / "full/metrics.jsonl").read_text()
+    assert full_lines == (tmp_path / "cut/metrics.jsonl").read_text()
+
+
+def test_nonfinite_loss_stops_with_step_and_checkpoint(blobs, tmp_path):
+    model = _net()
+    with torch.no_grad():
+        model[0].weight.fill_(float("nan"))
+    with pytest.raises(NumericalError, match=r"step 1 \(epoch 1\)"):
+        fit(model, _objective("erm", blobs), blobs, train=TrainConfig(epochs=1), optim=OptimConfig(),
+            out=tmp_path, quiet=True)
+
+
+def test_skip_nonfinite_counts_skipped_steps(blobs):
+    model = _net()
+    with torch.no_grad():
+        model[0].weight.fill_(float("nan"))
+    obj = _objective("group-dro", blobs)
+    q0 = obj.dro.q.clone()
+    res = fit(model, obj, blobs, train=TrainConfig(epochs=1, batch_size=60, skip_nonfinite=True),
+              optim=OptimConfig(), quiet=True)
+    assert res.skipped_steps == 4
+    assert torch.equal(obj.dro.q, q0)  # NaN updates were rolled back

@@ -1,7 +1,13 @@
-"""Dataset names -> builders. Each builder takes a :class:`DataConfig` and returns a bundle."""
+"""Dataset names -> builders. Each builder takes a :class:`DataConfig` and returns a bundle.
+
+Every source module adds its names to :data:`DATASETS` when imported; this module imports them all
+(:data:`SOURCE_MODULES`) so that :data:`DATASETS` and :func:`load_dataset` always see every name.
+Source modules keep heavy imports (nibabel, pyarrow, scikit-learn) inside their builders.
+"""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -18,6 +24,11 @@ class DatasetSpec(NamedTuple):
 
 DATASETS: dict[str, DatasetSpec] = {}
 
+#: Modules that register datasets, in the order ``groupdistil datasets`` lists them.
+SOURCE_MODULES = (
+    "groupdistil.data.digits",
+)
+
 
 def load_dataset(config: DataConfig) -> DatasetBundle:
     """Build the dataset a config names; unknown names list the valid ones."""
@@ -27,3 +38,8 @@ def load_dataset(config: DataConfig) -> DatasetBundle:
     if spec.needs_root and config.root is None:
         raise UserError(f"--root: dataset {config.dataset} reads a local copy; pass its folder")
     return spec.build(config)
+
+
+# Last, once DATASETS exists: the source modules import this module to register themselves.
+for _name in SOURCE_MODULES:
+    importlib.import_module(_name)

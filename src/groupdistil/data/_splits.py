@@ -1,0 +1,44 @@
+"""Seeded, stratified index splits shared by the readers that derive their own splits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def stratified_split(
+    strata: np.ndarray, fractions: Sequence[float], names: Sequence[str], rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Split indices 0..N-1 into parts with the given fractions inside every stratum.
+
+    Args:
+        strata: (N,) stratum key per item (e.g. the class); items of one stratum are shuffled with
+            ``rng`` and cut at the rounded cumulative fractions, so the last part takes the remainder.
+        fractions: one fraction per part, summing to 1. names: one name per part.
+
+    Returns:
+        ``{name: (n_part,) int64 indices in ascending order}``.
+    """
+    if len(fractions) != len(names) or abs(sum(fractions) - 1.0) > 1e-9:
+        raise ValueError(f"fractions: expected {len(names)} values summing to 1, got {list(fractions)}")
+    parts: list[list[np.ndarray]] = [[] for _ in names]
+    bounds = np.cumsum(fractions)[:-1]
+    for key in np.unique(strata):
+        members = rng.permutation(np.flatnonzero(strata == key))
+        cuts = np.round(bounds * len(members)).astype(int)
+        for part, chunk in zip(parts, np.split(members, cuts), strict=True):
+            part.append(chunk)
+    return {name: np.sort(np.concatenate(p)).astype(np.int64) for name, p in zip(names, parts, strict=True)}
+
+
+def balanced_subsample(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """(M,) ascending indices keeping, of every class present, its first ``min count`` items.
+
+    Used to make derived val/test splits exactly balanced; callers pass labels in an order that is
+    already random (a seeded split), so "first" is a seeded choice.
+    """
+    counts = np.bincount(labels, minlength=n_classes)
+    m = counts[counts > 0].min()
+    keep = [np.flatnonzero(labels == c)[:m] for c in range(n_classes)]
+    return np.sort(np.concatenate(keep)).astype(np.int64)

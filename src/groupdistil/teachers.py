@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,10 +88,12 @@ class LogitCache:
             arr = np.load(npy, mmap_mode="r", allow_pickle=False)
             if arr.shape != tuple(shape) or arr.dtype != np.float32:
                 raise ValueError("array header differs")
+            if not np.isfinite(arr).all():
+                raise ValueError("non-finite logits")
         except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
             log.warning("teacher-logit cache %s is invalid (%s): recomputing", npy, e)
             return None
-        return torch.from_numpy(arr)
+        return _readonly_tensor(arr)
 
     def store(self, key: str, logits: torch.Tensor) -> torch.Tensor:
         npy, meta_path = self.paths(key)
@@ -98,7 +101,15 @@ class LogitCache:
         atomic_write(npy, lambda f: np.save(f, arr, allow_pickle=False))
         meta = {"shape": list(arr.shape), "dtype": "float32", "sha256": _file_sha(npy)}
         atomic_write(meta_path, lambda f: f.write(json.dumps(meta).encode()))
-        return torch.from_numpy(np.load(npy, mmap_mode="r", allow_pickle=False))
+        return _readonly_tensor(np.load(npy, mmap_mode="r", allow_pickle=False))
+
+
+def _readonly_tensor(arr: np.ndarray) -> torch.Tensor:
+    # The memory map is read-only on purpose (the cache is shared by runs); torch warns about
+    # non-writable arrays, but we only ever index into it.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(arr)
 
 
 def cached_or_computed(

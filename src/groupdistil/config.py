@@ -47,7 +47,8 @@ class TeacherConfig(BaseModel):
     cache: bool = Field(True, description="cache teacher logits when the training view is not augmented",
                         json_schema_extra=_flag("--teacher-cache"))
     cache_dir: Path | None = Field(None, description="teacher-logit cache folder "
-                                   "(default $GROUPDISTIL_CACHE or ~/.cache/groupdistil)")
+                                   "(default $GROUPDISTIL_CACHE or ~/.cache/groupdistil)",
+                                   json_schema_extra=_flag("--teacher-cache-dir"))
 
 
 class ObjectiveConfig(BaseModel):

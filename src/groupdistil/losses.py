@@ -143,7 +143,12 @@ def adjust_logits_weighted(
     class_weights: Sequence[float] | torch.Tensor,
     class_prior: Sequence[float] | torch.Tensor,
 ) -> torch.Tensor:
-    """Post-hoc adjustment for a weighted (worst-class) objective: ``logits - log(lambda / pi)``.
+    """Post-hoc adjustment for a class-weighted (worst-class) objective: ``logits + log(lambda / pi)``.
+
+    The Bayes rule for the lambda-weighted balanced error is ``argmax_k lambda_k p(k|x) / pi_k``, and
+    it is what a teacher trained with ``ce(s + log pi - log lambda, y)`` (:class:`RobustTeacher`)
+    predicts. Uniform lambda gives the balanced adjustment ``logits - log pi`` up to a constant.
+    (METHODS.md writes ``t - log(lambda / pi)``; that sign would push rare classes further down.)
 
     Args:
         logits: (B, C) teacher logits.
@@ -158,7 +163,7 @@ def adjust_logits_weighted(
     # Same clamp as the prior: lambda = 0 (a class given up on) stays finite.
     lam = check_distribution("class_weights", class_weights, n).clamp_min(1e-12)
     log_pi = _log_prior(class_prior, n)
-    return upcast(logits) - (lam.log() - log_pi).to(logits.device)
+    return upcast(logits) + (lam.log() - log_pi).to(logits.device)
 
 
 def logit_adjusted_cross_entropy(

@@ -67,6 +67,7 @@ def _train(case: str, rank: int | None) -> dict[str, torch.Tensor]:
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
+    torch.set_num_threads(1)  # two ranks on a small CI machine: no thread oversubscription
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         torch.save({case: _train(case, rank) for case in CASES}, Path(out_dir) / f"rank{rank}.pt")
@@ -80,6 +81,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two spawned interpreters importing torch: ~6 s on an idle 2-core machine
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
 def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
     mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)

@@ -78,11 +78,11 @@ def check_labels(name: str, labels: torch.Tensor, batch: int, n_values: int) -> 
         raise ValueError(f"{name}: expected a ({batch},) integer tensor, got shape {shape}")
     if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():
         raise ValueError(f"{name}: expected an integer tensor, got dtype {labels.dtype}")
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n_values):
-        raise ValueError(
-            f"{name}: expected ids in [0, {n_values}), got values in "
-            f"[{int(labels.min())}, {int(labels.max())}]"
-        )
+    if labels.numel():
+        # One reduction and one host sync for both bounds.
+        lo, hi = (int(v) for v in torch.aminmax(labels))
+        if lo < 0 or hi >= n_values:
+            raise ValueError(f"{name}: expected ids in [0, {n_values}), got values in [{lo}, {hi}]")
 
 
 def as_group_vector(name: str, value: float | Sequence[float] | torch.Tensor, n: int) -> torch.Tensor:

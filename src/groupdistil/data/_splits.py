@@ -42,3 +42,10 @@ def balanced_subsample(labels: np.ndarray, n_classes: int) -> np.ndarray:
     m = counts[counts > 0].min()
     keep = [np.flatnonzero(labels == c)[:m] for c in range(n_classes)]
     return np.sort(np.concatenate(keep)).astype(np.int64)
+
+
+def long_tail_counts(n_max: int, n_classes: int, ratio: float) -> np.ndarray:
+    """(C,) exponential long-tail profile: floor(n_max * ratio ** (-k / (C - 1))) for rank k."""
+    k = np.arange(n_classes)
+    # The epsilon keeps products that are exact in theory (5000 * 100**-1 = 50) from flooring one low.
+    return np.floor(n_max * ratio ** (-k / (n_classes - 1)) + 1e-9).astype(np.int64)

@@ -91,6 +91,12 @@ class Table:
     def error(self, row: int, column: str, expected: str, value: Any) -> DataError:
         return DataError(f"{self.where(row, column)}: expected {expected}, got {_fmt(value)}")
 
+    def select(self, rows: Sequence[int]) -> Table:
+        """The given rows only (messages keep their original line numbers)."""
+        columns = {k: [v[i] for i in rows] for k, v in self.columns.items()}
+        lines = [self.lines[i] for i in rows] if self.lines is not None else None
+        return Table(self.path, columns, lines)
+
     def has(self, name: str) -> bool:
         return name in self.columns
 
@@ -121,7 +127,7 @@ class Table:
         out = np.empty(len(col), dtype=np.int64)
         what = expected or (f"one of {sorted(allowed)}" if allowed is not None else "an integer")
         for i, v in enumerate(col):
-            n = _as_int(v)
+            n = as_int(v)
             if n is None or (allowed is not None and n not in allowed):
                 raise self.error(i, name, what, v)
             out[i] = n
@@ -160,7 +166,7 @@ class Table:
             seen[v] = i
 
 
-def _as_int(v: Any) -> int | None:
+def as_int(v: Any) -> int | None:
     if isinstance(v, bool):
         return None
     if isinstance(v, (int, np.integer)):

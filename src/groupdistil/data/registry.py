@@ -30,6 +30,8 @@ SOURCE_MODULES = (
     "groupdistil.data.waterbirds",
     "groupdistil.data.celeba",
     "groupdistil.data.cifar_lt",
+    "groupdistil.data.mnms",
+    "groupdistil.data.manifest",
 )
 
 

@@ -3,38 +3,68 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
 
 
+def _is_real(value: object) -> bool:
+    # numbers.Real also admits numpy scalars, which configs and sweeps often hand over.
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def check_temperature(temperature: float) -> float:
-    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
+    """A temperature T: a finite number > 0, returned as float."""
+    if not _is_real(temperature) or not math.isfinite(temperature) or temperature <= 0:
         raise ValueError(f"temperature: expected a finite number > 0, got {temperature!r}")
     return float(temperature)
 
 
 def check_unit_interval(name: str, value: float) -> float:
-    if not isinstance(value, (int, float)) or not (0.0 <= float(value) <= 1.0):
+    """A number in [0, 1] (e.g. alpha, beta), returned as float."""
+    # NaN fails the comparison, so it is rejected too.
+    if not _is_real(value) or not (0.0 <= float(value) <= 1.0):
         raise ValueError(f"{name}: expected a number in [0, 1], got {value!r}")
     return float(value)
 
 
 def check_nonnegative(name: str, value: float) -> float:
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    """A finite number >= 0 (e.g. a step size), returned as float."""
+    if not _is_real(value) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
     return float(value)
 
 
+def check_finite(name: str, value: float) -> float:
+    """A finite real number (e.g. a logit-adjustment strength), returned as float."""
+    if not _is_real(value) or not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    return float(value)
+
+
+def check_positive_int(name: str, value: int) -> int:
+    """An integer >= 1 (a number of groups or classes, a step count), returned as int."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+    return int(value)
+
+
 def check_logits(name: str, logits: torch.Tensor) -> None:
+    """A (B, C) floating-point tensor with C >= 1."""
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ValueError(f"{name}: expected a (B, C) tensor, got shape {shape}")
+    if not logits.dtype.is_floating_point:
+        raise ValueError(f"{name}: expected a floating-point tensor, got dtype {logits.dtype}")
     if logits.shape[1] < 1:
         raise ValueError(f"{name}: expected at least one class, got shape {tuple(logits.shape)}")
 
 
 def check_same_shape(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    """``b`` (a tensor) has the shape of ``a``; the message names ``b``."""
+    if not isinstance(b, torch.Tensor):
+        raise ValueError(f"{name_b}: expected a tensor of shape {tuple(a.shape)}, got {type(b).__name__}")
     if a.shape != b.shape:
         raise ValueError(
             f"{name_b}: expected the shape of {name_a} {tuple(a.shape)}, got {tuple(b.shape)}"
@@ -48,11 +78,11 @@ def check_labels(name: str, labels: torch.Tensor, batch: int, n_values: int) -> 
         raise ValueError(f"{name}: expected a ({batch},) integer tensor, got shape {shape}")
     if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():
         raise ValueError(f"{name}: expected an integer tensor, got dtype {labels.dtype}")
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n_values):
-        raise ValueError(
-            f"{name}: expected ids in [0, {n_values}), got values in "
-            f"[{int(labels.min())}, {int(labels.max())}]"
-        )
+    if labels.numel():
+        # One reduction and one host sync for both bounds.
+        lo, hi = (int(v) for v in torch.aminmax(labels))
+        if lo < 0 or hi >= n_values:
+            raise ValueError(f"{name}: expected ids in [0, {n_values}), got values in [{lo}, {hi}]")
 
 
 def as_group_vector(name: str, value: float | Sequence[float] | torch.Tensor, n: int) -> torch.Tensor:

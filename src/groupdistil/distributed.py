@@ -14,14 +14,17 @@ def is_distributed() -> bool:
 
 
 def world_size() -> int:
+    """Number of ranks (1 in a single process)."""
     return dist.get_world_size() if is_distributed() else 1
 
 
 def rank() -> int:
+    """This process's rank (0 in a single process)."""
     return dist.get_rank() if is_distributed() else 0
 
 
 def is_main_process() -> bool:
+    """True on rank 0, the rank that writes logs and checkpoints."""
     return rank() == 0
 
 

@@ -1,8 +1,9 @@
 """Per-sample loss terms.
 
 Every function here returns a vector of B values (``reduction="none"``) so that any aggregation (mean,
-reweighting, online group DRO) can sit on top. All terms are computed in float32 with ``log_softmax``
-whatever the dtype of the logits, so mixed-precision models still get stable losses.
+reweighting, online group DRO) can sit on top. All terms are computed with ``log_softmax`` in float32
+*at least* (:func:`compute_dtype`): float16 and bfloat16 logits are upcast, so mixed-precision models
+still get stable losses, while float64 logits stay float64 (which makes ``gradcheck`` meaningful).
 """
 
 from __future__ import annotations
@@ -14,12 +15,23 @@ import torch.nn.functional as F
 
 from groupdistil._validate import (
     check_distribution,
+    check_finite,
     check_labels,
     check_logits,
     check_same_shape,
     check_temperature,
     check_unit_interval,
 )
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype losses are computed in: float32 at least (half and bfloat16 go up, float64 stays)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in :func:`compute_dtype` (a no-op for float32 and float64)."""
+    return x.to(compute_dtype(x.dtype))
 
 
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -30,11 +42,11 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         y: (B,) integer labels in [0, C).
 
     Returns:
-        (B,) float32 losses.
+        (B,) losses, float32 (float64 for float64 logits).
     """
     check_logits("logits", logits)
     check_labels("y", y, logits.shape[0], logits.shape[1])
-    return F.cross_entropy(logits.float(), y.long(), reduction="none")
+    return F.cross_entropy(upcast(logits), y.long(), reduction="none")
 
 
 def distillation(
@@ -51,13 +63,13 @@ def distillation(
         temperature: T > 0.
 
     Returns:
-        (B,) float32 losses, each >= 0.
+        (B,) losses, each >= 0, float32 (float64 for float64 student logits).
     """
     t = check_temperature(temperature)
     check_logits("student_logits", student_logits)
     check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
-    log_s = F.log_softmax(student_logits.float() / t, dim=1)
-    log_t = F.log_softmax(teacher_logits.detach().float() / t, dim=1)
+    log_s = F.log_softmax(upcast(student_logits) / t, dim=1)
+    log_t = F.log_softmax(teacher_logits.detach().to(log_s.dtype) / t, dim=1)
     return (t * t) * F.kl_div(log_s, log_t, reduction="none", log_target=True).sum(dim=1)
 
 
@@ -75,18 +87,16 @@ def soft_cross_entropy(
         temperature: T > 0.
 
     Returns:
-        (B,) float32 losses.
+        (B,) losses, float32 (float64 for float64 student logits).
     """
     t = check_temperature(temperature)
     check_logits("student_logits", student_logits)
     check_same_shape("student_logits", student_logits, "target_probs", target_probs)
-    log_s = F.log_softmax(student_logits.float() / t, dim=1)
-    return -(t * t) * (target_probs.detach().float() * log_s).sum(dim=1)
+    log_s = F.log_softmax(upcast(student_logits) / t, dim=1)
+    return -(t * t) * (target_probs.detach().to(log_s.dtype) * log_s).sum(dim=1)
 
 
-def mixed(
-    ce: torch.Tensor, kd: torch.Tensor, alpha: float
-) -> torch.Tensor:
+def mixed(ce: torch.Tensor, kd: torch.Tensor, alpha: float) -> torch.Tensor:
     """``(1 - alpha) * ce + alpha * kd``: alpha = 0 ignores the teacher, alpha = 1 uses only it.
 
     Args:
@@ -95,7 +105,7 @@ def mixed(
         alpha: teacher weight in [0, 1].
 
     Returns:
-        (B,) float32.
+        (B,) in the dtype of the inputs.
     """
     a = check_unit_interval("alpha", alpha)
     check_same_shape("ce", ce, "kd", kd)
@@ -103,6 +113,7 @@ def mixed(
 
 
 def _log_prior(class_prior: Sequence[float] | torch.Tensor, n_classes: int) -> torch.Tensor:
+    """(C,) float32 ``log pi`` of a validated class prior."""
     prior = check_distribution("class_prior", class_prior, n_classes)
     # A class with prior 0 would give -inf; clamping keeps the adjustment finite and very large.
     return prior.clamp_min(1e-12).log()
@@ -119,11 +130,12 @@ def adjust_logits(
         tau: adjustment strength (1 for the balanced-error Bayes rule).
 
     Returns:
-        (B, C) float32 adjusted logits.
+        (B, C) adjusted logits, float32 at least.
     """
     check_logits("logits", logits)
+    tau = check_finite("tau", tau)
     log_pi = _log_prior(class_prior, logits.shape[1]).to(logits.device)
-    return logits.float() - float(tau) * log_pi
+    return upcast(logits) - tau * log_pi
 
 
 def adjust_logits_weighted(
@@ -131,7 +143,12 @@ def adjust_logits_weighted(
     class_weights: Sequence[float] | torch.Tensor,
     class_prior: Sequence[float] | torch.Tensor,
 ) -> torch.Tensor:
-    """Post-hoc adjustment for a weighted (worst-class) objective: ``logits - log(lambda / pi)``.
+    """Post-hoc adjustment for a class-weighted (worst-class) objective: ``logits + log(lambda / pi)``.
+
+    The Bayes rule for the lambda-weighted balanced error is ``argmax_k lambda_k p(k|x) / pi_k``, and
+    it is what a teacher trained with ``ce(s + log pi - log lambda, y)`` (:class:`RobustTeacher`)
+    predicts. Uniform lambda gives the balanced adjustment ``logits - log pi`` up to a constant.
+    (METHODS.md writes ``t - log(lambda / pi)``; that sign would push rare classes further down.)
 
     Args:
         logits: (B, C) teacher logits.
@@ -139,13 +156,14 @@ def adjust_logits_weighted(
         class_prior: (C,) training class frequencies pi.
 
     Returns:
-        (B, C) float32 adjusted logits.
+        (B, C) adjusted logits, float32 at least.
     """
     check_logits("logits", logits)
     n = logits.shape[1]
+    # Same clamp as the prior: lambda = 0 (a class given up on) stays finite.
     lam = check_distribution("class_weights", class_weights, n).clamp_min(1e-12)
     log_pi = _log_prior(class_prior, n)
-    return logits.float() - (lam.log() - log_pi).to(logits.device)
+    return upcast(logits) + (lam.log() - log_pi).to(logits.device)
 
 
 def logit_adjusted_cross_entropy(
@@ -160,8 +178,9 @@ def logit_adjusted_cross_entropy(
         logits: (B, C); y: (B,) labels; class_prior: (C,); tau: strength.
 
     Returns:
-        (B,) float32.
+        (B,) losses, float32 at least.
     """
     check_logits("logits", logits)
+    tau = check_finite("tau", tau)
     log_pi = _log_prior(class_prior, logits.shape[1]).to(logits.device)
-    return cross_entropy(logits.float() + float(tau) * log_pi, y)
+    return cross_entropy(upcast(logits) + tau * log_pi, y)

@@ -1,17 +1,13 @@
 """Training objectives: each is a per-sample term paired with an aggregation.
 
-=================  ======================  ===================================  ============
-name               per-sample term         aggregation                          groups
-=================  ======================  ===================================  ============
-``erm``            ce                      mean                                 none
-``reweight``       ce                      weighted mean, weight 1 / n_{g_i}   data groups
-``group-dro``      ce                      online group DRO                     data groups
-``balanced``       logit-adjusted ce       mean                                 none
-``robust-teacher`` ce(s + tau log pi - log lambda)  mean, lambda from validation  classes
-``kd``             (1-alpha) ce + alpha kd mean                                 none
-``groupdistil``    (1-alpha) ce + alpha kd online group DRO                     data groups
-``class-robust-kd`` per-class risks R_k    standard | balanced | robust | tradeoff  classes
-=================  ======================  ===================================  ============
+- ``erm``: cross-entropy, mean.
+- ``reweight``: cross-entropy, mean weighted by ``1 / n_{g_i}`` (data groups).
+- ``group-dro``: cross-entropy, online group DRO (data groups).
+- ``balanced``: logit-adjusted cross-entropy ``ce(s + tau log pi, y)``, mean (a balanced teacher).
+- ``robust-teacher``: ``ce(s + tau log pi - log lambda, y)``, mean; lambda from validation (classes).
+- ``kd``: ``(1-alpha) ce + alpha kd``, mean.
+- ``groupdistil``: ``(1-alpha) ce + alpha kd``, online group DRO (data groups).
+- ``class-robust-kd``: per-class risks R_k, weighted standard | balanced | robust | tradeoff (classes).
 
 Every objective is called as ``objective(student_logits, y, groups, teacher_logits)`` and returns an
 :class:`ObjectiveOutput`: the scalar loss plus per-group loss, count and current weights for logging.
@@ -21,7 +17,7 @@ No objective has a training loop of its own; the engine drives them all the same
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -31,27 +27,34 @@ from groupdistil import distributed
 from groupdistil._validate import (
     as_group_vector,
     check_distribution,
+    check_finite,
     check_labels,
     check_logits,
-    check_nonnegative,
+    check_positive_int,
     check_same_shape,
     check_temperature,
     check_unit_interval,
 )
-from groupdistil.losses import cross_entropy, distillation, logit_adjusted_cross_entropy
+from groupdistil.losses import (
+    cross_entropy,
+    distillation,
+    logit_adjusted_cross_entropy,
+    mixed,
+    upcast,
+)
 from groupdistil.robust import EPS, GroupDRO, GroupRisks, group_risks
-
-Term = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
 class ObjectiveOutput(NamedTuple):
     """What an objective returns.
 
     Attributes:
-        loss: scalar float32 loss to back-propagate.
-        group_loss: (G,) mean loss per group in this batch (0 where absent); empty without groups.
+        loss: scalar loss to back-propagate (float32; float64 for float64 logits).
+        group_loss: (G,) mean per group in this batch of the part the group weights act on (0 where
+            absent); empty when the objective has no groups.
         group_count: (G,) samples (or soft mass) per group in this batch.
-        weights: (G,) current group weights (q or lambda) for robust objectives, else None.
+        weights: (G,) current group weights (q or lambda; the effective class weights for
+            :class:`ClassRobustKD`), else None.
     """
 
     loss: torch.Tensor
@@ -60,23 +63,22 @@ class ObjectiveOutput(NamedTuple):
     weights: torch.Tensor | None
 
 
-def _empty() -> torch.Tensor:
-    return torch.zeros(0)
+def _empty(like: torch.Tensor) -> torch.Tensor:
+    return like.new_zeros(0)
 
 
-def _global_mean_parts(
-    values: torch.Tensor, weights: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Weighted mean whose value and gradient equal those on the global batch under DDP."""
-    w = torch.ones_like(values) if weights is None else weights
+def _global_mean_parts(values: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Weighted mean of (B,) values whose value and gradient equal those on the global batch under DDP."""
+    w = torch.ones_like(values) if weights is None else weights.to(values.dtype)
     num = distributed.global_sum_with_local_grad((w * values).sum())
     den = distributed.all_reduce_sum(w.sum().detach())
     return num / den.clamp_min(EPS)
 
 
 def _logged_risks(losses: torch.Tensor, groups: torch.Tensor | None, n_groups: int | None) -> GroupRisks:
+    """Per-group statistics for logging only (detached, summed over ranks)."""
     if groups is None or n_groups is None:
-        return GroupRisks(_empty(), _empty(), _empty())
+        return GroupRisks(_empty(losses), _empty(losses), _empty(losses))
     r = group_risks(losses.detach(), groups, n_groups)
     if distributed.is_distributed():
         sums, counts = distributed.all_reduce_sum(r.sums), distributed.all_reduce_sum(r.counts)
@@ -85,18 +87,20 @@ def _logged_risks(losses: torch.Tensor, groups: torch.Tensor | None, n_groups: i
 
 
 class Objective(nn.Module):
-    """Base class: ``loss = aggregate(term(s, y, t), groups) [+ mean(extra_term(s, y, t))]``.
+    """Base class: ``loss = aggregate(robust part, groups) + mean(plain part)``.
 
-    Subclasses set ``requires_teacher`` and implement :meth:`per_sample` and :meth:`aggregate`.
+    Subclasses set ``requires_teacher`` and implement :meth:`per_sample`; robust ones also
+    :meth:`aggregate`.
     """
 
     requires_teacher: bool = False
     #: K when the objective wants :meth:`update_from_validation` every K steps, else None.
     validation_every: int | None = None
 
-    def __init__(self, n_groups: int | None = None) -> None:
+    def __init__(self, n_groups: int | None = None, n_classes: int | None = None) -> None:
         super().__init__()
-        self.n_groups = n_groups
+        self.n_groups = None if n_groups is None else check_positive_int("n_groups", n_groups)
+        self.n_classes = None if n_classes is None else check_positive_int("n_classes", n_classes)
 
     def per_sample(
         self, student_logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None
@@ -105,6 +109,7 @@ class Objective(nn.Module):
         raise NotImplementedError
 
     def aggregate(self, losses: torch.Tensor, groups: torch.Tensor | None) -> ObjectiveOutput:
+        """Plain mean of (B,) losses; per-group statistics only for the logs."""
         r = _logged_risks(losses, groups, self.n_groups)
         return ObjectiveOutput(_global_mean_parts(losses), r.means, r.counts, None)
 
@@ -116,12 +121,16 @@ class Objective(nn.Module):
         teacher_logits: torch.Tensor | None,
     ) -> None:
         check_logits("student_logits", student_logits)
+        if self.n_classes is not None and student_logits.shape[1] != self.n_classes:
+            raise ValueError(
+                f"student_logits: expected {self.n_classes} classes, got shape {tuple(student_logits.shape)}"
+            )
         check_labels("y", y, student_logits.shape[0], student_logits.shape[1])
         if groups is not None and self.n_groups is not None:
             check_labels("groups", groups, student_logits.shape[0], self.n_groups)
         if self.requires_teacher:
             if teacher_logits is None:
-                raise ValueError(f"teacher_logits: {type(self).__name__} needs teacher logits")
+                raise ValueError(f"teacher_logits: {type(self).__name__} needs teacher logits, got None")
             check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
 
     def forward(
@@ -157,60 +166,73 @@ class _DROMixin:
 
     def aggregate(self, losses: torch.Tensor, groups: torch.Tensor | None) -> ObjectiveOutput:
         if groups is None:
-            raise ValueError(f"groups: {type(self).__name__} needs a group id per sample")
+            raise ValueError(f"groups: {type(self).__name__} needs a group id per sample, got None")
         r = group_risks(losses, groups, self.n_groups)
         loss, stats = self.dro.robust_loss(r.sums, r.counts)
         return ObjectiveOutput(loss, stats.means, stats.counts, self.dro.q.detach().clone())
 
 
-def _make_dro(
-    n_groups: int,
-    step_size: float,
-    group_counts: Sequence[float] | torch.Tensor | None,
-    adjustment: float | Sequence[float],
-    normalize_loss: bool,
-) -> GroupDRO:
-    return GroupDRO(
-        n_groups,
-        step_size=step_size,
-        group_counts=group_counts,
-        adjustment=adjustment,
-        normalize_loss=normalize_loss,
-    )
+def _check_validation_error(per_class_error: torch.Tensor, n: int) -> torch.Tensor:
+    if not isinstance(per_class_error, torch.Tensor) or per_class_error.shape != (n,):
+        shape = (
+            tuple(per_class_error.shape)
+            if isinstance(per_class_error, torch.Tensor)
+            else type(per_class_error).__name__
+        )
+        raise ValueError(f"per_group_error: expected a ({n},) tensor of per-class errors, got {shape}")
+    return per_class_error
 
 
 class ERM(Objective):
     """Empirical risk minimisation: mean cross-entropy. ``n_groups`` only enables per-group logs."""
 
-    def per_sample(self, student_logits, y, teacher_logits):
+    def __init__(self, n_groups: int | None = None) -> None:
+        super().__init__(n_groups=n_groups)
+
+    def per_sample(
+        self, student_logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None
+    ) -> tuple[torch.Tensor, None]:
         return cross_entropy(student_logits, y), None
 
 
 class Reweight(Objective):
-    """Cross-entropy averaged with weight ``1 / n_{g_i}`` (normalised over the batch).
+    """Cross-entropy averaged with weight ``1 / n_{g_i}``, normalised over the batch.
+
+    ``loss = sum_i w_i ce_i / sum_i w_i`` with ``w_i = 1 / n_{g_i}`` (our choice: normalising over the
+    batch keeps the loss on the scale of a mean whatever the batch's group mix). Groups without
+    training samples get weight 0.
 
     Args:
         group_counts: (G,) training samples per group.
+        n_groups: G, optional; checked against ``len(group_counts)``.
     """
 
     inv_counts: torch.Tensor
 
-    def __init__(self, group_counts: Sequence[float] | torch.Tensor) -> None:
-        counts = torch.as_tensor(group_counts, dtype=torch.float32).flatten()
-        super().__init__(n_groups=int(counts.numel()))
-        counts = as_group_vector("group_counts", counts, int(counts.numel()))
+    def __init__(
+        self, group_counts: Sequence[float] | torch.Tensor, n_groups: int | None = None
+    ) -> None:
+        n = int(torch.as_tensor(group_counts).numel())
+        if n_groups is not None and n != n_groups:
+            raise ValueError(f"group_counts: expected {n_groups} values (n_groups), got {n} values")
+        super().__init__(n_groups=n)
+        counts = as_group_vector("group_counts", group_counts, n)
         if (counts < 0).any() or counts.sum() <= 0:
-            raise ValueError(f"group_counts: expected non-negative counts, got {counts.tolist()}")
-        self.register_buffer("inv_counts", torch.where(counts > 0, 1.0 / counts.clamp_min(1), 0.0))
+            raise ValueError(
+                f"group_counts: expected non-negative counts with a positive total, got {counts.tolist()}"
+            )
+        self.register_buffer("inv_counts", torch.where(counts > 0, 1.0 / counts.clamp_min(EPS), 0.0))
 
-    def per_sample(self, student_logits, y, teacher_logits):
+    def per_sample(
+        self, student_logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None
+    ) -> tuple[torch.Tensor, None]:
         return cross_entropy(student_logits, y), None
 
-    def aggregate(self, losses, groups):
+    def aggregate(self, losses: torch.Tensor, groups: torch.Tensor | None) -> ObjectiveOutput:
         if groups is None:
-            raise ValueError("groups: Reweight needs a group id per sample")
+            raise ValueError("groups: Reweight needs a group id per sample, got None")
         r = _logged_risks(losses, groups, self.n_groups)
-        loss = _global_mean_parts(losses, self.inv_counts[groups.long()])
+        loss = _global_mean_parts(losses, self.inv_counts[groups.long().to(self.inv_counts.device)])
         return ObjectiveOutput(loss, r.means, r.counts, None)
 
 
@@ -226,9 +248,17 @@ class DRO(_DROMixin, Objective):
         normalize_loss: bool = False,
     ) -> None:
         super().__init__(n_groups=n_groups)
-        self.dro = _make_dro(n_groups, step_size, group_counts, adjustment, normalize_loss)
+        self.dro = GroupDRO(
+            n_groups,
+            step_size=step_size,
+            group_counts=group_counts,
+            adjustment=adjustment,
+            normalize_loss=normalize_loss,
+        )
 
-    def per_sample(self, student_logits, y, teacher_logits):
+    def per_sample(
+        self, student_logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None
+    ) -> tuple[torch.Tensor, None]:
         return cross_entropy(student_logits, y), None
 
 
@@ -236,21 +266,23 @@ class KD(Objective):
     """Plain distillation: mean of ``(1 - alpha) ce + alpha T^2 KL(t || s)``.
 
     Args:
-        alpha: teacher weight in [0, 1]. temperature: T > 0. n_groups: only for per-group logs.
+        alpha: teacher weight in [0, 1] (0: no teacher needed). temperature: T > 0.
+        n_groups: only for per-group logs.
     """
 
-    def __init__(self, alpha: float = 0.5, temperature: float = 4.0, n_groups: int | None = None):
+    def __init__(self, alpha: float = 0.5, temperature: float = 4.0, n_groups: int | None = None) -> None:
         super().__init__(n_groups=n_groups)
         self.alpha = check_unit_interval("alpha", alpha)
         self.temperature = check_temperature(temperature)
         self.requires_teacher = self.alpha > 0
 
-    def per_sample(self, student_logits, y, teacher_logits):
+    def per_sample(
+        self, student_logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None
+    ) -> tuple[torch.Tensor, None]:
         ce = cross_entropy(student_logits, y)
-        if self.alpha == 0:
+        if teacher_logits is None or self.alpha == 0:
             return ce, None
-        kd = distillation(student_logits, teacher_logits, self.temperature)
-        return (1 - self.alpha) * ce + self.alpha * kd, None
+        return mixed(ce, distillation(student_logits, teacher_logits, self.temperature), self.alpha), None
 
 
 DRO_ON = ("both", "kd", "ce")
@@ -259,12 +291,14 @@ DRO_ON = ("both", "kd", "ce")
 class GroupDistil(_DROMixin, Objective):
     """GroupDistil (Vilouras et al., 2023): distillation loss aggregated by online group DRO.
 
-    ``dro_on`` picks what the group weights apply to: ``both`` (the whole mix, default), ``kd`` (the
-    distillation term; cross-entropy is averaged) or ``ce`` (the reverse).
+    ``dro_on`` picks what the group weights apply to: ``both`` (the whole mix
+    ``(1-alpha) ce + alpha kd``, default), ``kd`` (the term ``alpha kd``; ``(1-alpha) ce`` is averaged)
+    or ``ce`` (the reverse). ``group_loss`` in the output is the per-group mean of that part.
 
     Args:
-        n_groups: G. alpha: teacher weight in [0, 1]. temperature: T > 0. step_size: eta.
-        group_counts, adjustment, normalize_loss: as :class:`GroupDRO`. dro_on: both | kd | ce.
+        n_groups: G. alpha: teacher weight in [0, 1] (0: no teacher needed). temperature: T > 0.
+        step_size: eta >= 0 (0: a fixed group weighting). group_counts, adjustment, normalize_loss:
+        as :class:`GroupDRO`. dro_on: both | kd | ce.
     """
 
     def __init__(
@@ -285,13 +319,23 @@ class GroupDistil(_DROMixin, Objective):
             raise ValueError(f"dro_on: expected one of {', '.join(DRO_ON)}, got {dro_on!r}")
         self.dro_on = dro_on
         self.requires_teacher = self.alpha > 0
-        self.dro = _make_dro(n_groups, step_size, group_counts, adjustment, normalize_loss)
+        self.dro = GroupDRO(
+            n_groups,
+            step_size=step_size,
+            group_counts=group_counts,
+            adjustment=adjustment,
+            normalize_loss=normalize_loss,
+        )
 
-    def per_sample(self, student_logits, y, teacher_logits):
+    def per_sample(
+        self, student_logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         ce = (1 - self.alpha) * cross_entropy(student_logits, y)
-        if self.alpha == 0:
-            return ce, None
-        kd = self.alpha * distillation(student_logits, teacher_logits, self.temperature)
+        if teacher_logits is None or self.alpha == 0:
+            # No teacher: the kd term is zero, whichever part the weights act on.
+            kd = torch.zeros_like(ce)
+        else:
+            kd = self.alpha * distillation(student_logits, teacher_logits, self.temperature)
         if self.dro_on == "both":
             return ce + kd, None
         return (kd, ce) if self.dro_on == "kd" else (ce, kd)
@@ -304,15 +348,17 @@ class LogitAdjusted(Objective):
         class_prior: (C,) training class frequencies. tau: strength (default 1).
     """
 
-    log_prior: torch.Tensor
+    prior: torch.Tensor
 
     def __init__(self, class_prior: Sequence[float] | torch.Tensor, tau: float = 1.0) -> None:
-        super().__init__()
-        prior = torch.as_tensor(class_prior, dtype=torch.float32).flatten()
-        self.register_buffer("prior", check_distribution("class_prior", prior, prior.numel()))
-        self.tau = float(tau)
+        n = int(torch.as_tensor(class_prior).numel())
+        super().__init__(n_classes=n)
+        self.register_buffer("prior", check_distribution("class_prior", class_prior, n))
+        self.tau = check_finite("tau", tau)
 
-    def per_sample(self, student_logits, y, teacher_logits):
+    def per_sample(
+        self, student_logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None
+    ) -> tuple[torch.Tensor, None]:
         return logit_adjusted_cross_entropy(student_logits, y, self.prior, self.tau), None
 
 
@@ -321,7 +367,8 @@ class RobustTeacher(Objective):
 
     lambda lives on the simplex over classes and is moved by exponentiated gradient on the per-class
     0-1 error of a validation batch every ``validation_every`` steps (the engine calls
-    :meth:`update_from_validation`).
+    :meth:`update_from_validation`). The groups of this objective are the classes: ``group_loss`` is
+    per class, whatever grouping the data has.
 
     Args:
         class_prior: (C,). tau: logit adjustment. step_size: eta for lambda (0.1 in the paper).
@@ -337,52 +384,60 @@ class RobustTeacher(Objective):
         step_size: float = 0.1,
         validation_every: int = 32,
     ) -> None:
-        super().__init__()
-        prior = torch.as_tensor(class_prior, dtype=torch.float32).flatten()
-        prior = check_distribution("class_prior", prior, prior.numel())
-        self.register_buffer("prior", prior)
-        self.n_groups = int(prior.numel())
-        self.tau = float(tau)
-        if int(validation_every) < 1:
-            raise ValueError(f"validation_every: expected an integer >= 1, got {validation_every}")
-        self.validation_every = int(validation_every)
-        self.dro = GroupDRO(self.n_groups, step_size=step_size, group_counts=prior)
+        n = int(torch.as_tensor(class_prior).numel())
+        super().__init__(n_groups=n, n_classes=n)
+        self.register_buffer("prior", check_distribution("class_prior", class_prior, n))
+        self.tau = check_finite("tau", tau)
+        self.validation_every = check_positive_int("validation_every", validation_every)
+        # lambda starts uniform over the classes seen in training; unseen ones keep weight 0.
+        self.dro = GroupDRO(n, step_size=step_size, group_counts=self.prior)
 
-    def per_sample(self, student_logits, y, teacher_logits):
+    def per_sample(
+        self, student_logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None
+    ) -> tuple[torch.Tensor, None]:
+        # The clamps keep log finite for a class with pi = 0 or lambda = 0.
         shift = self.tau * self.prior.clamp_min(1e-12).log() - self.dro.q.clamp_min(1e-12).log()
-        return cross_entropy(student_logits.float() + shift, y), None
+        s = upcast(student_logits)
+        return cross_entropy(s + shift.to(s.dtype), y), None
 
-    def aggregate(self, losses, groups):
-        out = super().aggregate(losses, None)
+    def aggregate(self, losses: torch.Tensor, groups: torch.Tensor | None) -> ObjectiveOutput:
+        out = super().aggregate(losses, groups)
         return out._replace(weights=self.dro.q.detach().clone())
 
-    def forward(self, student_logits, y, groups=None, teacher_logits=None):
-        # The groups of this objective are the classes, whatever the data's grouping.
+    def forward(
+        self,
+        student_logits: torch.Tensor,
+        y: torch.Tensor,
+        groups: torch.Tensor | None = None,
+        teacher_logits: torch.Tensor | None = None,
+    ) -> ObjectiveOutput:
+        """As :meth:`Objective.forward`; ``groups`` is ignored (the labels are the groups)."""
         return super().forward(student_logits, y, y, teacher_logits)
 
     def update_from_validation(self, per_group_error: torch.Tensor) -> None:
         """EG step on lambda from a (C,) vector of per-class 0-1 validation error."""
-        self.dro.update(per_group_error.float().to(self.dro.q.device))
+        self.dro.update(_check_validation_error(per_group_error, self.dro.n_groups))
 
 
 CLASS_ROBUST_MODES = ("standard", "balanced", "robust", "tradeoff")
+LAMBDA_SOURCES = ("train", "val")
 
 
 class ClassRobustKD(Objective):
     """Class-robust distillation (Wang et al., 2023; reconstruction described in docs/methods.md).
 
-    Per-class risk with the teacher's probabilities as soft class membership:
+    Per-class risk with the teacher's probabilities ``p = softmax(t / T)`` as soft class membership:
     ``R_k = [(1-alpha) sum_i 1(y_i=k) ce_ik + alpha sum_i p_ik T^2 (-log softmax(s_i/T)_k)] / (B pi_k)``.
-
-    Modes: ``standard`` = sum_k pi_k R_k (plain distillation), ``balanced`` = mean_k R_k, ``robust`` =
-    sum_k lambda_k R_k with lambda updated by EG (from the training batch, or from validation error
-    every ``validation_every`` steps when ``lambda_source="val"``), ``tradeoff`` =
-    (1 - beta) standard + beta robust.
+    The loss is ``sum_k w_k R_k`` with class weights ``w`` set by the mode: ``standard`` w = pi (plain
+    distillation in soft cross-entropy form), ``balanced`` w = 1/C, ``robust`` w = lambda updated by
+    EG (from the training batch's R, or, with ``lambda_source="val"``, only from validation error every
+    ``validation_every`` steps), ``tradeoff`` w = (1 - beta) pi + beta lambda. A class with pi_k = 0
+    has R_k = 0 and weight 0 in every mode (balanced averages over the other classes).
 
     Args:
-        n_classes: C. class_prior: (C,) training class frequencies. alpha, temperature: as KD.
-        mode: see above. beta: tradeoff in [0, 1]. step_size: eta for lambda.
-        lambda_source: ``train`` or ``val``. validation_every: K for ``val``.
+        n_classes: C. class_prior: (C,) training class frequencies. alpha: teacher weight in [0, 1].
+        temperature: T > 0. mode: see above. beta: tradeoff in [0, 1]. step_size: eta >= 0 for
+        lambda. lambda_source: ``train`` or ``val``. validation_every: K for ``val``.
     """
 
     prior: torch.Tensor
@@ -399,9 +454,7 @@ class ClassRobustKD(Objective):
         lambda_source: str = "train",
         validation_every: int = 32,
     ) -> None:
-        super().__init__(n_groups=n_classes)
-        if not isinstance(n_classes, int) or n_classes < 1:
-            raise ValueError(f"n_classes: expected an integer >= 1, got {n_classes!r}")
+        super().__init__(n_groups=n_classes, n_classes=n_classes)
         self.register_buffer("prior", check_distribution("class_prior", class_prior, n_classes))
         self.alpha = check_unit_interval("alpha", alpha)
         self.temperature = check_temperature(temperature)
@@ -409,57 +462,70 @@ class ClassRobustKD(Objective):
             raise ValueError(f"mode: expected one of {', '.join(CLASS_ROBUST_MODES)}, got {mode!r}")
         self.mode = mode
         self.beta = check_unit_interval("beta", beta)
-        if lambda_source not in ("train", "val"):
-            raise ValueError(f"lambda_source: expected train or val, got {lambda_source!r}")
+        if lambda_source not in LAMBDA_SOURCES:
+            raise ValueError(
+                f"lambda_source: expected one of {', '.join(LAMBDA_SOURCES)}, got {lambda_source!r}"
+            )
         self.lambda_source = lambda_source
-        check_nonnegative("step_size", step_size)
-        uses_lambda = mode == "robust" or (mode == "tradeoff" and self.beta > 0)
-        if lambda_source == "val" and uses_lambda:
-            if int(validation_every) < 1:
-                raise ValueError(f"validation_every: expected >= 1, got {validation_every}")
-            self.validation_every = int(validation_every)
-        self.requires_teacher = True
-        # lambda shares group DRO's EG update; on the training batch it moves only in "train" mode.
-        # sync=False: the sums and denominators reaching it are already global.
+        self.uses_lambda = mode == "robust" or (mode == "tradeoff" and self.beta > 0)
+        if lambda_source == "val" and self.uses_lambda:
+            self.validation_every = check_positive_int("validation_every", validation_every)
+        self.requires_teacher = self.alpha > 0
+        # lambda shares group DRO's EG update (and its checks on step_size). sync=False: the sums and
+        # denominators reaching it are already global.
         self.dro = GroupDRO(n_classes, step_size=step_size, group_counts=self.prior, sync=False)
 
     def class_risks(
-        self, student_logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor
+        self, student_logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Numerators (C,) of R_k and their denominators B * pi_k (C,), float32."""
+        """Numerators (C,) of R_k on this rank and their denominators ``B * pi_k`` (C,)."""
         t = self.temperature
-        s = student_logits.float()
-        ce = cross_entropy(s, y)
-        label_part = torch.zeros(s.shape[1], device=s.device).index_add_(0, y.long(), ce)
-        p = torch.softmax(teacher_logits.detach().float() / t, dim=1)
-        tea = -(t * t) * torch.log_softmax(s / t, dim=1)
-        teacher_part = (p * tea).sum(dim=0)
-        sums = (1 - self.alpha) * label_part + self.alpha * teacher_part
-        return sums, s.shape[0] * self.prior.to(s.device)
+        s = upcast(student_logits)
+        label_part = s.new_zeros(s.shape[1]).index_add_(0, y.long().to(s.device), cross_entropy(s, y))
+        sums = (1 - self.alpha) * label_part
+        if teacher_logits is not None and self.alpha > 0:
+            p = torch.softmax(teacher_logits.detach().to(s.dtype) / t, dim=1)
+            tea = -(t * t) * torch.log_softmax(s / t, dim=1)
+            sums = sums + self.alpha * (p * tea).sum(dim=0)
+        return sums, s.shape[0] * self.prior.to(device=s.device, dtype=s.dtype)
 
-    def forward(self, student_logits, y, groups=None, teacher_logits=None):
+    def class_weights(self) -> torch.Tensor:
+        """(C,) current weights w of the per-class risks (see the class docstring)."""
+        if self.mode == "standard":
+            return self.prior
+        if self.mode == "balanced":
+            present = (self.prior > 0).to(self.prior.dtype)
+            return present / present.sum()
+        lam = self.dro.q
+        return lam if self.mode == "robust" else (1 - self.beta) * self.prior + self.beta * lam
+
+    def forward(
+        self,
+        student_logits: torch.Tensor,
+        y: torch.Tensor,
+        groups: torch.Tensor | None = None,
+        teacher_logits: torch.Tensor | None = None,
+    ) -> ObjectiveOutput:
+        """As :meth:`Objective.forward`; ``groups`` is ignored (the classes are the groups)."""
         self._check_inputs(student_logits, y, None, teacher_logits)
         sums, denom = self.class_risks(student_logits, y, teacher_logits)
         if distributed.is_distributed():
             sums = distributed.global_sum_with_local_grad(sums)
             denom = distributed.all_reduce_sum(denom)
-        risks = sums / denom.clamp_min(EPS)
-        standard = (self.prior * risks).sum()
-        if self.mode == "standard":
-            loss = standard
-        elif self.mode == "balanced":
-            loss = risks.mean()
-        else:
-            self.dro.train(self.training and self.lambda_source == "train")
-            robust, _ = self.dro.robust_loss(sums, denom)
-            loss = robust if self.mode == "robust" else (1 - self.beta) * standard + self.beta * robust
-        counts = torch.bincount(y.long(), minlength=self.n_groups).float()
+        # denom = B pi_k is 0 only for a class unseen in training: its risk is defined as 0.
+        inv = torch.where(denom > 0, 1.0 / denom.clamp_min(EPS), torch.zeros_like(denom))
+        risks = sums * inv
+        if self.uses_lambda and self.training and self.lambda_source == "train":
+            self.dro.update(risks.detach())
+        w = self.class_weights()
+        loss = (w.to(risks.dtype) * risks).sum()
+        counts = torch.bincount(y.long(), minlength=self.n_classes).to(risks.dtype)
         counts = distributed.all_reduce_sum(counts)
-        return ObjectiveOutput(loss, risks.detach(), counts, self.dro.q.detach().clone())
+        return ObjectiveOutput(loss, risks.detach(), counts, w.detach().clone())
 
     def update_from_validation(self, per_group_error: torch.Tensor) -> None:
         """EG step on lambda from a (C,) vector of per-class 0-1 validation error."""
-        self.dro.update(per_group_error.float().to(self.dro.q.device))
+        self.dro.update(_check_validation_error(per_group_error, self.dro.n_groups))
 
 
 # ---- construction by name (used by the CLI and configs) ----------------------------------------

@@ -13,13 +13,14 @@ import torch
 from torch import nn
 
 from groupdistil import distributed
-from groupdistil._validate import as_group_vector, check_labels, check_nonnegative
+from groupdistil._validate import as_group_vector, check_labels, check_nonnegative, check_positive_int
+from groupdistil.losses import compute_dtype, upcast
 
 EPS = 1e-12
 
 
 class GroupRisks(NamedTuple):
-    """Per-group statistics of one batch, all float32 of shape (G,)."""
+    """Per-group statistics of one batch, all of shape (G,), float32 (float64 for float64 losses)."""
 
     sums: torch.Tensor  # sum_i m[i, g] * l_i
     counts: torch.Tensor  # sum_i m[i, g]
@@ -34,43 +35,43 @@ def group_risks(
 ) -> GroupRisks:
     """Per-group sums, counts and means of per-sample losses.
 
-    Hard groups use ``index_add_`` and ``bincount`` (O(B + G), no B x G matrix); soft membership is a
-    dense (B, G) matrix and costs O(B * G).
+    ``L_g = sum_i m[i, g] l_i / max(sum_i m[i, g], eps)``. Hard groups use ``index_add_`` and
+    ``bincount`` (O(B + G), no B x G matrix); soft membership is a dense (B, G) matrix, O(B * G).
 
     Args:
-        losses: (B,) per-sample losses (any float dtype; accumulated in float32).
+        losses: (B,) per-sample losses (any float dtype; accumulated in float32 at least).
         groups: (B,) group ids in [0, n_groups), for hard groups.
         n_groups: G, required with ``groups``.
         membership: (B, G) non-negative weights ``m[i, g]``, instead of ``groups``.
 
     Returns:
-        :class:`GroupRisks` with (G,) float32 tensors.
+        :class:`GroupRisks` with (G,) tensors, float32 (float64 for float64 losses).
     """
-    if losses.dim() != 1:
-        raise ValueError(f"losses: expected a (B,) tensor, got shape {tuple(losses.shape)}")
-    values = losses.float()
+    if not isinstance(losses, torch.Tensor) or losses.dim() != 1:
+        shape = tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
+        raise ValueError(f"losses: expected a (B,) tensor, got shape {shape}")
+    values = upcast(losses)
     if (groups is None) == (membership is None):
         raise ValueError("group_risks: pass exactly one of groups (with n_groups) or membership")
     if groups is not None:
-        if n_groups is None or n_groups < 1:
-            raise ValueError(f"n_groups: expected an integer >= 1, got {n_groups!r}")
+        n_groups = check_positive_int("n_groups", n_groups)
         check_labels("groups", groups, values.shape[0], n_groups)
-        idx = groups.long()
-        sums = torch.zeros(n_groups, dtype=torch.float32, device=values.device).index_add_(
-            0, idx, values
-        )
-        counts = torch.bincount(idx, minlength=n_groups).to(torch.float32)
+        idx = groups.long().to(values.device)
+        sums = values.new_zeros(n_groups).index_add_(0, idx, values)
+        counts = torch.bincount(idx, minlength=n_groups).to(values.dtype)
     else:
         assert membership is not None
-        if membership.dim() != 2 or membership.shape[0] != values.shape[0]:
-            raise ValueError(
-                f"membership: expected a ({values.shape[0]}, G) tensor, got {tuple(membership.shape)}"
-            )
+        if not isinstance(membership, torch.Tensor) or membership.dim() != 2 or (
+            membership.shape[0] != values.shape[0]
+        ):
+            shape = tuple(membership.shape) if isinstance(membership, torch.Tensor) else membership
+            raise ValueError(f"membership: expected a ({values.shape[0]}, G) tensor, got {shape}")
         if n_groups is not None and membership.shape[1] != n_groups:
-            raise ValueError(
-                f"membership: expected {n_groups} columns, got {membership.shape[1]}"
-            )
-        m = membership.float()
+            raise ValueError(f"membership: expected {n_groups} columns, got {membership.shape[1]}")
+        # Membership is a weight, like a target distribution: no gradient flows into it.
+        m = membership.detach().to(values.dtype)
+        if (m < 0).any():
+            raise ValueError(f"membership: expected non-negative weights, got min {float(m.min()):.6g}")
         sums = m.t() @ values
         counts = m.sum(dim=0)
     return GroupRisks(sums, counts, sums / counts.clamp_min(EPS))
@@ -107,8 +108,7 @@ class GroupDRO(nn.Module):
         sync: bool = True,
     ) -> None:
         super().__init__()
-        if not isinstance(n_groups, int) or n_groups < 1:
-            raise ValueError(f"n_groups: expected an integer >= 1, got {n_groups!r}")
+        n_groups = check_positive_int("n_groups", n_groups)
         self.n_groups = n_groups
         self.step_size = check_nonnegative("step_size", step_size)
         self.normalize_loss = bool(normalize_loss)
@@ -139,24 +139,32 @@ class GroupDRO(nn.Module):
         )
 
     def _adjusted(self, means: torch.Tensor) -> torch.Tensor:
+        """(G,) ``a = L + C / sqrt(n)`` (C_g = 0 or n_g = 0: no bonus), optionally normalised."""
+        # Per group, not all-or-nothing as in the reference code, which skips the whole adjustment
+        # as soon as one C_g is 0. The clamp only guards the n_g = 0 entries that where() discards.
         bonus = torch.where(
             (self.adjustment > 0) & (self.group_counts > 0),
-            self.adjustment / self.group_counts.clamp_min(1.0).sqrt(),
+            self.adjustment / self.group_counts.clamp_min(EPS).sqrt(),
             torch.zeros_like(self.adjustment),
         )
-        a = means.detach() + bonus
+        a = means.detach() + bonus.to(means.dtype)
         if self.normalize_loss:
-            total = a.sum()
-            a = a / total if total > 0 else a
+            # Losses are >= 0, so a zero total means a = 0; the clamp avoids 0/0 without a host sync.
+            a = a / a.sum().clamp_min(EPS)
         return a
 
     @torch.no_grad()
     def update(self, means: torch.Tensor) -> None:
-        """One exponentiated-gradient step on q from per-group mean losses (G,)."""
-        a = self._adjusted(means.float())
+        """One exponentiated-gradient step on q from per-group mean losses (G,), done in float32."""
+        if not isinstance(means, torch.Tensor) or means.shape != (self.n_groups,):
+            shape = tuple(means.shape) if isinstance(means, torch.Tensor) else type(means).__name__
+            raise ValueError(f"means: expected a ({self.n_groups},) tensor, got shape {shape}")
+        # float32 at least, even if the module was cast to half: q must stay on the simplex.
+        dtype = compute_dtype(self.q.dtype)
+        a = self._adjusted(means.to(device=self.q.device, dtype=dtype))
         # In log space: q * exp(eta * a) overflows for large losses, the log-sum-exp form does not.
         # Groups with q = 0 have log q = -inf and stay at 0.
-        logits = self.q.log() + self.step_size * a
+        logits = self.q.to(dtype).log() + self.step_size * a
         self.q.copy_(torch.softmax(logits, dim=0))
 
     def robust_loss(self, sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, GroupRisks]:

@@ -6,9 +6,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from groupdistil.data.base import SPLITS, DatasetBundle, GroupedDataset, Loader
+from groupdistil.data.images import ArrayImages, ImageFiles
 from groupdistil.groups import Grouping
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -72,3 +74,27 @@ def make_bundle(
         if len(splits[split]) == 0:
             bundle.warnings.append(f"{name}: the {split} split is empty")
     return bundle
+
+
+def parts_by_split(
+    split: np.ndarray,
+    y: np.ndarray,
+    g: np.ndarray | torch.Tensor,
+    *,
+    loader: ImageFiles | ArrayImages | None = None,
+    inputs: torch.Tensor | None = None,
+) -> dict[str, SplitData]:
+    """Cut (N,) arrays into train/val/test by ``split`` codes (0, 1, 2 = SPLITS order)."""
+    g = torch.as_tensor(g).long()
+    y_t = torch.as_tensor(y).long()
+    parts = {}
+    for code, name in enumerate(SPLITS):
+        ix = np.flatnonzero(split == code)
+        t = torch.from_numpy(ix)
+        parts[name] = SplitData(
+            y_t[t],
+            g[t],
+            inputs=inputs[t] if inputs is not None else None,
+            loader=loader.subset(ix) if loader is not None else None,
+        )
+    return parts

@@ -12,9 +12,13 @@ def stratified_split(
 ) -> dict[str, np.ndarray]:
     """Split indices 0..N-1 into parts with the given fractions inside every stratum.
 
+    Items of each stratum are shuffled with ``rng`` and cut so that every part gets its share of the
+    stratum up to one item, and the parts' totals over all strata are exact: the cuts are rounded on
+    the running total across strata, so small strata (a few patients) take turns getting the
+    remainders instead of all rounding val away.
+
     Args:
-        strata: (N,) stratum key per item (e.g. the class); items of one stratum are shuffled with
-            ``rng`` and cut at the rounded cumulative fractions, so the last part takes the remainder.
+        strata: (N,) stratum key per item (e.g. the class).
         fractions: one fraction per part, summing to 1. names: one name per part.
 
     Returns:
@@ -24,11 +28,15 @@ def stratified_split(
         raise ValueError(f"fractions: expected {len(names)} values summing to 1, got {list(fractions)}")
     parts: list[list[np.ndarray]] = [[] for _ in names]
     bounds = np.cumsum(fractions)[:-1]
+    offset = 0
     for key in np.unique(strata):
         members = rng.permutation(np.flatnonzero(strata == key))
-        cuts = np.round(bounds * len(members)).astype(int)
+        n = len(members)
+        cuts = np.round(bounds * (offset + n)).astype(int) - np.round(bounds * offset).astype(int)
+        cuts = np.maximum.accumulate(np.clip(cuts, 0, n))
         for part, chunk in zip(parts, np.split(members, cuts), strict=True):
             part.append(chunk)
+        offset += n
     return {name: np.sort(np.concatenate(p)).astype(np.int64) for name, p in zip(names, parts, strict=True)}
 
 
@@ -42,3 +50,10 @@ def balanced_subsample(labels: np.ndarray, n_classes: int) -> np.ndarray:
     m = counts[counts > 0].min()
     keep = [np.flatnonzero(labels == c)[:m] for c in range(n_classes)]
     return np.sort(np.concatenate(keep)).astype(np.int64)
+
+
+def long_tail_counts(n_max: int, n_classes: int, ratio: float) -> np.ndarray:
+    """(C,) exponential long-tail profile: floor(n_max * ratio ** (-k / (C - 1))) for rank k."""
+    k = np.arange(n_classes)
+    # The epsilon keeps products that are exact in theory (5000 * 100**-1 = 50) from flooring one low.
+    return np.floor(n_max * ratio ** (-k / (n_classes - 1)) + 1e-9).astype(np.int64)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from groupdistil.data._bundle import SplitData, make_bundle
-from groupdistil.data._splits import balanced_subsample, stratified_split
+from groupdistil.data._splits import balanced_subsample, long_tail_counts, stratified_split
 from groupdistil.data.base import SPLITS, DatasetBundle
 from groupdistil.data.options import DataConfig
 from groupdistil.data.registry import DATASETS, DatasetSpec
@@ -179,20 +179,13 @@ def build_scanner_digits(config: DataConfig) -> DatasetBundle:
 # --- digits-lt ------------------------------------------------------------------------------------
 
 
-def long_tail_counts(n_max: int, n_classes: int = 10, ratio: float = LT_RATIO) -> np.ndarray:
-    """(C,) kept counts by rank k: floor(n_max * ratio ** (-k / (C - 1)))."""
-    k = np.arange(n_classes)
-    # The small epsilon keeps exact products (e.g. 100 * 10**-1 = 9.999...) from flooring one too low.
-    return np.floor(n_max * ratio ** (-k / (n_classes - 1)) + 1e-9).astype(np.int64)
-
-
 def build_digits_lt(config: DataConfig) -> DatasetBundle:
     """10 classes; train keeps floor(n_max * 10^(-k/9)) of the class ranked k, val/test balanced."""
     ink, digit, index, rng = _split(config)
     order = rng.permutation(10)  # order[k] = the digit ranked k (k = 0 is the head)
     train = index["train"]
     counts = np.bincount(digit[train], minlength=10)
-    keep = long_tail_counts(int(counts.min()))
+    keep = long_tail_counts(int(counts.min()), 10, LT_RATIO)
     kept = {
         "train": np.sort(np.concatenate([train[digit[train] == order[k]][: keep[k]] for k in range(10)])),
         **{s: index[s][balanced_subsample(digit[index[s]], 10)] for s in ("val", "test")},

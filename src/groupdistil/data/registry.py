@@ -27,6 +27,11 @@ DATASETS: dict[str, DatasetSpec] = {}
 #: Modules that register datasets, in the order ``groupdistil datasets`` lists them.
 SOURCE_MODULES = (
     "groupdistil.data.digits",
+    "groupdistil.data.waterbirds",
+    "groupdistil.data.celeba",
+    "groupdistil.data.cifar_lt",
+    "groupdistil.data.mnms",
+    "groupdistil.data.manifest",
 )
 
 

@@ -125,10 +125,9 @@ def write_run(
     }
     (path / "final.json").write_text(json.dumps(final, indent=1))
     (path / "config.yaml").write_text(f"dataset: {dataset}\nseed: {seed}\nobjective: {method}\n")
+    scalars = {k: test[k] for k in ("avg_acc", "worst_group_acc")}
     lines = [
-        {"epoch": e, "split": s, "loss": 1.0 / (e + 1), **{k: test[k] for k in ("avg_acc", "worst_group_acc")}}
-        for e in range(3)
-        for s in ("train", "val")
+        {"epoch": e, "split": s, "loss": 1 / (e + 1), **scalars} for e in range(3) for s in ("train", "val")
     ]
     (path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     header = "step,epoch" + "".join(f",{n}" for n in weight_names) + "\n"

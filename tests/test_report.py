@@ -331,9 +331,14 @@ def test_malformed_group_weights_names_file_and_line(tmp_path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(UserError, match=r"group_weights.csv: line 4: expected numbers"):
         load_run(run)
+    path.write_text("step,epoch,a,b\n0,0,0.5,0.5\n1,0,1.0\n")
+    with pytest.raises(UserError, match=r"group_weights.csv: line 3: expected 4 columns, got 3"):
+        load_run(run)
     path.write_text("epoch,step,q0\n0,0,1\n")
     with pytest.raises(UserError, match="expected a header 'step,epoch"):
         load_run(run)
+    path.write_text("step,epoch,a,b\n")  # header only: an objective without weights
+    assert load_run(run).weights is None
 
 
 def test_two_runs_with_the_same_seed_are_an_error(tmp_path: Path) -> None:

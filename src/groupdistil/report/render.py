@@ -8,20 +8,23 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from groupdistil.report.document import Block, Bullets, Heading, Image, Paragraph, Table
 
+#: A cell that holds a number, "mean ± std", an interval "[low, high]" or "n/a".
+NUMERIC = re.compile(r"^(n/a|\[?-?\d[\d.]*(, -?\d[\d.]*\])?( ± \d[\d.]*)?)$")
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
        max-width: 1200px; padding: 0 1em; color: #222; line-height: 1.45; }
 h1 { border-bottom: 2px solid #ddd; padding-bottom: .2em; }
 h2 { border-bottom: 1px solid #eee; padding-bottom: .15em; margin-top: 1.8em; }
 table { border-collapse: collapse; margin: .8em 0; font-size: .9em; }
-th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: right; white-space: nowrap; }
-th { background: #f3f3f3; }
-td:first-child, th:first-child { text-align: left; }
+th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: left; white-space: nowrap; }
+th { background: #f3f3f3; white-space: normal; vertical-align: bottom; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr:nth-child(even) td { background: #fafafa; }
 .scroll { overflow-x: auto; }
 img { max-width: 100%; height: auto; display: block; margin: .8em 0; }
@@ -75,7 +78,12 @@ def to_html(title: str, blocks: Sequence[Block], image_dir: Path) -> str:
 
 
 def _html_row(tag: str, cells: Sequence[str]) -> str:
-    return "<tr>" + "".join(f"<{tag}>{html.escape(cell)}</{tag}>" for cell in cells) + "</tr>"
+    parts = []
+    for cell in cells:
+        # Numbers, intervals and "n/a" align right so that columns of numbers line up.
+        opening = '<td class="num">' if tag == "td" and NUMERIC.match(cell) else f"<{tag}>"
+        parts.append(f"{opening}{html.escape(cell)}</{tag}>")
+    return "<tr>" + "".join(parts) + "</tr>"
 
 
 def _md_row(cells: Sequence[str]) -> str:

@@ -11,9 +11,10 @@ import csv
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -148,36 +149,43 @@ def load_group_weights(path: Path) -> GroupWeights | None:
     """Read ``group_weights.csv``; None when it is absent or has no data rows (objectives without weights).
 
     Raises:
-        UserError: the header does not start with ``step,epoch`` or a row is not numeric.
+        UserError: the header does not start with ``step,epoch``, or a line is not numeric or has
+            another number of columns than the header.
     """
     if not path.is_file():
         return None
     with path.open(newline="", encoding="utf-8") as f:
-        lines = [(number, row) for number, row in enumerate(csv.reader(f), start=1) if row]
-    if not lines:
+        header = next(csv.reader(f), [])
+    if not header:
         return None
-    header = lines[0][1]
     if header[:2] != ["step", "epoch"]:
         raise UserError(f"{path}: expected a header 'step,epoch,<weight names...>', got {','.join(header)!r}")
-    if len(lines) == 1 or len(header) == 2:
+    if len(header) == 2:
         return None
-    for number, row in lines[1:]:
-        if len(row) != len(header):
-            raise UserError(f"{path}: line {number}: expected {len(header)} columns, got {len(row)}")
-        if not _all_numbers(row):
-            raise UserError(f"{path}: line {number}: expected numbers, got {','.join(row)!r}")
-    table = np.array([[float(v) for v in row] for _, row in lines[1:]], dtype=np.float64)
-    return GroupWeights(
-        names=tuple(header[2:]), step=table[:, 0], epoch=table[:, 1], values=table[:, 2:]
-    )
-
-
-def _all_numbers(row: list[str]) -> bool:
     try:
-        [float(v) for v in row]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # numpy warns about a header-only file
+            table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2, dtype=np.float64, encoding="utf-8")
     except ValueError:
-        return False
-    return True
+        _raise_first_bad_line(path, len(header))
+    if table.shape[0] == 0:
+        return None
+    return GroupWeights(names=tuple(header[2:]), step=table[:, 0], epoch=table[:, 1], values=table[:, 2:])
+
+
+def _raise_first_bad_line(path: Path, columns: int) -> NoReturn:
+    """Find the line numpy could not read and name it (numpy's own message does not say which file)."""
+    with path.open(newline="", encoding="utf-8") as f:
+        for number, row in enumerate(csv.reader(f), start=1):
+            if number == 1 or not row:
+                continue
+            if len(row) != columns:
+                raise UserError(f"{path}: line {number}: expected {columns} columns, got {len(row)}")
+            try:
+                [float(v) for v in row]
+            except ValueError:
+                raise UserError(f"{path}: line {number}: expected numbers, got {','.join(row)!r}") from None
+    raise UserError(f"{path}: not a CSV of numbers")
 
 
 def _check_split(check: _Checker, split: Any, where: str) -> dict[str, Any]:

@@ -12,10 +12,16 @@ from groupdistil.cli.app import app
 @app.command("report")
 def report_command(
     run_dirs: list[Path] = typer.Argument(
-        ..., help="Run directories, or folders searched recursively for runs (directories with final.json)."
+        ...,
+        metavar="RUN_DIR",
+        help="Run directories, or folders searched recursively for runs (directories with final.json).",
     ),
-    out: Path = typer.Option(..., "--out", help="Folder for report.md, report.html, summary.json and PNGs."),
-    title: str | None = typer.Option(None, "--title", help="Title [default: groupdistil report]."),
+    out: Path = typer.Option(
+        ..., "--out", metavar="DIR", help="Folder for report.md, report.html, summary.json and PNGs."
+    ),
+    title: str | None = typer.Option(
+        None, "--title", metavar="TEXT", help="The report's title [default: groupdistil report]."
+    ),
 ) -> None:
     """Aggregate runs over seeds into report.md, one self-contained report.html and summary.json."""
     # Imported here so that other commands do not pay for matplotlib at start-up.

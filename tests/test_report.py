@@ -353,3 +353,21 @@ def test_no_finished_runs_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "run" / "config.yaml").write_text("seed: 0\n")
     with pytest.raises(UserError, match=r"no finished runs .*1 unfinished skipped"):
         build_report([tmp_path], tmp_path / "out")
+
+
+def test_many_groups_switch_to_lines_and_drop_the_wide_table(tmp_path: Path) -> None:
+    classes = [f"class{k:02d}" for k in range(40)]
+    for j, method in enumerate(("erm", "kd", "group-dro", "class-robust-kd")):
+        run = _one_run(tmp_path / method, dataset="cifar-lt")
+        data = json.loads((run / "final.json").read_text())
+        accs = {c: round(0.9 - 0.015 * k + 0.02 * j, 4) for k, c in enumerate(classes)}
+        data["name"], data["method"] = method, method
+        data["splits"]["test"].update(group_acc=accs, class_acc=accs, worst_group_acc=min(accs.values()))
+        (run / "final.json").write_text(json.dumps(data))
+    out = tmp_path / "out"
+    build_report([tmp_path], out)
+    tables = markdown_tables((out / "report.md").read_text())
+    assert ("cifar-lt", "Per-group test accuracy") not in tables  # 40 columns: figure only
+    assert len(tables[("cifar-lt", "results")]) == 4
+    image = imread(out / "cifar-lt_group_acc.png")
+    assert float(image[..., :3].var()) > 0

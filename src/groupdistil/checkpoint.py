@@ -71,12 +71,14 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is damaged
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint (not a torch zip archive)")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
+    except pickle.UnpicklingError:
         raise CheckpointError(
-            f"{path}: refused to load (weights_only=True allows only tensors and plain data): {first}"
+            f"{path}: refused to load: it holds objects other than tensors and plain data "
+            "(checkpoints load with weights_only=True, so no code from a file ever runs)"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, AttributeError) as e:
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__})") from None

@@ -22,10 +22,10 @@ DEMO = {
     "dataset": "spurious-digits",
     "teacher_model": "cnn",
     "student_model": "cnn-small",
-    "epochs": 30,
+    "epochs": 20,
     "batch_size": 64,
     "lr": 0.05,
-    "step_size": 0.1,
+    "step_size": 0.01,
     "alpha": 0.5,
     "temperature": 4.0,
 }

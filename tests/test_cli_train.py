@@ -1,0 +1,147 @@
+"""train / distill / evaluate / run / demo through the command line."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from groupdistil.cli.app import run_app
+
+FAST = ["--dataset", "spurious-digits", "--model", "mlp-small", "--epochs", "2", "--quiet"]
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The real entry point, in a fresh process."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    return subprocess.run([sys.executable, "-m", "groupdistil", *args], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("teacher") / "erm"
+    r = cli("train", *FAST, "--model", "cnn-small", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_train_writes_every_output(teacher):
+    for name in ("config.yaml", "metrics.jsonl", "group_weights.csv", "final.json",
+                 "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (teacher / name).is_file(), name
+    assert any((teacher / "tb").iterdir())
+    final = json.loads((teacher / "final.json").read_text())
+    assert final["method"] == "erm" and final["role"] == "teacher"
+    test = final["splits"]["test"]
+    for key in ("avg_acc", "worst_group_acc", "balanced_acc", "adjusted_avg_acc", "worst_class_acc",
+                "group_acc", "group_count", "class_acc", "group_ece"):
+        assert key in test
+    assert sum(test["group_count"].values()) == test["n"]
+    assert yaml.safe_load((teacher / "config.yaml").read_text())["train"]["epochs"] == 2
+
+
+def test_distill_groupdistil_uses_then_reuses_the_cache(teacher, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    args = ["distill", *FAST, "--teacher", str(teacher / "checkpoints/best.pt"), "--method", "groupdistil",
+            "--step-size", "0.1", "--teacher-cache-dir", str(cache), "--no-quiet"]
+    assert run_app([*args, "--out", str(tmp_path / "a")]) == 0
+    assert "cache miss" in capsys.readouterr().out
+    assert run_app([*args, "--out", str(tmp_path / "b")]) == 0
+    assert "cache hit" in capsys.readouterr().out
+    rows = (tmp_path / "a/group_weights.csv").read_text().splitlines()
+    assert rows[0] == "step,epoch,digit0-4_bg_orange,digit0-4_bg_blue,digit5-9_bg_orange,digit5-9_bg_blue"
+    assert len(rows) > 10
+    a = json.loads((tmp_path / "a/final.json").read_text())
+    b = json.loads((tmp_path / "b/final.json").read_text())
+    assert a["splits"] == b["splits"]  # cached logits give the identical run
+    assert a["options"] == {"step_size": 0.1}
+
+
+def test_augmented_training_runs_the_teacher_online(teacher, tmp_path, capsys):
+    args = ["distill", *FAST, "--teacher", str(teacher / "checkpoints/best.pt"), "--augment", "--no-quiet",
+            "--out", str(tmp_path / "aug"), "--epochs", "1"]
+    assert run_app(args) == 0
+    assert "computed online" in capsys.readouterr().out
+
+
+def test_evaluate_json_matches_final(teacher):
+    r = cli("evaluate", "--checkpoint", str(teacher / "checkpoints/best.pt"), "--split", "test", "--json")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)["splits"]["test"]
+    want = json.loads((teacher / "final.json").read_text())["splits"]["test"]
+    assert got["group_acc"] == want["group_acc"]
+
+
+def test_run_config_with_overrides(tmp_path):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(yaml.safe_dump({"data": {"dataset": "digits-lt"}, "model": {"name": "linear"},
+                                   "objective": {"method": "balanced"}, "train": {"epochs": 3},
+                                   "out": str(tmp_path / "run"), "quiet": True}))
+    assert run_app(["run", str(cfg), "--set", "train.epochs=1", "--set", "name=lt"]) == 0
+    final = json.loads((tmp_path / "run/final.json").read_text())
+    assert final["name"] == "lt" and final["selected_epoch"] == 0
+    assert len(final["splits"]["test"]["class_acc"]) == 10
+
+
+def test_finished_run_is_not_overwritten_without_force(teacher, capsys):
+    before = (teacher / "final.json").read_text()
+    assert run_app(["train", *FAST, "--out", str(teacher)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--force" in err
+    assert (teacher / "final.json").read_text() == before
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["train", "--method", "nope"], "expected one of erm"),
+        (["train", "--model", "nope"], "--model: unknown name 'nope'"),
+        (["train", "--dataset", "nope"], "--dataset: unknown name 'nope'"),
+        (["train", "--method", "kd"], "use `groupdistil distill`"),
+        (["train", "--beta", "0.5"], "--beta: does not apply to method erm"),
+        (["train", "--epochs", "0"], "train.epochs"),
+        (["train", "--optimizer", "lion"], "optim.optimizer"),
+        (["distill", "--method", "kd"], "--teacher"),
+        (["evaluate", "--checkpoint", "missing.pt"], "missing.pt: checkpoint file not found"),
+        (["run", "missing.yaml"], "missing.yaml: config file not found"),
+        (["train", "--no-such-flag"], "No such option"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, capsys):
+    assert run_app([*args, "--out", str(tmp_path / "x")] if args[0] in ("train", "distill") else args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.count("\n") == 0
+    assert not (tmp_path / "x" / "final.json").exists()
+
+
+def test_teacher_with_other_class_count_is_refused(teacher, tmp_path, capsys):
+    args = ["distill", "--dataset", "digits-lt", "--model", "linear", "--epochs", "1", "--quiet",
+            "--teacher", str(teacher / "checkpoints/best.pt"), "--out", str(tmp_path / "s")]
+    assert run_app(args) == 2
+    assert "has 2 classes, the dataset has 10" in capsys.readouterr().err
+
+
+def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00garbage" * 10)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    for path, msg in ((bad, "corrupt or truncated"), (foreign, "not a groupdistil checkpoint")):
+        assert run_app(["evaluate", "--checkpoint", str(path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert msg in err and str(path) in err and err.count("\n") == 0
+
+
+def test_demo_with_a_reduced_budget(tmp_path):
+    r = cli("demo", "--out", str(tmp_path / "demo"), "--seeds", "1", "--epochs", "1")
+    assert r.returncode == 0, r.stderr
+    rows = [line.split()[0] for line in r.stdout.splitlines()]
+    for name in ("teacher-erm", "teacher-group-dro", "student-erm", "kd<-erm", "groupdistil<-erm",
+                 "kd<-group-dro", "groupdistil<-group-dro"):
+        assert name in rows
+        assert (tmp_path / "demo" / f"{name}-seed0" / "final.json").is_file()

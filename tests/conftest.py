@@ -18,7 +18,9 @@ def write_image(path: Path, value: int = 128, size: tuple[int, int] = (10, 8)) -
     return path
 
 
-def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]], delimiter: str = ",") -> Path:
+def write_csv(
+    path: Path, header: Sequence[str], rows: Sequence[Sequence[object]], delimiter: str = ","
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         w = csv.writer(f, delimiter=delimiter)
@@ -40,7 +42,8 @@ def waterbirds_root(tmp_path: Path) -> Path:
         name = f"{'001.Black_footed_Albatross' if y else '002.Laysan'}/img_{i}.jpg"
         write_image(tmp_path / name, value=20 * i)
         rows.append([i + 1, name, y, split, place, f"place/{i}.jpg"])
-    write_csv(tmp_path / "metadata.csv", ["img_id", "img_filename", "y", "split", "place", "place_filename"], rows)
+    header = ["img_id", "img_filename", "y", "split", "place", "place_filename"]
+    write_csv(tmp_path / "metadata.csv", header, rows)
     return tmp_path
 
 
@@ -62,8 +65,10 @@ def write_celeba(root: Path, variant: str) -> Path:
     for name, _, _ in CELEBA_ROWS:
         write_image(root / "img_align_celeba" / name, size=(9, 11))
     if variant == "csv":
-        write_csv(root / "list_attr_celeba.csv", ["image_id", *CELEBA_ATTRS], [[n, *a] for n, a, _ in CELEBA_ROWS])
-        write_csv(root / "list_eval_partition.csv", ["image_id", "partition"], [[n, p] for n, _, p in CELEBA_ROWS])
+        attrs = [[n, *a] for n, a, _ in CELEBA_ROWS]
+        write_csv(root / "list_attr_celeba.csv", ["image_id", *CELEBA_ATTRS], attrs)
+        parts = [[n, p] for n, _, p in CELEBA_ROWS]
+        write_csv(root / "list_eval_partition.csv", ["image_id", "partition"], parts)
     else:
         lines = [str(len(CELEBA_ROWS)), " ".join(CELEBA_ATTRS) + " "]
         # The original pads positive values with an extra space: "-1  1 -1".
@@ -73,6 +78,7 @@ def write_celeba(root: Path, variant: str) -> Path:
     return root
 
 
+VENDOR_NAMES = {"A": "Siemens", "B": "Philips", "C": "GE", "D": "Canon"}
 MNMS_HEADER = ["External code", "VendorName", "Vendor", "Centre", "ED", "ES", "Pathology"]
 
 
@@ -90,10 +96,12 @@ def write_mnms(root: Path, folders: dict[str, list[str]], *, pathology: bool = T
             vol = rng.integers(0, 400, size=(12, 10, 6, frames)).astype(np.int16)
             nib.Nifti1Image(vol, np.eye(4)).to_filename(d / f"{code}_sa.nii.gz")
             vendor = "ABCD"[n % 4]
-            row = [code, {"A": "Siemens", "B": "Philips", "C": "GE", "D": "Canon"}[vendor], vendor, 1 + n % 3, 0, 3]
+            row = [code, VENDOR_NAMES[vendor], vendor, 1 + n % 3, 0, 3]
             rows.append([*row, "NOR" if n % 2 else "HCM"] if pathology else row)
             n += 1
     header = MNMS_HEADER if pathology else MNMS_HEADER[:-1]
-    name = "211230_M&Ms_Dataset_information_diagnosis_opendataset.csv" if pathology else "M&Ms_Dataset_Information.csv"
+    name = "211230_M&Ms_Dataset_information_diagnosis_opendataset.csv"
+    if not pathology:
+        name = "M&Ms_Dataset_Information.csv"
     write_csv(root / name, header, rows)
     return root

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import write_mnms
 
+from conftest import write_mnms
 from groupdistil.data import SPLITS, DataConfig, load_dataset
 from groupdistil.data.mnms import slice_range
 from groupdistil.errors import DataError
@@ -34,7 +34,7 @@ def test_release_folders_pathology_by_vendor(tmp_path):
     assert b.group_counts("train").tolist() == [4, 4, 4, 4]
     assert b.group_counts("val").tolist() == [4, 4, 0, 0]  # vendors C and D absent from val
     assert b.class_counts("train").tolist() == [8, 8]
-    x, y, g, i = b.train[0]
+    x = b.train[0][0]
     assert x.shape == (1, 8, 8) and x.dtype == torch.float32
     assert b.input_shape == (1, 8, 8)
 
@@ -64,7 +64,8 @@ def test_training_only_release_splits_patients(tmp_path):
     assert b.grouping.class_names == ("ED", "ES")  # no Pathology column -> phase task
     paths = {s: set(b.splits[s].loader.paths.tolist()) for s in SPLITS}
     assert sum(len(p) for p in paths.values()) == 20
-    assert not (paths["train"] & paths["val"] or paths["train"] & paths["test"] or paths["val"] & paths["test"])
+    assert not (paths["train"] & paths["val"] or paths["train"] & paths["test"])
+    assert not paths["val"] & paths["test"]
     assert [len(paths[s]) for s in SPLITS] == [12, 4, 4]
     other = build(root, data_seed=4)
     assert set(other.splits["val"].loader.paths.tolist()) != paths["val"]
@@ -77,7 +78,7 @@ def test_errors(tmp_path):
     meta = next(root.glob("*.csv"))
     meta.write_text(meta.read_text().replace(",3,", ",2,"))
     (root / "Testing" / "C2" / "C2_sa.nii.gz").write_bytes(b"\x1f\x8bcorrupt")
-    with pytest.raises(DataError, match="C2_sa.nii.gz: not a readable NIfTI file"):
+    with pytest.raises(DataError, match=r"C2_sa\.nii\.gz: not a readable NIfTI file"):
         build(root)
     (root / "Testing" / "C2").rename(root / "Validation" / "A1")
     with pytest.raises(DataError, match="patient A1 is also in"):
@@ -108,5 +109,5 @@ def test_corrupt_volume_data_fails_on_decode(tmp_path):
     path.write_bytes(gzip.compress(raw[: len(raw) // 2]))  # valid header, truncated data
     b = build(root)
     assert np.isfinite(b.train[0][0].numpy()).all()
-    with pytest.raises(DataError, match="B1_sa.nii.gz: cannot read the image data"):
+    with pytest.raises(DataError, match=r"B1_sa\.nii\.gz: cannot read the image data"):
         b.val[0]

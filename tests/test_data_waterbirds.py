@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import write_csv
 
+from conftest import write_csv
 from groupdistil.data import DataConfig, load_dataset
 from groupdistil.errors import DataError
 
@@ -52,14 +52,15 @@ def test_bad_values_name_line_and_column(waterbirds_root, column, value, expecte
     cells[header.index(column)] = value
     lines[4] = ",".join(cells)
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(DataError, match="metadata.csv: line 5") as e:
+    with pytest.raises(DataError, match=r"metadata\.csv: line 5") as e:
         build(waterbirds_root)
     assert expected in str(e.value)
 
 
 def test_duplicate_ids_missing_column_escape_and_corrupt_image(waterbirds_root):
     meta = waterbirds_root / "metadata.csv"
-    write_csv(meta, ["img_id", "img_filename", "y", "split", "place"], [[1, "a.jpg", 0, 0, 0], [1, "b.jpg", 0, 0, 0]])
+    header = ["img_id", "img_filename", "y", "split", "place"]
+    write_csv(meta, header, [[1, "a.jpg", 0, 0, 0], [1, "b.jpg", 0, 0, 0]])
     with pytest.raises(DataError, match=r"line 3, column 'img_id': duplicate id '1' \(first at .*line 2\)"):
         build(waterbirds_root)
     write_csv(meta, ["img_filename", "y", "split"], [["a.jpg", 0, 0]])
@@ -71,5 +72,5 @@ def test_duplicate_ids_missing_column_escape_and_corrupt_image(waterbirds_root):
     (waterbirds_root / "bad.jpg").write_bytes(b"not a jpeg")
     write_csv(meta, ["img_filename", "y", "split", "place"], [["bad.jpg", 0, 0, 0]])
     bundle = build(waterbirds_root)  # building never decodes
-    with pytest.raises(DataError, match="bad.jpg: cannot decode image"):
+    with pytest.raises(DataError, match=r"bad\.jpg: cannot decode image"):
         bundle.train[0]

@@ -113,7 +113,7 @@ class Table:
         col = self.columns[name]
         for i, v in enumerate(col):
             if is_missing(v):
-                raise self.error(i, name, "a value", "a missing value")
+                raise DataError(f"{self.where(i, name)}: expected a value, got a missing value ({_fmt(v)})")
         return col
 
     def strings(self, name: str) -> list[str]:

@@ -9,13 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import typer
 
 from conftest import write_csv, write_mnms
 from groupdistil.cli.app import run_app
-from groupdistil.cli.data_options import DATA_OPTIONS, data_config, data_options
 from groupdistil.data import DATASETS, DataConfig
-from groupdistil.errors import ConfigError
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -143,37 +140,11 @@ def test_bad_input_one_line_exit_2(tmp_path, capsys, case, fragments):
         assert f in err
 
 
-def test_data_options_decorator_reuse(capsys):
-    seen: dict[str, DataConfig] = {}
-    app = typer.Typer()
+def test_every_command_takes_the_same_dataset_flags():
+    from groupdistil.cli.flags import config_parameters
 
-    @app.command()
-    @data_options
-    def train(data: DataConfig, epochs: int = 3) -> None:
-        seen["data"], seen["epochs"] = data, epochs
-
-    app(
-        ["--dataset", "manifest", "--root", "m.csv", "--group-by", "a, b", "--no-group-with-label",
-         "--features", "x", "--image-size", "32", "--augment", "--epochs", "5"],
-        standalone_mode=False,
-    )  # fmt: skip
-    d = seen["data"]
-    assert seen["epochs"] == 5
-    assert (d.dataset, d.root, d.group_by) == ("manifest", Path("m.csv"), ["a", "b"])
-    assert d.group_with_label is False
-    assert (d.features, d.image_size, d.augment, d.allow_outside_root) == (["x"], 32, True, False)
-    app([], standalone_mode=False)
-    assert seen["data"] == DataConfig()
-
-
-def test_data_config_over_a_base():
-    base = DataConfig(dataset="celeba", root=Path("/data/celeba"), target_attr="Smiling")
-    merged = data_config({"target_attr": None, "confounder_attr": "Young", "data_seed": 4}, base=base)
-    assert (merged.dataset, merged.target_attr, merged.confounder_attr, merged.data_seed) == (
-        "celeba", "Smiling", "Young", 4,
-    )  # fmt: skip
-    assert set(DATA_OPTIONS) <= set(DataConfig.model_fields)
-    with pytest.raises(ConfigError, match="--slices"):
-        data_config({"slices": "some"})
-    with pytest.raises(ConfigError, match="unknown 'colour'"):
-        data_config({"colour": "red"})
+    data_keys = {p.name for p in config_parameters(["data"])}
+    assert {k.replace("data__", "") for k in data_keys} == set(DataConfig.model_fields)
+    for command in ("train", "distill", "evaluate"):
+        code = run_app([command, "--help"])
+        assert code == 0

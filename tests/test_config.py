@@ -25,7 +25,7 @@ def test_overrides_nest_and_split_lists():
 def test_unknown_key_and_wrong_type_are_one_line_naming_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown key 'train.epoch'"):
         validate_config({"train": {"epoch": 3}})
-    with pytest.raises(ConfigError, match=r"train.epochs: .*integer.*'many'") as e:
+    with pytest.raises(ConfigError, match=r"train.epochs \(--epochs\): .*integer.*'many'") as e:
         validate_config({"train": {"epochs": "many"}})
     assert "\n" not in str(e.value)
     with pytest.raises(ConfigError, match=r"objective.alpha"):

@@ -138,14 +138,23 @@ def leaf_fields(model: type[BaseModel] = RunConfig, prefix: str = "") -> Iterato
             yield f"{prefix}{name}", field
 
 
+def flag_names(key: str, field: Any) -> list[str]:
+    """The command-line flag(s) of a config leaf: ``json_schema_extra["flag"]`` or ``--`` + the name."""
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    names = extra.get("flag")
+    return list(names) if names else ["--" + key.rsplit(".", 1)[-1].replace("_", "-")]
+
+
 def _one_line(e: ValidationError, source: str) -> str:
     err = e.errors()[0]
-    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    key = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or "(top level)"
     if err["type"] == "extra_forbidden":
         return f"{source}: unknown key {key!r}"
     got = err.get("input")
     got_s = repr(got) if not isinstance(got, dict) else "a mapping"
-    return f"{source}: {key}: {err['msg']} (got {got_s})"
+    field = dict(leaf_fields()).get(key)
+    where = f"{key} ({flag_names(key, field)[0]})" if field is not None else key
+    return f"{source}: {where}: {err['msg']} (got {got_s})"
 
 
 def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from typing import Annotated
@@ -9,8 +10,9 @@ from typing import Annotated
 import typer
 
 from groupdistil.cli.app import app
-from groupdistil.cli.data_options import data_options
-from groupdistil.data import DATASETS, DataConfig, load_dataset
+from groupdistil.cli.flags import command_with_flags, config_parameters
+from groupdistil.config import validate_config
+from groupdistil.data import DATASETS, load_dataset
 from groupdistil.data.summary import format_counts, group_counts_json
 
 data_app = typer.Typer(help="Look at datasets before training on them.", no_args_is_help=True)
@@ -24,17 +26,24 @@ def datasets_command() -> None:
         typer.echo(f"{name:18s} {spec.summary}")
 
 
-@data_app.command("inspect")
-@data_options
-def inspect_command(
-    data: DataConfig,
-    as_json: Annotated[bool, typer.Option("--json", help="print only the split x group counts")] = False,
-) -> None:
+def inspect_command(overrides: dict, as_json: bool = False) -> None:
     """Count samples per split x group and per class, and show warnings. Decodes no image."""
-    bundle = load_dataset(data)
+    bundle = load_dataset(validate_config({"data": overrides.get("data", {})}, "data inspect").data)
     if as_json:
         typer.echo(json.dumps(group_counts_json(bundle)))
         for w in bundle.warnings:  # stdout stays pure JSON
             print(f"warning: {w}", file=sys.stderr)
         return
     typer.echo(format_counts(bundle))
+
+
+data_app.command("inspect", help="Count samples per split x group and per class, and show warnings. "
+                 "Decodes no image.")(
+    command_with_flags(
+        inspect_command,
+        [inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, default=False,
+                           annotation=Annotated[bool, typer.Option("--json", help="print only the counts")])],
+        config_parameters(["data"]),
+        "Count samples per split x group and per class.",
+    )
+)

@@ -18,13 +18,7 @@ from typing import Annotated, Any, Literal, Optional
 import typer
 from pydantic.fields import FieldInfo
 
-from groupdistil.config import leaf_fields
-
-
-def flag_names(key: str, field: FieldInfo) -> list[str]:
-    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-    names = extra.get("flag")
-    return list(names) if names else ["--" + key.rsplit(".", 1)[-1].replace("_", "-")]
+from groupdistil.config import flag_names, leaf_fields
 
 
 def _base_type(annotation: Any) -> tuple[Any, str]:

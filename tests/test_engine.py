@@ -130,3 +130,9 @@ def test_skip_nonfinite_counts_skipped_steps(blobs):
               optim=OptimConfig(), quiet=True)
     assert res.skipped_steps == 4
     assert torch.equal(obj.dro.q, q0)  # NaN updates were rolled back
+
+
+def test_weight_columns_name_groups_or_classes(blobs):
+    assert weight_names(_objective("groupdistil", blobs), blobs) == list(blobs.grouping.group_names)
+    assert weight_names(_objective("class-robust-kd", blobs), blobs) == list(blobs.grouping.class_names)
+    assert weight_names(_objective("kd", blobs), blobs) == []

@@ -115,19 +115,12 @@ def _restore(
 
 
 def weight_names(objective: Objective, bundle: DatasetBundle) -> list[str]:
-    """Column names of group_weights.csv: classes for class-level objectives, else data groups."""
-    n = getattr(getattr(objective, "dro", None), "n_groups", None)
-    if n is None:
-        return []
-    if objective.n_groups == bundle.n_classes and n == bundle.n_classes and not _data_groups(objective):
+    """Column names of group_weights.csv: the names of what the objective's weights are over."""
+    if objective.weights_over == "classes":
         return list(bundle.grouping.class_names)
-    return list(bundle.grouping.group_names)
-
-
-def _data_groups(objective: Objective) -> bool:
-    from groupdistil.objectives import DRO, GroupDistil
-
-    return isinstance(objective, (DRO, GroupDistil))
+    if objective.weights_over == "groups":
+        return list(bundle.grouping.group_names)
+    return []
 
 
 def fit(

@@ -94,6 +94,8 @@ class Objective(nn.Module):
     """
 
     requires_teacher: bool = False
+    #: What ``ObjectiveOutput.weights`` is over: ``"groups"`` (data groups), ``"classes"``, or None.
+    weights_over: str | None = None
     #: K when the objective wants :meth:`update_from_validation` every K steps, else None.
     validation_every: int | None = None
 
@@ -239,6 +241,8 @@ class Reweight(Objective):
 class DRO(_DROMixin, Objective):
     """Group DRO on cross-entropy, no teacher (Sagawa et al.). Options as :class:`GroupDRO`."""
 
+    weights_over = "groups"
+
     def __init__(
         self,
         n_groups: int,
@@ -300,6 +304,8 @@ class GroupDistil(_DROMixin, Objective):
         step_size: eta >= 0 (0: a fixed group weighting). group_counts, adjustment, normalize_loss:
         as :class:`GroupDRO`. dro_on: both | kd | ce.
     """
+
+    weights_over = "groups"
 
     def __init__(
         self,
@@ -375,6 +381,8 @@ class RobustTeacher(Objective):
         validation_every: K (32 in the paper).
     """
 
+    weights_over = "classes"
+
     prior: torch.Tensor
 
     def __init__(
@@ -439,6 +447,8 @@ class ClassRobustKD(Objective):
         temperature: T > 0. mode: see above. beta: tradeoff in [0, 1]. step_size: eta >= 0 for
         lambda. lambda_source: ``train`` or ``val``. validation_every: K for ``val``.
     """
+
+    weights_over = "classes"
 
     prior: torch.Tensor
 

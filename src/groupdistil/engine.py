@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,7 +180,10 @@ def fit(
             net, objective, bundle, teacher, opt, scaler, state, epoch, train, device, writer, quiet,
             last_good=str(ckpt_dir / "last.pt") if ckpt_dir is not None and state.epoch >= 0 else "none",
         )
-        sched.step()
+        with warnings.catch_warnings():
+            # An epoch whose steps were all skipped as non-finite still advances the schedule.
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+            sched.step()
         val_metrics = evaluate(
             model, bundle.val, bundle.grouping, train_group_counts=train_counts,
             batch_size=max(train.batch_size, 256), device=device, amp=train.amp, quiet=quiet,

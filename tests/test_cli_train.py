@@ -145,3 +145,13 @@ def test_demo_with_a_reduced_budget(tmp_path):
                  "kd<-group-dro", "groupdistil<-group-dro"):
         assert name in rows
         assert (tmp_path / "demo" / f"{name}-seed0" / "final.json").is_file()
+
+
+@pytest.mark.slow
+def test_compiled_student_trains_like_the_eager_one(tmp_path):
+    base = ["train", "--dataset", "spurious-digits", "--model", "mlp-small", "--epochs", "1", "--quiet"]
+    assert run_app([*base, "--out", str(tmp_path / "eager")]) == 0
+    assert run_app([*base, "--compile", "--out", str(tmp_path / "compiled")]) == 0
+    eager = json.loads((tmp_path / "eager/final.json").read_text())["splits"]["val"]
+    compiled = json.loads((tmp_path / "compiled/final.json").read_text())["splits"]["val"]
+    assert abs(eager["avg_acc"] - compiled["avg_acc"]) < 0.02

@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(BIN)/groupdistil demo --out demo-out
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check .
 
 test: lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile

@@ -118,8 +118,10 @@ def _on_main(fn: Callable[[], T], share: bool) -> T | None:
             box[0] = ("ok", result if share else None)
         except Exception as e:
             error = e
-            kind = type(e) if isinstance(e, UserError) else RuntimeError
-            box[0] = ("error", (kind, str(e) if kind is not RuntimeError else f"rank 0 failed: {e!r}"))
+            if isinstance(e, UserError):
+                box[0] = ("error", (type(e), str(e)))
+            else:  # an arbitrary exception may not pickle: send its description
+                box[0] = ("error", (RuntimeError, f"rank 0 failed: {e!r}"))
     dist.broadcast_object_list(box, src=0)
     status, value = box[0]  # type: ignore[misc]
     if error is not None:

@@ -1,11 +1,20 @@
-"""Thin helpers over ``torch.distributed`` that are no-ops in a single process."""
+"""Thin helpers over ``torch.distributed`` that are no-ops in a single process, and the process-group
+session that a ``torchrun`` launch needs (docs/distributed.md)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+from torch import nn
+
+from groupdistil.errors import UserError
+
+T = TypeVar("T")
 
 
 def is_distributed() -> bool:
@@ -59,3 +68,96 @@ def env_rank_info() -> tuple[int, int, int]:
         int(os.environ.get("LOCAL_RANK", 0)),
         int(os.environ.get("WORLD_SIZE", 1)),
     )
+
+
+@contextmanager
+def session(device: str = "auto") -> Iterator[None]:
+    """The default process group of a ``torchrun`` launch (``WORLD_SIZE > 1``), destroyed on exit.
+
+    ``device`` is the run's ``--device``: CPU runs use gloo; CUDA runs bind this process to GPU
+    ``LOCAL_RANK`` and use nccl for CUDA tensors and gloo for CPU ones (the metric accumulators and
+    the objects :func:`on_main` broadcasts live on the CPU). A no-op in a single process, and when a
+    group is already initialised: that one belongs to the caller, who destroys it.
+    """
+    local_rank, world = env_rank_info()[1:]
+    if world <= 1 or not dist.is_available() or dist.is_initialized():
+        yield
+        return
+    if device != "cpu" and torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        dist.init_process_group("cpu:gloo,cuda:nccl", device_id=torch.device("cuda", local_rank))
+    else:
+        dist.init_process_group("gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op in one process)."""
+    if is_distributed():
+        dist.barrier()
+
+
+def _on_main(fn: Callable[[], T], share: bool) -> T | None:
+    """Run ``fn`` on rank 0 and broadcast its outcome: the result when ``share``, always its error.
+
+    A UserError on rank 0 is raised again on every rank (marked ``from_rank0`` so that the command
+    line prints it once); any other exception becomes a RuntimeError there. Every rank thus leaves
+    the collective together instead of waiting forever for a rank that has already failed.
+    """
+    if not is_distributed():
+        return fn()
+    box: list[object] = [None]
+    result: T | None = None
+    error: BaseException | None = None
+    if is_main_process():
+        try:
+            result = fn()
+            box[0] = ("ok", result if share else None)
+        except Exception as e:
+            error = e
+            if isinstance(e, UserError):
+                box[0] = ("error", (type(e), str(e)))
+            else:  # an arbitrary exception may not pickle: send its description
+                box[0] = ("error", (RuntimeError, f"rank 0 failed: {e!r}"))
+    dist.broadcast_object_list(box, src=0)
+    status, value = box[0]  # type: ignore[misc]
+    if error is not None:
+        raise error
+    if status == "error":
+        kind, message = value
+        copy = kind(message)
+        copy.from_rank0 = True
+        raise copy
+    return result if is_main_process() else value
+
+
+def on_main(fn: Callable[[], T]) -> T:
+    """``fn()`` run by rank 0 alone, its result given to every rank (it must be picklable).
+
+    For work on shared files that only one process may do, such as preparing the run folder.
+    """
+    return _on_main(fn, share=True)  # type: ignore[return-value]
+
+
+def main_first(fn: Callable[[], T]) -> T:
+    """``fn()`` on rank 0 first, then on the other ranks once rank 0 has succeeded.
+
+    For a file that rank 0 builds and every rank then reads, such as the teacher-logit cache: the
+    others find it complete instead of computing and writing it concurrently.
+    """
+    result = _on_main(fn, share=False)
+    return result if is_main_process() else fn()  # type: ignore[return-value]
+
+
+def broadcast_buffers(model: nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+    Without SyncBatchNorm each rank updates its running statistics from its own batch; after an epoch
+    the ranks would evaluate slightly different models. Rank 0's are the ones its checkpoints hold.
+    """
+    if is_distributed():
+        for b in model.buffers():
+            dist.broadcast(b, src=0)

@@ -57,9 +57,14 @@ class FitResult:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when available, else CPU. Under torchrun an unindexed ``cuda`` is this process's GPU
+    (``LOCAL_RANK``, set by :func:`groupdistil.distributed.session`): DDP needs the index."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None and distributed.is_distributed():
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -159,6 +164,10 @@ def fit(
     objective.to(device)
     if train.channels_last and device.type == "cuda":
         model.to(memory_format=torch.channels_last)
+    if distributed.is_distributed() and device.type == "cuda":
+        # BatchNorm then normalises with the statistics of the global batch, as one process would
+        # (torch has no SyncBatchNorm on CPU: there each rank uses its own batch's, docs/distributed.md).
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     opt = make_optimizer(model.parameters(), optim)
     sched = make_scheduler(opt, optim, train.epochs)
     ckpt_dir = Path(out) / "checkpoints" if out is not None else None
@@ -184,6 +193,7 @@ def fit(
             # An epoch whose steps were all skipped as non-finite still advances the schedule.
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
             sched.step()
+        distributed.broadcast_buffers(model)  # every rank validates (and rank 0 saves) the same model
         val_metrics = evaluate(
             model, bundle.val, bundle.grouping, train_group_counts=train_counts,
             batch_size=max(train.batch_size, 256), device=device, amp=train.amp, quiet=quiet,
@@ -202,6 +212,7 @@ def fit(
             save_checkpoint(ckpt_dir / "last.pt", _payload(model, objective, state, meta, opt, sched))
         if not quiet and distributed.is_main_process():
             echo(_epoch_line(epoch, train.epochs, train_metrics, val_metrics, train.select_on, improved))
+    distributed.barrier()  # the other ranks may read the checkpoints rank 0 has just written
     return FitResult(
         state.best_epoch,
         state.best_metrics,
@@ -245,7 +256,7 @@ def _train_epoch(
         t = teacher(x, idx, logits) if objective.requires_teacher and teacher is not None else None
         out = objective(logits.float(), y, g, t)
         loss_value = float(out.loss.detach())
-        if not math.isfinite(loss_value) or (t is not None and not bool(torch.isfinite(t).all())):
+        if not math.isfinite(loss_value) or _nonfinite_teacher(t):
             if not train.skip_nonfinite:
                 raise NumericalError(
                     f"non-finite loss at step {state.step + 1} (epoch {epoch + 1}); last good checkpoint: "
@@ -265,6 +276,7 @@ def _train_epoch(
         metrics.update(logits, y, g, loss_value)
         k = objective.validation_every
         if k is not None and state.step % k == 0:
+            distributed.broadcast_buffers(net)  # the same model, hence the same lambda, on every rank
             err = per_class_error(
                 _unwrap(net), bundle.val, bundle.n_classes,
                 generator=epoch_generator(train.seed, state.step), device=device,
@@ -274,6 +286,15 @@ def _train_epoch(
     summary = metrics.summary(bundle.grouping, bundle.group_counts("train"))
     summary["skipped_steps"] = state.skipped_steps
     return summary
+
+
+def _nonfinite_teacher(t: torch.Tensor | None) -> bool:
+    """Whether any rank's teacher logits are non-finite. The loss is global already, but the logits are
+    per rank: a step skipped by one rank alone would leave the others waiting in DDP's all-reduce."""
+    if t is None:
+        return False
+    bad = torch.tensor([float(not bool(torch.isfinite(t).all()))])
+    return bool(distributed.all_reduce_sum(bad)[0] > 0)
 
 
 def _pct(v: float | None) -> str:

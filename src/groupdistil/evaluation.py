@@ -45,7 +45,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     metrics = GroupMetrics(grouping.n_groups, grouping.n_classes)
-    loader = eval_loader(dataset, batch_size, num_workers)
+    loader = eval_loader(dataset, batch_size, num_workers, pin_memory=device.type == "cuda")
     bar = tqdm(loader, desc=desc, leave=False, disable=quiet or not distributed.is_main_process())
     for x, y, g, _ in bar:
         with autocast(device, amp):

@@ -1,18 +1,25 @@
 """Data loaders for training and evaluation, seeded per epoch so that a resumed run sees exactly the
-batches an uninterrupted one would."""
+batches an uninterrupted one would, and a run on N ranks exactly the global batches of one process."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
-from torch.utils.data import DataLoader, Sampler, WeightedRandomSampler
+from torch.utils.data import DataLoader, Sampler
 
 from groupdistil import distributed
 from groupdistil.data.base import GroupedDataset
 
+SAMPLERS = ("shuffle", "group-balanced")
 
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """A generator that depends only on (seed, epoch): order and sampling never depend on history."""
-    return torch.Generator().manual_seed(int(seed) * 100_003 + int(epoch))
+
+def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
+    """A generator that depends only on (seed, epoch): order and sampling never depend on history.
+
+    ``stream`` gives independent generators for the same epoch (one per rank's loader workers).
+    """
+    return torch.Generator().manual_seed(int(seed) * 100_003 + int(epoch) + int(stream) * 1_000_000_007)
 
 
 def group_balanced_weights(dataset: GroupedDataset, n_groups: int) -> torch.Tensor:
@@ -21,23 +28,70 @@ def group_balanced_weights(dataset: GroupedDataset, n_groups: int) -> torch.Tens
     return 1.0 / counts.clamp_min(1)[dataset.g]
 
 
-class DistributedWeightedSampler(Sampler[int]):
-    """Group-balanced sampling under DDP: every rank draws the same global sample with the shared
-    (seed, epoch) generator, then keeps its own strided share, so ranks never overlap."""
+class GlobalBatchSampler(Sampler[list[int]]):
+    """One rank's batches, cut from the global batches that a single process would draw.
 
-    def __init__(self, weights: torch.Tensor, num_samples: int, seed: int, epoch: int) -> None:
+    The epoch's order depends on (seed, epoch) only, so every rank draws the same one: a permutation
+    (``weights`` None) or ``len`` draws with replacement in proportion to ``weights`` (group-balanced).
+    It is cut into global batches of ``world * batch_size`` samples and rank r takes the r-th of
+    ``world`` contiguous parts of each. The union over ranks of step k's batches is therefore the k-th
+    batch of one process with batch ``world * batch_size``; with the objectives' global sums this makes
+    a run on N ranks follow the single-process run (docs/distributed.md).
+
+    A last global batch is split as evenly as possible (local sizes differ by at most one; the
+    objectives are exact for unequal sizes). A last global batch with fewer samples than ranks would
+    leave some rank without a sample, so it is dropped on every rank: a single process with the same
+    global batch trains on those ``< world`` samples, the distributed run does not.
+
+    Args:
+        n: samples per epoch (the dataset's length). batch_size: per-rank batch size.
+        seed, epoch: the order's seed. weights: (n,) sampling weights, or None for a permutation.
+        rank, world: this rank and the number of ranks (default: the current process group's).
+    """
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        *,
+        seed: int,
+        epoch: int,
+        weights: torch.Tensor | None = None,
+        rank: int | None = None,
+        world: int | None = None,
+    ) -> None:
+        self.n = int(n)
+        self.batch_size = int(batch_size)
+        self.seed, self.epoch = int(seed), int(epoch)
         self.weights = weights
-        self.world, self.rank = distributed.world_size(), distributed.rank()
-        self.per_rank = -(-num_samples // self.world)  # ceil: every rank takes the same number of steps
-        self.total = self.per_rank * self.world
-        self.generator = epoch_generator(seed, epoch)
+        self.rank = distributed.rank() if rank is None else int(rank)
+        self.world = distributed.world_size() if world is None else int(world)
+        if not 0 <= self.rank < self.world:
+            raise ValueError(f"rank: expected 0 <= rank < world ({self.world}), got {self.rank}")
 
-    def __iter__(self):
-        idx = torch.multinomial(self.weights, self.total, replacement=True, generator=self.generator)
-        return iter(idx[self.rank :: self.world].tolist())
+    def order(self) -> torch.Tensor:
+        """(n,) the epoch's global order of dataset indices (the same on every rank)."""
+        gen = epoch_generator(self.seed, self.epoch)
+        # Skip the draw that torch's DataLoader used to take from this generator (its workers' base
+        # seed) before the order: single-process runs, and checkpoints made before the sampler was
+        # distributed, keep the orders they have always had.
+        torch.empty((), dtype=torch.int64).random_(generator=gen)
+        if self.weights is None:
+            return torch.randperm(self.n, generator=gen)
+        return torch.multinomial(self.weights, self.n, replacement=True, generator=gen)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = self.order()
+        step = self.world * self.batch_size
+        for start in range(0, self.n, step):
+            chunk = order[start : start + step]
+            if len(chunk) < self.world:
+                return
+            yield chunk.tensor_split(self.world)[self.rank].tolist()
 
     def __len__(self) -> int:
-        return self.per_rank
+        full, rest = divmod(self.n, self.world * self.batch_size)
+        return full + int(rest >= self.world)
 
 
 def train_loader(
@@ -51,37 +105,35 @@ def train_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
 ) -> DataLoader:
-    """The training loader of one epoch (``sampler``: ``shuffle`` or ``group-balanced``)."""
-    gen = epoch_generator(seed, epoch)
-    smp: Sampler[int] | None
+    """This rank's training loader of one epoch (``sampler``: ``shuffle`` or ``group-balanced``);
+    ``batch_size`` is per rank (see :class:`GlobalBatchSampler`)."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler: expected one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    weights = None
     if sampler == "group-balanced":
         if n_groups is None:
             raise ValueError("n_groups: the group-balanced sampler needs the number of groups")
-        w = group_balanced_weights(dataset, n_groups)
-        if distributed.is_distributed():
-            smp = DistributedWeightedSampler(w, len(dataset), seed, epoch)
-        else:
-            smp = WeightedRandomSampler(w, len(dataset), replacement=True, generator=gen)
-    elif distributed.is_distributed():
-        smp = torch.utils.data.DistributedSampler(dataset, shuffle=True, seed=int(seed), drop_last=False)
-        smp.set_epoch(epoch)
-    else:
-        smp = torch.utils.data.RandomSampler(dataset, generator=gen)
+        weights = group_balanced_weights(dataset, n_groups)
+    batches = GlobalBatchSampler(len(dataset), batch_size, seed=seed, epoch=epoch, weights=weights)
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        sampler=smp,
+        batch_sampler=batches,
         num_workers=num_workers,
-        generator=gen,
+        # Seeds the workers' augmentation: one stream per rank, or every rank would draw the same
+        # random crops (for different samples) in lockstep.
+        generator=epoch_generator(seed, epoch, stream=distributed.rank()),
         pin_memory=pin_memory,
         persistent_workers=False,
     )
 
 
-def eval_loader(dataset: GroupedDataset, batch_size: int, num_workers: int = 0) -> DataLoader:
-    """Sequential loader; under DDP each rank takes a disjoint strided share (metrics are all-reduced)."""
+def eval_loader(
+    dataset: GroupedDataset, batch_size: int, num_workers: int = 0, pin_memory: bool = False
+) -> DataLoader:
+    """Sequential loader; under DDP each rank takes a disjoint strided share (metrics are all-reduced),
+    and the shares together hold every sample exactly once."""
     ds = dataset.without_augmentation()
     if distributed.is_distributed():
         idx = list(range(distributed.rank(), len(ds), distributed.world_size()))
         ds = torch.utils.data.Subset(ds, idx)  # type: ignore[assignment]
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin_memory)

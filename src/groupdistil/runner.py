@@ -43,10 +43,10 @@ def prepare_out(cfg: RunConfig) -> bool:
     """Check the output folder; returns True when the run resumes.
 
     A finished run (final.json present) is never overwritten without ``force``; an unfinished one
-    needs ``resume`` or ``force``.
+    needs ``resume`` or ``force``. Under DDP only rank 0 calls it (:func:`run_experiment`).
     """
     out = Path(cfg.out)
-    if cfg.force and out.exists() and distributed.is_main_process():
+    if cfg.force and out.exists():
         shutil.rmtree(out)
         return False
     if (out / "final.json").exists():
@@ -122,10 +122,11 @@ def build_teacher(
             raise UserError(f"--teacher-adjust weighted: {path} has no class weights (not a robust teacher)")
         m = TeacherMember(model, adjust, tc.adjust_tau, lam)
         if use_cache:
-            m.cached, status = cached_or_computed(
+            # Rank 0 fills the cache, then the other ranks read the same file.
+            m.cached, status = distributed.main_first(lambda: cached_or_computed(
                 model, bundle.train.without_augmentation(), cache, bundle.n_classes,
                 batch_size=256, device=device,
-            )
+            ))
             echo(f"teacher logits for {path}: cache {status} ({cache.directory})")
         return m
 
@@ -142,7 +143,8 @@ def build_teacher(
 
 def run_experiment(cfg: RunConfig, echo: Echo = print) -> dict[str, Any]:
     """Run one experiment end to end; returns the contents of final.json."""
-    resume = prepare_out(cfg)
+    # Rank 0 alone checks (and with --force empties) the folder; every rank gets its answer or error.
+    resume = distributed.on_main(lambda: prepare_out(cfg))
     seed_everything(cfg.train.seed)
     device = resolve_device(cfg.train.device)
     bundle = load_dataset(cfg.data)

@@ -46,7 +46,8 @@ def run_app(argv: list[str] | None = None) -> int:
     try:
         result = app(args=argv, prog_name="groupdistil", standalone_mode=False)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if not getattr(e, "from_rank0", False):  # rank 0 prints an error every rank shares
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except typer.Exit as e:
         return int(getattr(e, "exit_code", 0) or 0)

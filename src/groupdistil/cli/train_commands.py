@@ -19,21 +19,28 @@ STUDENT_METHODS = ("kd", "groupdistil", "class-robust-kd")
 
 
 def _echo(quiet: bool):
+    from groupdistil.distributed import env_rank_info
+
+    # Under torchrun every rank runs the same code: only rank 0 speaks.
+    silent = quiet or env_rank_info()[0] != 0
+
     def echo(msg: str) -> None:
-        if not quiet:
+        if not silent:
             typer.echo(msg)
 
     return echo
 
 
 def _run(raw: dict[str, Any], source: str) -> dict[str, Any]:
-    from groupdistil.runner import run_experiment  # heavy imports only when a command runs
+    from groupdistil.distributed import session  # heavy imports only when a command runs
+    from groupdistil.runner import run_experiment
 
     cfg = validate_config(raw, source)
-    final = run_experiment(cfg, echo=_echo(cfg.quiet))
-    if not cfg.quiet:
-        typer.echo(format_final(final))
-        typer.echo(f"wrote {cfg.out}")
+    echo = _echo(cfg.quiet)
+    with session(cfg.train.device):  # the process group when torchrun launched several processes
+        final = run_experiment(cfg, echo=echo)
+    echo(format_final(final))
+    echo(f"wrote {cfg.out}")
     return final
 
 

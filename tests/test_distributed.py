@@ -1,0 +1,212 @@
+"""groupdistil under torchrun: two gloo ranks on CPU follow one process with the same global batch, and
+checkpoints move between world sizes (docs/distributed.md).
+
+The end-to-end tests launch ``python -m torch.distributed.run ... -m groupdistil distill`` on
+spurious-digits, through the real entry point; they share one quickly trained teacher and a handful of
+runs (module-scoped fixtures) to stay under a minute on a small machine.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+import groupdistil
+from groupdistil.data import DataConfig, load_dataset
+from groupdistil.loaders import GlobalBatchSampler
+
+RANKS = 2
+BATCH = 32  # per rank; the single process uses RANKS * BATCH
+TOL = 1e-5
+STUDENT = [
+    "distill", "--dataset", "spurious-digits", "--method", "groupdistil", "--model", "mlp-small",
+    "--device", "cpu", "--schedule", "constant", "--lr", "0.1", "--step-size", "1.0",
+]
+
+needs_torchrun = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+
+
+# ---- the sampler: rank batches are slices of the single-process batches (no processes needed) ----
+
+
+@pytest.mark.parametrize("n,world,batch", [(20, 2, 5), (23, 2, 4), (23, 3, 3), (25, 3, 4), (7, 1, 3)])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_rank_batches_concatenate_to_the_single_process_batches(n, world, batch, weighted):
+    weights = torch.linspace(1, 2, n, dtype=torch.float64) if weighted else None
+    single = list(GlobalBatchSampler(n, world * batch, seed=3, epoch=2, weights=weights, rank=0, world=1))
+    ranks = [list(GlobalBatchSampler(n, batch, seed=3, epoch=2, weights=weights, rank=r, world=world))
+             for r in range(world)]
+    steps = len(GlobalBatchSampler(n, batch, seed=3, epoch=2, rank=0, world=world))
+    assert all(len(r) == steps for r in ranks)  # every rank takes the same number of DDP steps
+    assert all(len(b) >= 1 for r in ranks for b in r)
+    rest = n % (world * batch)
+    dropped = 0 < rest < world  # a last global batch smaller than the world is dropped everywhere
+    assert steps == len(single) - dropped
+    for k in range(steps):
+        assert [i for r in ranks for i in r[k]] == single[k]
+    if not weighted:
+        seen = sorted(i for r in ranks for b in r for i in b)
+        assert seen == sorted(set(seen)) and len(seen) == n - (rest if dropped else 0)
+
+
+def test_the_order_depends_on_the_epoch_only():
+    a = GlobalBatchSampler(50, 8, seed=1, epoch=4, rank=0, world=1)
+    assert list(a) == list(GlobalBatchSampler(50, 8, seed=1, epoch=4, rank=0, world=1))
+    assert list(a) != list(GlobalBatchSampler(50, 8, seed=1, epoch=5, rank=0, world=1))
+
+
+# ---- end to end under torchrun -----------------------------------------------------------------------
+
+
+def _launch(
+    env: dict[str, str], args: list[str], ranks: int = 1, torchrun: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
+    """``python -m groupdistil ARGS`` in one process, or under torchrun on ``ranks`` CPU processes."""
+    cmd = [sys.executable, "-m", "groupdistil", *args]
+    if ranks > 1:
+        # --standalone: a rendezvous on a free local port, so parallel test runs never collide.
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks),
+               *torchrun, "-m", "groupdistil", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+
+
+def _ok(r: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
+    return r
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("dist")
+    e = dict(os.environ)
+    # The launched interpreters import this checkout's groupdistil, wherever the venv points.
+    src = str(Path(groupdistil.__file__).resolve().parents[1])
+    e["PYTHONPATH"] = os.pathsep.join([src, e["PYTHONPATH"]]) if e.get("PYTHONPATH") else src
+    e["GROUPDISTIL_CACHE"] = str(root / "cache")
+    e["OMP_NUM_THREADS"] = "1"  # two ranks on a small machine: no thread oversubscription
+    e["ROOT"] = str(root)
+    return e
+
+
+@pytest.fixture(scope="module")
+def teacher(env) -> Path:
+    out = Path(env["ROOT"]) / "teacher"
+    _ok(_launch(env, ["train", "--dataset", "spurious-digits", "--model", "mlp-small", "--device", "cpu",
+                      "--epochs", "1", "--quiet", "--out", str(out)]))
+    return out / "checkpoints" / "best.pt"
+
+
+@pytest.fixture(scope="module")
+def runs(env, teacher) -> dict[str, Path | str]:
+    """One epoch on 2 ranks (batch 32 each) and on 1 (batch 64); two uninterrupted epochs on 1."""
+    root = Path(env["ROOT"])
+    args = [*STUDENT, "--teacher", str(teacher)]
+    # First, so that its rank 0 builds the teacher-logit cache that rank 1 then reads. Not quiet: the
+    # test checks that only rank 0 speaks.
+    two = _ok(_launch(env, [*args, "--epochs", "1", "--batch-size", str(BATCH), "--out", str(root / "two")],
+                      ranks=RANKS))
+    _ok(_launch(env, [*args, "--epochs", "1", "--batch-size", str(RANKS * BATCH), "--out", str(root / "one"),
+                      "--quiet"]))
+    _ok(_launch(env, [*args, "--epochs", "2", "--batch-size", str(RANKS * BATCH), "--out", str(root / "ref"),
+                      "--quiet"]))
+    return {"two": root / "two", "one": root / "one", "ref": root / "ref", "two_stdout": two.stdout}
+
+
+def _weights(run: Path) -> torch.Tensor:
+    with open(run / "group_weights.csv", newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    return torch.tensor([[float(v) for v in row] for row in rows], dtype=torch.float64)
+
+
+def _last(run: Path) -> dict[str, torch.Tensor]:
+    ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    return {**ck["model"], "q": ck["objective"]["dro.q"]}
+
+
+def _assert_same_training(got: Path, want: Path) -> None:
+    w_got, w_want = _weights(got), _weights(want)
+    assert w_got.shape == w_want.shape  # same steps (and the step and epoch columns match exactly)
+    assert torch.equal(w_got[:, :2], w_want[:, :2])
+    torch.testing.assert_close(w_got[:, 2:], w_want[:, 2:], rtol=0, atol=TOL)  # q at every step
+    a, b = _last(got), _last(want)
+    assert set(a) == set(b) and not any(k.startswith("module.") for k in a)
+    for k in b:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=TOL, msg=k)
+
+
+@pytest.mark.slow  # each launch starts fresh interpreters that import torch
+@needs_torchrun
+def test_groupdistil_epoch_on_two_ranks_equals_one_process(env, runs):
+    _assert_same_training(runs["two"], runs["one"])
+    q = _weights(runs["two"])[-1, 2:]
+    assert (q - 0.25).abs().max() > 0.1  # q moved: comparing it tests something
+    # final.json: the strided evaluation saw every sample exactly once, and all-reduced metrics agree.
+    bundle = load_dataset(DataConfig(dataset="spurious-digits"))
+    two, one = (json.loads((runs[k] / "final.json").read_text()) for k in ("two", "one"))
+    assert two["selected_epoch"] == one["selected_epoch"] == 0
+    for split in ("train", "val", "test"):
+        s2, s1 = two["splits"][split], one["splits"][split]
+        assert s2["n"] == s1["n"] == len(bundle.splits[split])
+        assert s2["group_count"] == s1["group_count"]
+        for key in ("avg_acc", "worst_group_acc", "balanced_acc", "worst_class_acc", "ece", "loss"):
+            if s1[key] is None:
+                assert s2[key] is None
+            else:
+                assert s2[key] == pytest.approx(s1[key], abs=1e-6), (split, key)
+    # Only rank 0 speaks and writes; the teacher-logit cache was built once, by rank 0.
+    out = runs["two_stdout"]
+    assert out.count(f"wrote {runs['two']}") == 1
+    assert out.count("cache miss") == 1 and "cache hit" not in out
+    assert len(list(Path(env["GROUPDISTIL_CACHE"]).glob("*.npy"))) == 1
+
+
+def _interrupted_copy(run: Path, dest: Path) -> Path:
+    """The run as a kill after its last epoch would leave it: everything but final.json."""
+    shutil.copytree(run, dest)
+    (dest / "final.json").unlink()
+    return dest
+
+
+@pytest.mark.slow  # each launch starts fresh interpreters that import torch
+@needs_torchrun
+def test_two_rank_checkpoint_resumes_on_one_process(env, runs, teacher, tmp_path):
+    out = _interrupted_copy(runs["two"], tmp_path / "resumed")
+    _ok(_launch(env, [*STUDENT, "--teacher", str(teacher), "--epochs", "2", "--batch-size", str(RANKS * BATCH),
+                      "--out", str(out), "--resume", "--quiet"]))
+    _assert_same_training(out, runs["ref"])
+
+
+@pytest.mark.slow  # each launch starts fresh interpreters that import torch
+@needs_torchrun
+def test_one_process_checkpoint_resumes_on_two_ranks(env, runs, teacher, tmp_path):
+    out = _interrupted_copy(runs["one"], tmp_path / "resumed")
+    _ok(_launch(env, [*STUDENT, "--teacher", str(teacher), "--epochs", "2", "--batch-size", str(BATCH),
+                      "--out", str(out), "--resume", "--quiet"], ranks=RANKS))
+    _assert_same_training(out, runs["ref"])
+
+
+@pytest.mark.slow  # each launch starts fresh interpreters that import torch
+@needs_torchrun
+def test_an_error_on_rank_0_stops_every_rank_with_one_line(env, runs, teacher):
+    # A finished run without --force: rank 0 refuses, and the other rank must not wait forever.
+    # torchrun stops the remaining ranks once one has failed; polling every second (not every 0.1 s)
+    # lets rank 1 finish its own exit first, so that its exit code is its own.
+    r = _launch(env, [*STUDENT, "--teacher", str(teacher), "--epochs", "1", "--batch-size", str(BATCH),
+                      "--out", str(runs["one"]), "--quiet"], ranks=RANKS, torchrun=("--monitor-interval", "1"))
+    assert r.returncode != 0
+    assert r.stderr.count("error: --out") == 1, r.stderr[-3000:]  # printed by rank 0 only
+    assert "holds a finished run" in r.stderr
+    assert r.stderr.count("Traceback") <= 1  # torchrun's own report; no rank died with a traceback
+    # torchrun's failure summary lists each rank's exit code: the CLI's code for user errors on both.
+    codes = dict(re.findall(r"rank\s*:\s*(\d+) \(local_rank.*\n\s*exitcode\s*:\s*(-?\d+)", r.stderr))
+    assert codes == {str(k): "2" for k in range(RANKS)}, r.stderr[-3000:]

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "groupdistil.cli.data_commands",
     "groupdistil.cli.train_commands",
     "groupdistil.cli.report_commands",
+    "groupdistil.cli.sweep_commands",
 )
 
 

@@ -31,7 +31,7 @@ KD = {"alpha": 0.5, "temperature": 4.0}
 def config(dataset: str, root: Path, name: str, role: str, method: str, teacher: str | None = None,
            teacher_adjust: str = "none", **objective: Any) -> dict[str, Any]:
     raw: dict[str, Any] = {
-        "name": name, "role": role, "out": str(root / name),
+        "name": name, "role": role, "out": str(root),
         "data": {"dataset": dataset},
         "model": {"name": TEACHER_MODEL if role == "teacher" else STUDENT_MODEL},
         "objective": {"method": method, **objective}, **BUDGET,

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from groupdistil import faults
 from groupdistil.errors import CheckpointError
 
 FORMAT = "groupdistil-checkpoint"
@@ -34,6 +35,7 @@ def atomic_write(path: Path, write: Any) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        faults.point(f"replace:{path.name}")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from groupdistil import distributed
+from groupdistil import distributed, faults
 from groupdistil.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from groupdistil.config import OptimConfig, TrainConfig
 from groupdistil.data.base import DatasetBundle
@@ -210,6 +210,7 @@ def fit(
                 save_checkpoint(ckpt_dir / "best.pt", _payload(model, objective, state, meta))
         if ckpt_dir is not None and distributed.is_main_process():
             save_checkpoint(ckpt_dir / "last.pt", _payload(model, objective, state, meta, opt, sched))
+            faults.point(f"epoch:{epoch}")
         if not quiet and distributed.is_main_process():
             echo(_epoch_line(epoch, train.epochs, train_metrics, val_metrics, train.select_on, improved))
     distributed.barrier()  # the other ranks may read the checkpoints rank 0 has just written
@@ -255,6 +256,8 @@ def _train_epoch(
             logits = net(x)
         t = teacher(x, idx, logits) if objective.requires_teacher and teacher is not None else None
         out = objective(logits.float(), y, g, t)
+        if faults.poisoned(state.step + state.skipped_steps + 1):  # counts batches, skipped ones included
+            out = out._replace(loss=out.loss * float("nan"))
         loss_value = float(out.loss.detach())
         if not math.isfinite(loss_value) or _nonfinite_teacher(t):
             if not train.skip_nonfinite:
@@ -271,6 +274,7 @@ def _train_epoch(
         scaler.step(opt)
         scaler.update()
         state.step += 1
+        faults.point(f"step:{state.step}")
         if writer is not None and out.weights is not None:
             writer.log_weights(state.step, epoch, out.weights.tolist())
         metrics.update(logits, y, g, loss_value)

@@ -53,7 +53,13 @@ def prepare_out(cfg: RunConfig) -> bool:
         raise UserError(f"--out {out}: holds a finished run; pass --force to overwrite it")
     if cfg.resume:
         if not (out / "checkpoints" / "last.pt").is_file():
-            raise UserError(f"--resume: {out / 'checkpoints' / 'last.pt'} not found")
+            raise UserError(
+                f"--resume: {out / 'checkpoints' / 'last.pt'} not found (a run killed before its first epoch "
+                "ended has nothing to resume: start it again without --resume, with --force)"
+            )
+        # Temporary files of a write that a kill interrupted: never renamed, never read; remove them.
+        for tmp in (out / "checkpoints").glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
         return True
     if (out / "checkpoints" / "last.pt").exists():
         raise UserError(f"--out {out}: holds an unfinished run; pass --resume to continue or --force")

@@ -7,7 +7,8 @@ import sys
 
 import typer
 
-from groupdistil.errors import UserError
+from groupdistil import distributed
+from groupdistil.errors import NumericalError, UserError
 
 app = typer.Typer(
     name="groupdistil",
@@ -42,7 +43,8 @@ def _is_usage_error(e: BaseException) -> bool:
 
 
 def run_app(argv: list[str] | None = None) -> int:
-    """Run the CLI and return its exit code; user errors print one line and return 2."""
+    """Run the CLI and return its exit code: user errors print one line and return 2, numerical faults
+    (a non-finite loss) one line and 3."""
     _register()
     try:
         result = app(args=argv, prog_name="groupdistil", standalone_mode=False)
@@ -50,6 +52,10 @@ def run_app(argv: list[str] | None = None) -> int:
         if not getattr(e, "from_rank0", False):  # rank 0 prints an error every rank shares
             print(f"error: {e}", file=sys.stderr)
         return 2
+    except NumericalError as e:
+        if distributed.is_main_process():
+            print(f"error: {e}", file=sys.stderr)
+        return 3
     except typer.Exit as e:
         return int(getattr(e, "exit_code", 0) or 0)
     except (typer.Abort, KeyboardInterrupt):

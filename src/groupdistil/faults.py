@@ -1,0 +1,42 @@
+"""Fault injection for the reliability tests (environment variables; unset, they cost one lookup).
+
+``GROUPDISTIL_KILL_AT=<point>`` makes the process send itself SIGKILL at that point, exactly as an
+out-of-memory killer or a pre-empted node would. ``GROUPDISTIL_NAN_AT=<n>[,<n>...]`` turns the
+loss of the n-th training batch of the run (skipped batches counted) into NaN.
+
+Points: ``step:<n>`` (right after optimisation step n, counted over the run), ``epoch:<e>`` (right
+after epoch e's ``last.pt`` is written, 0-based), ``replace:<file name>:<k>`` (the k-th time this
+process is about to rename a finished temporary file onto ``<file name>``: the temporary file is
+complete and fsynced, the target still holds its old content).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+
+ENV = "GROUPDISTIL_KILL_AT"
+_seen: Counter[str] = Counter()
+
+
+def point(name: str) -> None:
+    """SIGKILL this process if ``GROUPDISTIL_KILL_AT`` names this point."""
+    target = os.environ.get(ENV)
+    if not target:
+        return
+    if name.startswith("replace:"):
+        _seen[name] += 1
+        name = f"{name}:{_seen[name]}"
+    if name == target:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+NAN_ENV = "GROUPDISTIL_NAN_AT"
+
+
+def poisoned(batch: int) -> bool:
+    """True when ``GROUPDISTIL_NAN_AT`` (comma-separated batch numbers) names this training batch:
+    the engine then turns its loss into NaN, to test the non-finite guard."""
+    target = os.environ.get(NAN_ENV)
+    return bool(target) and str(batch) in target.split(",")

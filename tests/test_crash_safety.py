@@ -1,0 +1,105 @@
+"""SIGKILL at several points, resume each time: the result is identical to an uninterrupted run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from groupdistil.checkpoint import load_checkpoint
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+pytestmark = pytest.mark.slow
+
+
+def cli(*args: str, kill_at: str | None = None, nan_at: str | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=SRC)
+    env.pop("GROUPDISTIL_KILL_AT", None)
+    env.pop("GROUPDISTIL_NAN_AT", None)
+    if kill_at is not None:
+        env["GROUPDISTIL_KILL_AT"] = kill_at
+    if nan_at is not None:
+        env["GROUPDISTIL_NAN_AT"] = nan_at
+    return subprocess.run([sys.executable, "-m", "groupdistil", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("crash")
+    teacher = root / "teacher"
+    r = cli("train", "--dataset", "spurious-digits", "--model", "mlp-small", "--epochs", "1", "--quiet",
+            "--out", str(teacher))
+    assert r.returncode == 0, r.stderr
+    student = ["distill", "--dataset", "spurious-digits", "--model", "mlp-small", "--epochs", "3", "--quiet",
+               "--method", "groupdistil", "--step-size", "0.2", "--teacher", str(teacher / "checkpoints/best.pt"),
+               "--teacher-cache-dir", str(root / "cache")]
+    full = cli(*student, "--out", str(root / "full"))
+    assert full.returncode == 0, full.stderr
+    return root, student
+
+
+def _same_run(a: Path, b: Path) -> None:
+    for name in ("final.json", "metrics.jsonl", "group_weights.csv"):
+        assert (a / name).read_text() == (b / name).read_text(), name
+    for ck in ("best.pt", "last.pt"):
+        x, y = load_checkpoint(a / "checkpoints" / ck), load_checkpoint(b / "checkpoints" / ck)
+        assert x.keys() == y.keys()
+        for k in x["model"]:
+            assert torch.equal(x["model"][k], y["model"][k]), (ck, k)
+        assert torch.equal(x["objective"]["dro.q"], y["objective"]["dro.q"])
+
+
+def test_killed_three_times_then_resumed_equals_uninterrupted(runs):
+    root, student = runs
+    out = root / "killed"
+    steps_per_epoch = -(-898 // 64)
+    # 1: mid-epoch, in the second epoch (epoch 0's checkpoint exists).
+    r = cli(*student, "--out", str(out), kill_at=f"step:{steps_per_epoch + 5}")
+    assert r.returncode == -signal.SIGKILL
+    assert load_checkpoint(out / "checkpoints/last.pt")["epoch"] == 0
+    # 2: during the write of epoch 1's last.pt: the temporary file is complete, the rename never happens.
+    r = cli(*student, "--out", str(out), "--resume", kill_at="replace:last.pt:1")
+    assert r.returncode == -signal.SIGKILL
+    assert list((out / "checkpoints").glob(".last.pt.*.tmp")), "the interrupted write left its temp file"
+    assert load_checkpoint(out / "checkpoints/last.pt")["epoch"] == 0  # the old file is intact
+    # 3: right after the last epoch's checkpoint, before final.json.
+    r = cli(*student, "--out", str(out), "--resume", kill_at="epoch:2")
+    assert r.returncode == -signal.SIGKILL
+    assert not (out / "final.json").exists()
+    assert not list((out / "checkpoints").glob(".*.tmp")), "resume removes stale temporary files"
+    r = cli(*student, "--out", str(out), "--resume")
+    assert r.returncode == 0, r.stderr
+    _same_run(root / "full", out)
+
+
+def test_killed_before_the_first_checkpoint_cannot_resume_but_says_how_to_restart(runs):
+    root, student = runs
+    out = root / "early"
+    assert cli(*student, "--out", str(out), kill_at="step:3").returncode == -signal.SIGKILL
+    r = cli(*student, "--out", str(out), "--resume")
+    assert r.returncode == 2
+    assert "last.pt not found" in r.stderr and "--force" in r.stderr and r.stderr.count("\n") == 1
+    r = cli(*student, "--out", str(out), "--force")
+    assert r.returncode == 0, r.stderr
+    _same_run(root / "full", out)
+
+
+def test_nonfinite_loss_exits_3_naming_step_and_last_good_checkpoint(runs, tmp_path):
+    _, student = runs
+    out = tmp_path / "nan"
+    r = cli(*student, "--out", str(out), nan_at="20")
+    assert r.returncode == 3, r.stderr
+    assert r.stderr.count("\n") == 1
+    assert "non-finite loss at step 20 (epoch 2)" in r.stderr and str(out / "checkpoints" / "last.pt") in r.stderr
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 0  # kept, and loadable
+    r = cli(*student, "--out", str(tmp_path / "skip"), "--skip-nonfinite", nan_at="5,20")
+    assert r.returncode == 0, r.stderr
+    final = json.loads((tmp_path / "skip" / "final.json").read_text())
+    assert final["skipped_steps"] == 2
+    last_train = [json.loads(x) for x in (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()][-2]
+    assert last_train["split"] == "train" and last_train["skipped_steps"] == 2

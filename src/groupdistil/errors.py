@@ -9,7 +9,14 @@ from __future__ import annotations
 
 
 class UserError(ValueError):
-    """Bad input from the user: a file, value or option that is not what we expected."""
+    """Bad input from the user: a file, value or option that is not what we expected.
+
+    The message is always one line: line breaks that arrive with user data (a column name, a value)
+    are escaped, so the command line's "one line, exit 2" holds whatever the input held.
+    """
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"))
 
 
 class DataError(UserError):

@@ -104,7 +104,7 @@ class Table:
         """Raise naming the first absent column and the columns found."""
         for name in names:
             if name not in self.columns:
-                found = ", ".join(self.columns) or "none"
+                found = ", ".join(map(repr, self.columns)) or "none"
                 raise DataError(f"{self.path}: missing column {name!r}{why}; found columns {found}")
 
     def values(self, name: str) -> list[Any]:

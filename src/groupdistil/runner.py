@@ -92,7 +92,8 @@ def build_objective_for(cfg: RunConfig, bundle: DatasetBundle) -> Objective:
     for key in options:
         if key not in allowed:
             flag = "--" + key.replace("_", "-")
-            raise UserError(f"{flag}: does not apply to method {method} (its options: {', '.join(allowed)})")
+            takes = f"its options: {', '.join(allowed)}" if allowed else "it takes no options"
+            raise UserError(f"{flag}: does not apply to method {method} ({takes})")
     counts = bundle.group_counts("train")
     try:
         return build_objective(

@@ -1,9 +1,15 @@
-"""Model factory: ``create_model(name, num_classes, ...)`` from a dict of constructors."""
+"""Model factory: ``create_model(name, num_classes, ...)`` from a dict of constructors (timm style).
+
+Names: ``linear``, ``mlp-small``, ``mlp``, ``cnn-small``, ``cnn`` (any input size), CIFAR ResNets
+``resnet8/20/32/56/110`` and ImageNet-style ``resnet18/34/50``; ``tv:<name>`` and ``timm:<name>`` when
+torchvision or timm import. Every model returns logits (B, C), features with ``return_features=True``,
+and exposes its final linear layer as ``classifier``.
+"""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
-from math import prod
 from pathlib import Path
 from typing import Any
 
@@ -11,57 +17,22 @@ import torch
 from torch import nn
 
 from groupdistil.errors import CheckpointError, UserError
+from groupdistil.models.resnet import RESNETS
+from groupdistil.models.simple import Classifier, cnn_builder, mlp_builder
 
-
-class Classifier(nn.Module):
-    """A feature extractor followed by ``classifier`` (the final linear layer); returns logits."""
-
-    def __init__(self, features: nn.Module, width: int, num_classes: int) -> None:
-        super().__init__()
-        self.features = features
-        self.classifier = nn.Linear(width, num_classes)
-
-    def forward(self, x: torch.Tensor, return_features: bool = False):
-        """x: (B, ...) -> logits (B, C) (and features (B, width) when asked)."""
-        f = self.features(x)
-        logits = self.classifier(f)
-        return (logits, f) if return_features else logits
-
-
-def _mlp(hidden: tuple[int, ...]) -> Callable[..., Classifier]:
-    def build(num_classes: int, in_channels: int, input_shape: tuple[int, ...]) -> Classifier:
-        layers: list[nn.Module] = [nn.Flatten()]
-        width = prod(input_shape)
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU()]
-            width = h
-        return Classifier(nn.Sequential(*layers), width, num_classes)
-
-    return build
-
-
-def _cnn(widths: tuple[int, ...]) -> Callable[..., Classifier]:
-    def build(num_classes: int, in_channels: int, input_shape: tuple[int, ...]) -> Classifier:
-        layers: list[nn.Module] = []
-        c = in_channels
-        for i, w in enumerate(widths):
-            layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU()]
-            if i < len(widths) - 1:
-                layers.append(nn.MaxPool2d(2, ceil_mode=True))
-            c = w
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-        return Classifier(nn.Sequential(*layers), c, num_classes)
-
-    return build
-
+__all__ = ["MODELS", "Classifier", "create_model", "list_models", "load_weights"]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
-    "linear": _mlp(()),
-    "mlp-small": _mlp((64,)),
-    "mlp": _mlp((256, 256)),
-    "cnn-small": _cnn((16, 32)),
-    "cnn": _cnn((32, 64, 128)),
+    "linear": mlp_builder(()),
+    "mlp-small": mlp_builder((64,)),
+    "mlp": mlp_builder((256, 256)),
+    "cnn-small": cnn_builder((16, 32)),
+    "cnn": cnn_builder((32, 64, 128)),
+    **RESNETS,
 }
+
+#: Prefixes of names resolved by optional packages, and the package each needs.
+EXTERNAL = {"tv:": "torchvision", "timm:": "timm"}
 
 
 def list_models() -> list[str]:
@@ -77,13 +48,31 @@ def create_model(
     **kwargs: Any,
 ) -> nn.Module:
     """Build a model by name; optionally load weights from a local file (``weights_only=True``)."""
-    if name not in MODELS:
-        raise UserError(f"--model: unknown name {name!r}; expected one of {', '.join(MODELS)}")
     shape = tuple(input_shape) if input_shape else (in_channels, 32, 32)
-    model = MODELS[name](num_classes=num_classes, in_channels=in_channels, input_shape=shape, **kwargs)
+    prefix = next((p for p in EXTERNAL if name.startswith(p)), None)
+    if prefix is not None:
+        model = _external(prefix, name[len(prefix):], num_classes)
+    elif name in MODELS:
+        model = MODELS[name](num_classes=num_classes, in_channels=in_channels, input_shape=shape, **kwargs)
+    else:
+        raise UserError(f"--model: unknown name {name!r}; expected one of {', '.join(MODELS)}, tv:NAME, timm:NAME")
     if weights is not None:
         load_weights(model, Path(weights))
     return model
+
+
+def _external(prefix: str, name: str, num_classes: int) -> nn.Module:
+    package = EXTERNAL[prefix]
+    try:
+        module = importlib.import_module(package)
+    except Exception:  # a missing or broken install (the registry's torchvision fails against CPU torch)
+        raise UserError(f"--model {prefix}{name}: needs {package}, which does not import here") from None
+    try:
+        if package == "timm":
+            return module.create_model(name, pretrained=False, num_classes=num_classes)
+        return module.models.get_model(name, weights=None, num_classes=num_classes)
+    except Exception as e:  # unknown names raise different errors in each package
+        raise UserError(f"--model {prefix}{name}: {package} cannot build it ({type(e).__name__})") from None
 
 
 def load_weights(model: nn.Module, path: Path) -> None:

@@ -1,0 +1,93 @@
+"""`make bench`: every performance figure as a ratio measured within one run, written to
+benchmarks/results/perf.json and perf.md with a description of the machine.
+
+    python benchmarks/run.py [--only objectives|train_step|cache|e2e] [--quick] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_cache
+import bench_e2e
+import bench_objectives
+import bench_train_step
+from timing import interleaved
+
+BENCHES = {"objectives": bench_objectives, "train_step": bench_train_step, "cache": bench_cache, "e2e": bench_e2e}
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "python": platform.python_version()}
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def _verdict(row: dict[str, Any]) -> str:
+    target = row.get("target")
+    if target is None:
+        return ""
+    ratios = [v for k, v in row.items() if (k.endswith("_over_kd") and not k.startswith("dense"))
+              or k == "cached_over_no_teacher"]
+    return "pass" if all(r <= target for r in ratios) else "MISS"
+
+
+def markdown(results: dict[str, list[dict[str, Any]]], info: dict[str, Any], command: str) -> str:
+    lines = ["# Performance", "", f"Command: `{command}`", "",
+             "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), "",
+             "Every ratio is a ratio of medians of interleaved repeats measured in this one run "
+             "(lower is cheaper); absolute times are for orientation only.", ""]
+    for name, rows in results.items():
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        lines += [f"## {name}", "", "| " + " | ".join([*keys, "verdict"]) + " |",
+                  "|" + " --- |" * (len(keys) + 1)]
+        lines += ["| " + " | ".join([*(_fmt(r.get(k, "")) for k in keys), _verdict(r)]) + " |" for r in rows]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--only", choices=list(BENCHES), action="append")
+    p.add_argument("--quick", action="store_true", help="3 repeats instead of 20 (smoke test)")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = p.parse_args(argv)
+    repeats = 3 if args.quick else 20
+    results = {}
+    for name in args.only or list(BENCHES):
+        print(f"running {name} ...", flush=True)
+        results[name] = BENCHES[name].run(repeats, interleaved)
+    info = machine()
+    command = "python benchmarks/run.py" + "".join(f" --only {n}" for n in args.only or []) + (
+        " --quick" if args.quick else "")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "perf.json").write_text(json.dumps({"machine": info, "command": command, "results": results},
+                                                   indent=2) + "\n")
+    (args.out / "perf.md").write_text(markdown(results, info, command) + "\n")
+    print(markdown(results, info, command))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -199,14 +199,17 @@ def test_one_process_checkpoint_resumes_on_two_ranks(env, runs, teacher, tmp_pat
 @needs_torchrun
 def test_an_error_on_rank_0_stops_every_rank_with_one_line(env, runs, teacher):
     # A finished run without --force: rank 0 refuses, and the other rank must not wait forever.
-    # torchrun stops the remaining ranks once one has failed; polling every second (not every 0.1 s)
-    # lets rank 1 finish its own exit first, so that its exit code is its own.
     r = _launch(env, [*STUDENT, "--teacher", str(teacher), "--epochs", "1", "--batch-size", str(BATCH),
                       "--out", str(runs["one"]), "--quiet"], ranks=RANKS, torchrun=("--monitor-interval", "1"))
     assert r.returncode != 0
     assert r.stderr.count("error: --out") == 1, r.stderr[-3000:]  # printed by rank 0 only
     assert "holds a finished run" in r.stderr
     assert r.stderr.count("Traceback") <= 1  # torchrun's own report; no rank died with a traceback
-    # torchrun's failure summary lists each rank's exit code: the CLI's code for user errors on both.
+    # torchrun's failure summary lists each rank's exit code. Every rank exits with the CLI's code for
+    # user errors; a rank still on its way out when another has exited may instead be stopped by
+    # torchrun's SIGTERM (-15), which is torchrun's scheduling, not ours. The root cause is always 2.
     codes = dict(re.findall(r"rank\s*:\s*(\d+) \(local_rank.*\n\s*exitcode\s*:\s*(-?\d+)", r.stderr))
-    assert codes == {str(k): "2" for k in range(RANKS)}, r.stderr[-3000:]
+    assert set(codes) == {str(k) for k in range(RANKS)}, r.stderr[-3000:]
+    assert set(codes.values()) <= {"2", "-15"} and "2" in codes.values(), r.stderr[-3000:]
+    root = re.search(r"Root Cause.*?exitcode\s*:\s*(-?\d+)", r.stderr, re.S)
+    assert root is not None and root.group(1) == "2", r.stderr[-3000:]

@@ -100,6 +100,22 @@ def barrier() -> None:
         dist.barrier()
 
 
+#: Called by rank 0 with a user error's message before the other ranks learn of it (see
+#: :func:`set_error_reporter`).
+_error_reporter: Callable[[str], None] | None = None
+
+
+def set_error_reporter(reporter: Callable[[str], None] | None) -> None:
+    """Have rank 0 report a shared user error itself, before broadcasting it.
+
+    Once the other ranks know of the error they exit, and torchrun then stops rank 0 with SIGTERM,
+    possibly before rank 0's own error handler has printed anything. Reporting first guarantees
+    the user sees the message exactly once. The command line installs ``print`` to stderr here.
+    """
+    global _error_reporter
+    _error_reporter = reporter
+
+
 def _on_main(fn: Callable[[], T], share: bool) -> T | None:
     """Run ``fn`` on rank 0 and broadcast its outcome: the result when ``share``, always its error.
 
@@ -120,6 +136,9 @@ def _on_main(fn: Callable[[], T], share: bool) -> T | None:
             error = e
             if isinstance(e, UserError):
                 box[0] = ("error", (type(e), str(e)))
+                if _error_reporter is not None:
+                    _error_reporter(str(e))
+                    e.reported = True  # type: ignore[attr-defined]
             else:  # an arbitrary exception may not pickle: send its description
                 box[0] = ("error", (RuntimeError, f"rank 0 failed: {e!r}"))
     dist.broadcast_object_list(box, src=0)

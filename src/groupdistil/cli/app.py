@@ -42,15 +42,21 @@ def _is_usage_error(e: BaseException) -> bool:
     return hasattr(e, "format_message") and hasattr(e, "exit_code")
 
 
+def _print_error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
 def run_app(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code: user errors print one line and return 2, numerical faults
     (a non-finite loss) one line and 3."""
     _register()
+    distributed.set_error_reporter(_print_error)
     try:
         result = app(args=argv, prog_name="groupdistil", standalone_mode=False)
     except UserError as e:
-        if not getattr(e, "from_rank0", False):  # rank 0 prints an error every rank shares
-            print(f"error: {e}", file=sys.stderr)
+        # An error every rank shares is printed once, by rank 0, before the others learn of it.
+        if not getattr(e, "from_rank0", False) and not getattr(e, "reported", False):
+            _print_error(str(e))
         return 2
     except NumericalError as e:
         if distributed.is_main_process():

@@ -1,7 +1,7 @@
 """`make bench`: every performance figure as a ratio measured within one run, written to
 benchmarks/results/perf.json and perf.md with a description of the machine.
 
-    python benchmarks/run.py [--only objectives|train_step|cache|e2e] [--quick] [--out DIR]
+    python benchmarks/run.py [--only objectives|train_step|cache|e2e] [--quick] [--threads N] [--out DIR]
 """
 
 from __future__ import annotations
@@ -57,7 +57,9 @@ def markdown(results: dict[str, list[dict[str, Any]]], info: dict[str, Any], com
     lines = ["# Performance", "", f"Command: `{command}`", "",
              "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), "",
              "Every ratio is a ratio of medians of interleaved repeats measured in this one run "
-             "(lower is cheaper); absolute times are for orientation only.", ""]
+             "(lower is cheaper); absolute times are for orientation only. What each figure means, "
+             "what was profiled and fixed (before and after), and what is left: "
+             "[perf-notes.md](perf-notes.md).", ""]
     for name, rows in results.items():
         keys = list(dict.fromkeys(k for r in rows for k in r))
         lines += [f"## {name}", "", "| " + " | ".join([*keys, "verdict"]) + " |",
@@ -72,7 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", choices=list(BENCHES), action="append")
     p.add_argument("--quick", action="store_true", help="3 repeats instead of 20 (smoke test)")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: torch's own choice, one per core)")
     args = p.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            p.error(f"--threads: expected a positive integer, got {args.threads}")
+        torch.set_num_threads(args.threads)
     repeats = 3 if args.quick else 20
     results = {}
     for name in args.only or list(BENCHES):
@@ -80,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = BENCHES[name].run(repeats, interleaved)
     info = machine()
     command = "python benchmarks/run.py" + "".join(f" --only {n}" for n in args.only or []) + (
-        " --quick" if args.quick else "")
+        " --quick" if args.quick else "") + (f" --threads {args.threads}" if args.threads else "")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "perf.json").write_text(json.dumps({"machine": info, "command": command, "results": results},
                                                    indent=2) + "\n")

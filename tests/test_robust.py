@@ -209,6 +209,22 @@ def test_state_dict_round_trips_q_and_the_trajectory_continues() -> None:
     assert torch.equal(a.q, b.q)
 
 
+def test_loaded_adjustment_and_counts_take_effect_in_the_next_update() -> None:
+    # The bonus C / sqrt(n) is precomputed from buffers; a state_dict with other buffers must
+    # refresh it, or the loaded module would keep stepping with its constructor's adjustment.
+    a = gd.GroupDRO(3, step_size=0.5, group_counts=[1, 4, 9], adjustment=[2.0, 0.0, 1.0])
+    b = gd.GroupDRO(3, step_size=0.5, group_counts=[1, 1, 1])
+    b.load_state_dict(a.state_dict())
+    batch = _batch(12, 3, 7)
+    torch.testing.assert_close(b(*batch), a(*batch))
+    torch.testing.assert_close(b.q, a.q)
+    # And back: loading an unadjusted state removes the bonus.
+    c = gd.GroupDRO(3, step_size=0.5, group_counts=[1, 1, 1])
+    a.load_state_dict(c.state_dict())
+    torch.testing.assert_close(a(*batch), c(*batch))
+    torch.testing.assert_close(a.q, c.q)
+
+
 # ---- invariants --------------------------------------------------------------------------------
 
 

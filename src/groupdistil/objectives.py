@@ -42,7 +42,7 @@ from groupdistil.losses import (
     mixed,
     upcast,
 )
-from groupdistil.robust import EPS, GroupDRO, GroupRisks, group_risks
+from groupdistil.robust import EPS, GroupDRO, GroupRisks, group_risks, hard_group_sums
 
 
 class ObjectiveOutput(NamedTuple):
@@ -169,8 +169,9 @@ class _DROMixin:
     def aggregate(self, losses: torch.Tensor, groups: torch.Tensor | None) -> ObjectiveOutput:
         if groups is None:
             raise ValueError(f"groups: {type(self).__name__} needs a group id per sample, got None")
-        r = group_risks(losses, groups, self.n_groups)
-        loss, stats = self.dro.robust_loss(r.sums, r.counts)
+        # forward() has already checked the group ids: aggregate without checking them again.
+        sums, counts = hard_group_sums(upcast(losses), groups, self.dro.n_groups)
+        loss, stats = self.dro.robust_loss(sums, counts)
         return ObjectiveOutput(loss, stats.means, stats.counts, self.dro.q.detach().clone())
 
 

@@ -56,9 +56,7 @@ def group_risks(
     if groups is not None:
         n_groups = check_positive_int("n_groups", n_groups)
         check_labels("groups", groups, values.shape[0], n_groups)
-        idx = groups.long().to(values.device)
-        sums = values.new_zeros(n_groups).index_add_(0, idx, values)
-        counts = torch.bincount(idx, minlength=n_groups).to(values.dtype)
+        sums, counts = hard_group_sums(values, groups, n_groups)
     else:
         assert membership is not None
         if not isinstance(membership, torch.Tensor) or membership.dim() != 2 or (
@@ -75,6 +73,18 @@ def group_risks(
         sums = m.t() @ values
         counts = m.sum(dim=0)
     return GroupRisks(sums, counts, sums / counts.clamp_min(EPS))
+
+
+def hard_group_sums(values: torch.Tensor, groups: torch.Tensor, n_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(G,) sums and (G,) counts of (B,) ``values`` by (B,) ``groups``, with no checks.
+
+    For callers that have already validated ``groups`` (the objectives check their inputs once per
+    batch): ``index_add_`` and ``bincount``, O(B + G).
+    """
+    idx = groups.to(device=values.device, dtype=torch.long)
+    sums = values.new_zeros(n_groups).index_add_(0, idx, values)
+    counts = torch.bincount(idx, minlength=n_groups).to(values.dtype)
+    return sums, counts
 
 
 class GroupDRO(nn.Module):
@@ -131,6 +141,11 @@ class GroupDRO(nn.Module):
         self.register_buffer("group_counts", counts)
         self.register_buffer("adjustment", adj)
         self.register_buffer("q", present.float() / present.float().sum())
+        # C_g / sqrt(n_g) depends on buffers only: computed once here and again after a state_dict
+        # load, not on every step (at small sizes those few tensor operations cost as much as the
+        # rest of the DRO update).
+        self.register_buffer("bonus", self._bonus(), persistent=False)
+        self.register_load_state_dict_post_hook(GroupDRO._refresh_bonus)
 
     def extra_repr(self) -> str:
         return (
@@ -138,16 +153,24 @@ class GroupDRO(nn.Module):
             f"normalize_loss={self.normalize_loss}"
         )
 
-    def _adjusted(self, means: torch.Tensor) -> torch.Tensor:
-        """(G,) ``a = L + C / sqrt(n)`` (C_g = 0 or n_g = 0: no bonus), optionally normalised."""
+    def _bonus(self) -> torch.Tensor | None:
+        """(G,) ``C / sqrt(n)`` (0 where C_g = 0 or n_g = 0), or None when no group has one."""
         # Per group, not all-or-nothing as in the reference code, which skips the whole adjustment
         # as soon as one C_g is 0. The clamp only guards the n_g = 0 entries that where() discards.
-        bonus = torch.where(
-            (self.adjustment > 0) & (self.group_counts > 0),
-            self.adjustment / self.group_counts.clamp_min(EPS).sqrt(),
-            torch.zeros_like(self.adjustment),
-        )
-        a = means.detach() + bonus.to(means.dtype)
+        has = (self.adjustment > 0) & (self.group_counts > 0)
+        if not bool(has.any()):
+            return None
+        return torch.where(has, self.adjustment / self.group_counts.clamp_min(EPS).sqrt(), 0.0)
+
+    @staticmethod
+    def _refresh_bonus(module: nn.Module, incompatible_keys: object) -> None:
+        module.bonus = module._bonus()  # type: ignore[operator]
+
+    def _adjusted(self, means: torch.Tensor) -> torch.Tensor:
+        """(G,) ``a = L + C / sqrt(n)`` (C_g = 0 or n_g = 0: no bonus), optionally normalised."""
+        a = means.detach()
+        if self.bonus is not None:
+            a = a + self.bonus.to(device=a.device, dtype=a.dtype)
         if self.normalize_loss:
             # Losses are >= 0, so a zero total means a = 0; the clamp avoids 0/0 without a host sync.
             a = a / a.sum().clamp_min(EPS)

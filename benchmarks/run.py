@@ -1,7 +1,10 @@
 """`make bench`: every performance figure as a ratio measured within one run, written to
 benchmarks/results/perf.json and perf.md with a description of the machine.
 
-    python benchmarks/run.py [--only objectives|train_step|cache|e2e] [--quick] [--threads N] [--out DIR]
+    python benchmarks/run.py [--only objectives|train_step|cache|e2e|gpu] [--quick] [--threads N] [--out DIR]
+
+The GPU benchmark runs by default only where CUDA is available; record it with
+`python benchmarks/run.py --only gpu --out benchmarks/results/gpu`.
 """
 
 from __future__ import annotations
@@ -20,11 +23,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_cache
 import bench_e2e
+import bench_gpu
 import bench_objectives
 import bench_train_step
 from timing import interleaved
 
-BENCHES = {"objectives": bench_objectives, "train_step": bench_train_step, "cache": bench_cache, "e2e": bench_e2e}
+BENCHES = {"objectives": bench_objectives, "train_step": bench_train_step, "cache": bench_cache, "e2e": bench_e2e,
+           "gpu": bench_gpu}
+#: What a plain `make bench` runs: the GPU benchmark only where there is a GPU.
+DEFAULT = ["objectives", "train_step", "cache", "e2e"] + (["gpu"] if torch.cuda.is_available() else [])
 
 
 def machine() -> dict[str, Any]:
@@ -37,7 +44,8 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     return {"cpu": cpu, "kernels": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count(),
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version()}
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
+            **({"gpu": torch.cuda.get_device_name(0)} if torch.cuda.is_available() else {})}
 
 
 def _fmt(v: Any) -> str:
@@ -83,9 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     repeats = 3 if args.quick else 20
     results = {}
-    for name in args.only or list(BENCHES):
+    for name in args.only or DEFAULT:
         print(f"running {name} ...", flush=True)
-        results[name] = BENCHES[name].run(repeats, interleaved)
+        extra = {"quick": args.quick} if name == "gpu" else {}
+        results[name] = BENCHES[name].run(repeats, interleaved, **extra)
     info = machine()
     command = "python benchmarks/run.py" + "".join(f" --only {n}" for n in args.only or []) + (
         " --quick" if args.quick else "") + (f" --threads {args.threads}" if args.threads else "")

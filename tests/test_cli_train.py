@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from groupdistil.cli.app import run_app
+from groupdistil.engine import cpu_has_bf16
 
 FAST = ["--dataset", "spurious-digits", "--model", "mlp-small", "--epochs", "2", "--quiet"]
 
@@ -117,6 +118,42 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert message in err and err.count("\n") == 0
     assert not (tmp_path / "x" / "final.json").exists()
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--device", "tpu"], "train.device (--device)"),
+        # cuda:99 fails on every machine: no CUDA here, fewer than 100 GPUs there.
+        (["--device", "cuda:99"], "--device cuda:99: "),
+        (["--device", "cpu", "--amp", "fp16"], "--amp fp16: needs a CUDA device, got --device cpu (cpu)"),
+    ],
+)
+def test_bad_device_or_precision_writes_nothing(args, message, tmp_path, capsys):
+    assert run_app(["train", *FAST, *args, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.count("\n") == 0
+    assert not (tmp_path / "x").exists()
+
+
+def test_bf16_autocast_on_cpu_trains_with_float32_group_weights(teacher, tmp_path, capsys):
+    # The mixed-precision path (autocast around student and online teacher, objective upcasting,
+    # DRO math in float32) on the CPU: its numbers differ from float32 ones, q stays on the simplex.
+    args = ["distill", *FAST, "--teacher", str(teacher / "checkpoints/best.pt"), "--method", "groupdistil",
+            "--step-size", "0.1", "--augment", "--device", "cpu", "--epochs", "1"]
+    assert run_app([*args, "--out", str(tmp_path / "fp32")]) == 0
+    capsys.readouterr()
+    assert run_app([*args, "--amp", "bf16", "--out", str(tmp_path / "bf16")]) == 0
+    slow_bf16 = "warning: --amp bf16 on a CPU without bf16 instructions" in capsys.readouterr().err
+    assert slow_bf16 == (not cpu_has_bf16())
+    rows = (tmp_path / "bf16/group_weights.csv").read_text().splitlines()[1:]
+    q = torch.tensor([[float(v) for v in row.split(",")[2:]] for row in rows])
+    assert len(rows) > 10 and torch.isfinite(q).all()
+    torch.testing.assert_close(q.sum(1), torch.ones(len(rows)), atol=1e-6, rtol=0)
+    fp32 = (tmp_path / "fp32/group_weights.csv").read_text()
+    assert (tmp_path / "bf16/group_weights.csv").read_text() != fp32  # autocast was on
+    final = json.loads((tmp_path / "bf16/final.json").read_text())
+    assert 0 <= final["splits"]["test"]["avg_acc"] <= 1
 
 
 def test_teacher_with_other_class_count_is_refused(teacher, tmp_path, capsys):

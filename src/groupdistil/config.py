@@ -95,9 +95,10 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(64, ge=1, description="batch size per process")
     seed: int = Field(0, description="training seed (initialisation, order, augmentation)")
     sampler: Literal["shuffle", "group-balanced"] = Field("shuffle", description="training sampler")
-    amp: Literal["none", "bf16", "fp16"] = Field("none", description="mixed precision (CUDA only)")
+    amp: Literal["none", "bf16", "fp16"] = Field(
+        "none", description="mixed precision: bf16 (CUDA or CPU) or fp16 (CUDA, with a grad scaler)")
     compile: bool = Field(False, description="torch.compile the student")
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$", description="auto, cpu, cuda or cuda:N")
     num_workers: int = Field(0, ge=0, description="data-loader workers")
     select_on: Literal["worst_group_acc", "avg_acc", "balanced_acc", "worst_class_acc"] = Field(
         "worst_group_acc", description="validation metric for model selection")

@@ -24,7 +24,7 @@ from groupdistil import distributed, faults
 from groupdistil.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from groupdistil.config import OptimConfig, TrainConfig
 from groupdistil.data.base import DatasetBundle
-from groupdistil.errors import CheckpointError, NumericalError
+from groupdistil.errors import CheckpointError, ConfigError, NumericalError
 from groupdistil.evaluation import autocast, evaluate, per_class_error
 from groupdistil.loaders import epoch_generator, train_loader
 from groupdistil.metrics import GroupMetrics, is_better
@@ -56,12 +56,46 @@ class FitResult:
     checkpoint: Path | None
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto``: CUDA when available, else CPU. Under torchrun an unindexed ``cuda`` is this process's GPU
-    (``LOCAL_RANK``, set by :func:`groupdistil.distributed.session`): DDP needs the index."""
+def check_device(name: str, amp: str = "none") -> torch.device:
+    """The device ``name`` stands for (``auto``: CUDA when available, else CPU), checked.
+
+    Raises:
+        ConfigError: CUDA asked for where there is none, a GPU index beyond the machine's, or
+            ``amp="fp16"`` off CUDA (fp16 autocast needs the CUDA grad scaler; bf16 runs on CPU too).
+    """
+    given = name
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise ConfigError(f"--device {name}: expected auto, cpu, cuda or cuda:N")
+    if amp == "fp16" and device.type != "cuda":
+        raise ConfigError(
+            f"--amp fp16: needs a CUDA device, got --device {given} ({device.type}); use --amp bf16 or none"
+        )
+    return device
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (oneDNN's test: AVX-512 BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without oneDNN
+        return False
+
+
+def resolve_device(name: str, amp: str = "none") -> torch.device:
+    """:func:`check_device`; under torchrun an unindexed ``cuda`` is this process's GPU (``LOCAL_RANK``,
+    set by :func:`groupdistil.distributed.session`): DDP needs the index."""
+    device = check_device(name, amp)
     if device.type == "cuda" and device.index is None and distributed.is_distributed():
         device = torch.device("cuda", torch.cuda.current_device())
     return device
@@ -157,7 +191,7 @@ def fit(
         meta: extra checkpoint fields (model name, class count, config, ...).
         resume: continue from ``out/checkpoints/last.pt``.
     """
-    device = resolve_device(train.device)
+    device = resolve_device(train.device, train.amp)
     if objective.requires_teacher and teacher is None:
         raise ValueError(f"teacher: objective {type(objective).__name__} needs a teacher")
     model.to(device)
@@ -254,7 +288,9 @@ def _train_epoch(
         snapshot = {k: v.clone() for k, v in objective.state_dict().items()} if train.skip_nonfinite else None
         with autocast(device, train.amp):
             logits = net(x)
-        t = teacher(x, idx, logits) if objective.requires_teacher and teacher is not None else None
+            # An online teacher runs in the same precision as the student; the objective upcasts both
+            # and keeps the DRO math in float32.
+            t = teacher(x, idx, logits) if objective.requires_teacher and teacher is not None else None
         out = objective(logits.float(), y, g, t)
         if faults.poisoned(state.step + state.skipped_steps + 1):  # counts batches, skipped ones included
             out = out._replace(loss=out.loss * float("nan"))

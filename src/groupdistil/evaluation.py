@@ -17,10 +17,15 @@ from groupdistil.metrics import GroupMetrics
 
 
 def autocast(device: torch.device, amp: str):
-    """Mixed precision on CUDA only; on CPU it would be slower, so it is a no-op there."""
-    if amp == "none" or device.type != "cuda":
+    """The autocast context of ``--amp``: none, bf16 (CUDA or CPU) or fp16 (CUDA).
+
+    bf16 on CPU is for processors with bf16 instructions (AVX-512 BF16, AMX); elsewhere it is slower
+    than float32 but still exercises the mixed-precision path. fp16 off CUDA is refused earlier, by
+    :func:`groupdistil.engine.resolve_device`; here it falls back to float32.
+    """
+    if amp == "none" or device.type not in ("cuda", "cpu") or (amp == "fp16" and device.type != "cuda"):
         return nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 @torch.no_grad()

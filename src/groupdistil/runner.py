@@ -16,7 +16,7 @@ from groupdistil import distributed
 from groupdistil.checkpoint import load_checkpoint
 from groupdistil.config import RunConfig, dump_yaml
 from groupdistil.data import DatasetBundle, load_dataset
-from groupdistil.engine import fit, resolve_device, weight_names
+from groupdistil.engine import check_device, cpu_has_bf16, fit, resolve_device, weight_names
 from groupdistil.errors import CheckpointError, UserError
 from groupdistil.evaluation import evaluate
 from groupdistil.models import create_model
@@ -150,10 +150,15 @@ def build_teacher(
 
 def run_experiment(cfg: RunConfig, echo: Echo = print) -> dict[str, Any]:
     """Run one experiment end to end; returns the contents of final.json."""
-    # Rank 0 alone checks (and with --force empties) the folder; every rank gets its answer or error.
+    # Checked before the run folder is touched: a bad --device or --amp writes nothing. Rank 0 alone
+    # checks (and with --force empties) the folder; every rank gets its answer or error.
+    distributed.on_main(lambda: check_device(cfg.train.device, cfg.train.amp) and None)
     resume = distributed.on_main(lambda: prepare_out(cfg))
+    device = resolve_device(cfg.train.device, cfg.train.amp)
+    if cfg.train.amp == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        echo("warning: --amp bf16 on a CPU without bf16 instructions (AVX-512 BF16 or AMX) runs many times "
+             "slower than float32; use --amp none here")
     seed_everything(cfg.train.seed)
-    device = resolve_device(cfg.train.device)
     bundle = load_dataset(cfg.data)
     for w in bundle.warnings:
         echo(f"warning: {w}")

@@ -21,11 +21,14 @@ STUDENT_METHODS = ("kd", "groupdistil", "class-robust-kd")
 def _echo(quiet: bool):
     from groupdistil.distributed import env_rank_info
 
-    # Under torchrun every rank runs the same code: only rank 0 speaks.
-    silent = quiet or env_rank_info()[0] != 0
+    # Under torchrun every rank runs the same code: only rank 0 speaks. --quiet silences progress, not
+    # warnings: those go to stderr in every case.
+    main = env_rank_info()[0] == 0
 
     def echo(msg: str) -> None:
-        if not silent:
+        if main and msg.startswith("warning: "):
+            typer.echo(msg, err=True)
+        elif main and not quiet:
             typer.echo(msg)
 
     return echo

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -115,7 +113,8 @@ def test_bad_files_and_columns(tmp_path):
     assert len(build(path, allow_outside_root=True).train) == 1
 
 
-def test_large_manifest_builds_fast_without_opening_images(tmp_path, monkeypatch):
+def test_large_manifest_builds_without_opening_images(tmp_path, monkeypatch):
+    # Its speed is measured in benchmarks/bench_e2e.py (data inspect of 200k rows against csv parsing).
     import PIL.Image
 
     def refuse(*args, **kwargs):
@@ -130,10 +129,8 @@ def test_large_manifest_builds_fast_without_opening_images(tmp_path, monkeypatch
     with open(tmp_path / "big.csv", "w") as f:
         f.write("path,label,split,site\n")
         f.writelines(f"missing/{i}.jpg,{labels[i]},{splits[i]},s{i % 3}\n" for i in range(n))
-    t0 = time.perf_counter()
     b = build(tmp_path / "big.csv", group_by=["site"])
     counts = {s: b.group_counts(s).sum().item() for s in SPLITS}
-    assert time.perf_counter() - t0 < 20.0  # a generous bound: about 2 s on 2 cores
     assert sum(counts.values()) == n
     assert b.class_counts("train").sum().item() == counts["train"]
     with pytest.raises(AssertionError, match="an image was opened"):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -29,10 +27,9 @@ def test_digits_match_scikit_learn():
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_deterministic_per_seed_and_fast(name):
-    t0 = time.perf_counter()
+def test_deterministic_per_seed(name):
+    # Build time is measured in benchmarks/bench_e2e.py, not asserted here.
     a = build(name, seed=3)
-    assert time.perf_counter() - t0 < 1.0
     b, c = build(name, seed=3), build(name, seed=4)
     for split in SPLITS:
         assert a.splits[split].fingerprint() == b.splits[split].fingerprint()

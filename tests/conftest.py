@@ -10,10 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 from PIL import Image
 
 from groupdistil.data.base import DatasetBundle, GroupedDataset
 from groupdistil.groups import Grouping
+
+# Property tests draw the same examples on every run (a CI result does not depend on luck) and are
+# not failed for being slow to generate data on a loaded machine; each test's @settings adds the rest.
+settings.register_profile("groupdistil", derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("groupdistil")
 
 
 def write_image(path: Path, value: int = 128, size: tuple[int, int] = (10, 8)) -> Path:

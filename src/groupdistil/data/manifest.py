@@ -97,6 +97,8 @@ def _features(table: Table, config: DataConfig, split: np.ndarray) -> torch.Tens
             )
     x = np.stack([table.floats(c) for c in names], axis=1)
     train = x[split == 0]
+    if len(train) == 0:  # unreachable past the label checks, but never a mean of nothing
+        raise DataError(f"{table.path}: no training rows; expected rows with split 'train'")
     mean, std = train.mean(axis=0), train.std(axis=0)
     std[std == 0] = 1.0  # a constant column stays constant (zero) instead of dividing by zero
     return torch.from_numpy((x - mean) / std).float()
@@ -107,6 +109,8 @@ def build_manifest(config: DataConfig) -> DatasetBundle:
     path = Path(config.root)  # type: ignore[arg-type]
     table = read_table(path)
     table.require(("label", "split"))
+    if len(table) == 0:
+        raise DataError(f"{path}: no rows after the header; expected one row per sample")
     if table.has("id"):
         table.check_unique("id")
     split = table.mapped("split", SPLIT_CODES)

@@ -11,7 +11,7 @@ import csv
 import math
 import os
 import pickle
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,33 @@ def is_missing(value: Any) -> bool:
     if isinstance(value, float):
         return math.isnan(value)
     return isinstance(value, str) and value.strip().lower() in MISSING
+
+
+def _distinct_strings(values: Sequence[Any]) -> set[str] | None:
+    """The distinct values when every value is a ``str``, else None.
+
+    Only for all-str columns is a set a faithful summary: ``1``, ``1.0`` and ``True`` are equal keys
+    of one set entry yet print differently. If every distinct value is a str, so is every value
+    (a non-str value would be an entry of its own, or equal to a str, which no number is).
+    """
+    try:
+        distinct = set(values)
+    except TypeError:  # unhashable cells (Parquet lists)
+        return None
+    return distinct if all(type(v) is str for v in distinct) else None
+
+
+def map_distinct(values: Sequence[Any], fn: Callable[[Any], Any]) -> list[Any]:
+    """``[fn(v) for v in values]``, calling ``fn`` once per distinct value of an all-str column.
+
+    Manifest columns such as label, split or site repeat a handful of values over many rows; a
+    200k-row manifest then costs a few calls of the per-cell parser instead of 200k.
+    """
+    distinct = _distinct_strings(values)
+    if distinct is None or 2 * len(distinct) > len(values):
+        return [fn(v) for v in values]
+    memo = {v: fn(v) for v in distinct}
+    return [memo[v] for v in values]
 
 
 def require_file(path: Path, what: str) -> Path:
@@ -111,13 +138,16 @@ class Table:
         """The column's values; a missing value is an error naming its row."""
         self.require([name])
         col = self.columns[name]
+        distinct = _distinct_strings(col)
+        if distinct is not None and not any(is_missing(v) for v in distinct):
+            return col  # checked once per distinct value; the loop below finds the first bad row
         for i, v in enumerate(col):
             if is_missing(v):
                 raise DataError(f"{self.where(i, name)}: expected a value, got a missing value ({_fmt(v)})")
         return col
 
     def strings(self, name: str) -> list[str]:
-        return [str(v).strip() for v in self.values(name)]
+        return map_distinct(self.values(name), lambda v: str(v).strip())
 
     def ints(
         self, name: str, allowed: Collection[int] | None = None, expected: str | None = None
@@ -292,8 +322,15 @@ def resolve_paths(
     """
     base = os.path.abspath(folder)
     prefix = base.rstrip(os.sep) + os.sep
+    posix = os.sep == "/" and os.altsep is None
     out = []
     for i, rel in enumerate(table.strings(column)):
+        # A plain relative path (no empty, '.' or '..' component, nothing leading or trailing) is
+        # already normal: prefix + rel is what normpath(join(base, rel)) returns, at a fraction of
+        # its cost. Anything else (including names that merely start with a dot) takes the full way.
+        if posix and rel and rel[0] != "/" and rel[-1] != "/" and "//" not in rel and "/." not in "/" + rel:
+            out.append(prefix + rel)
+            continue
         p = os.path.normpath(os.path.join(base, rel))
         if not allow_outside and not p.startswith(prefix):
             raise DataError(

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from groupdistil.data._bundle import make_bundle, parts_by_split
-from groupdistil.data._io import Table, as_int, file_stamp, read_table, resolve_paths
+from groupdistil.data._io import Table, as_int, file_stamp, map_distinct, read_table, resolve_paths
 from groupdistil.data.base import SPLITS, DatasetBundle
 from groupdistil.data.images import ImageFiles, image_pipeline
 from groupdistil.data.options import DataConfig
@@ -33,7 +33,7 @@ def encode(table: Table, column: str) -> tuple[np.ndarray, tuple[str, ...]]:
     """(N,) int64 codes and their names: non-negative integers stay themselves (names "0".."K-1"),
     any other values are strings numbered in sorted order."""
     values = table.strings(column)
-    ints = [as_int(v) for v in values]
+    ints = map_distinct(values, as_int)
     if all(n is not None for n in ints):
         codes = np.asarray(ints, dtype=np.int64)
         if codes.size and codes.min() < 0:

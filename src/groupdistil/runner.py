@@ -152,7 +152,7 @@ def run_experiment(cfg: RunConfig, echo: Echo = print) -> dict[str, Any]:
     """Run one experiment end to end; returns the contents of final.json."""
     # Checked before the run folder is touched: a bad --device or --amp writes nothing. Rank 0 alone
     # checks (and with --force empties) the folder; every rank gets its answer or error.
-    distributed.on_main(lambda: check_device(cfg.train.device, cfg.train.amp) and None)
+    distributed.on_main(lambda: check_device(cfg.train.device, cfg.train.amp))
     resume = distributed.on_main(lambda: prepare_out(cfg))
     device = resolve_device(cfg.train.device, cfg.train.amp)
     if cfg.train.amp == "bf16" and device.type == "cpu" and not cpu_has_bf16():

@@ -46,13 +46,17 @@ def _distinct_strings(values: Sequence[Any]) -> set[str] | None:
     return distinct if all(type(v) is str for v in distinct) else None
 
 
-def map_distinct(values: Sequence[Any], fn: Callable[[Any], Any]) -> list[Any]:
+def map_distinct(
+    values: Sequence[Any], fn: Callable[[Any], Any], distinct: set[str] | None = None
+) -> list[Any]:
     """``[fn(v) for v in values]``, calling ``fn`` once per distinct value of an all-str column.
 
     Manifest columns such as label, split or site repeat a handful of values over many rows; a
-    200k-row manifest then costs a few calls of the per-cell parser instead of 200k.
+    200k-row manifest then costs a few calls of the per-cell parser instead of 200k. ``distinct``:
+    the column's :func:`_distinct_strings`, when the caller has it already.
     """
-    distinct = _distinct_strings(values)
+    if distinct is None:
+        distinct = _distinct_strings(values)
     if distinct is None or 2 * len(distinct) > len(values):
         return [fn(v) for v in values]
     memo = {v: fn(v) for v in distinct}
@@ -134,20 +138,25 @@ class Table:
                 found = ", ".join(map(repr, self.columns)) or "none"
                 raise DataError(f"{self.path}: missing column {name!r}{why}; found columns {found}")
 
-    def values(self, name: str) -> list[Any]:
-        """The column's values; a missing value is an error naming its row."""
+    def _present(self, name: str) -> tuple[list[Any], set[str] | None]:
+        """The column's values, checked for missing ones, and its distinct values if all are str."""
         self.require([name])
         col = self.columns[name]
         distinct = _distinct_strings(col)
         if distinct is not None and not any(is_missing(v) for v in distinct):
-            return col  # checked once per distinct value; the loop below finds the first bad row
-        for i, v in enumerate(col):
+            return col, distinct  # checked once per distinct value
+        for i, v in enumerate(col):  # finds the first bad row
             if is_missing(v):
                 raise DataError(f"{self.where(i, name)}: expected a value, got a missing value ({_fmt(v)})")
-        return col
+        return col, distinct
+
+    def values(self, name: str) -> list[Any]:
+        """The column's values; a missing value is an error naming its row."""
+        return self._present(name)[0]
 
     def strings(self, name: str) -> list[str]:
-        return map_distinct(self.values(name), lambda v: str(v).strip())
+        col, distinct = self._present(name)
+        return map_distinct(col, lambda v: str(v).strip(), distinct)
 
     def ints(
         self, name: str, allowed: Collection[int] | None = None, expected: str | None = None

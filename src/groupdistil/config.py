@@ -88,6 +88,10 @@ class OptimConfig(BaseModel):
     lr_gamma: float = Field(0.1, gt=0, le=1, description="step schedule: decay factor")
 
 
+#: The device names a run accepts; :func:`groupdistil.engine.check_device` checks the same.
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"
+
+
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -98,7 +102,7 @@ class TrainConfig(BaseModel):
     amp: Literal["none", "bf16", "fp16"] = Field(
         "none", description="mixed precision: bf16 (CUDA or CPU) or fp16 (CUDA, with a grad scaler)")
     compile: bool = Field(False, description="torch.compile the student")
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$", description="auto, cpu, cuda or cuda:N")
+    device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto, cpu, cuda or cuda:N")
     num_workers: int = Field(0, ge=0, description="data-loader workers")
     select_on: Literal["worst_group_acc", "avg_acc", "balanced_acc", "worst_class_acc"] = Field(
         "worst_group_acc", description="validation metric for model selection")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 
 from groupdistil import distributed, faults
 from groupdistil.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from groupdistil.config import OptimConfig, TrainConfig
+from groupdistil.config import DEVICE_PATTERN, OptimConfig, TrainConfig
 from groupdistil.data.base import DatasetBundle
 from groupdistil.errors import CheckpointError, ConfigError, NumericalError
 from groupdistil.evaluation import autocast, evaluate, per_class_error
@@ -63,20 +64,17 @@ def check_device(name: str, amp: str = "none") -> torch.device:
         ConfigError: CUDA asked for where there is none, a GPU index beyond the machine's, or
             ``amp="fp16"`` off CUDA (fp16 autocast needs the CUDA grad scaler; bf16 runs on CPU too).
     """
+    if not re.fullmatch(DEVICE_PATTERN, name):  # TrainConfig checks it too; fit() may get a raw one
+        raise ConfigError(f"--device {name}: expected auto, cpu, cuda or cuda:N")
     given = name
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device {name}: expected auto, cpu, cuda or cuda:N") from None
+    device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type != "cpu":
-        raise ConfigError(f"--device {name}: expected auto, cpu, cuda or cuda:N")
     if amp == "fp16" and device.type != "cuda":
         raise ConfigError(
             f"--amp fp16: needs a CUDA device, got --device {given} ({device.type}); use --amp bf16 or none"

@@ -13,7 +13,7 @@ import torch
 from groupdistil import ERM, KD
 from groupdistil.config import TrainConfig
 from groupdistil.data.base import DatasetBundle, GroupedDataset
-from groupdistil.engine import FitState, _train_epoch
+from groupdistil.engine import FitState, _train_epoch, make_scaler
 from groupdistil.groups import Grouping
 from groupdistil.models import create_model
 from groupdistil.teachers import LogitCache, Teacher, TeacherMember, cached_or_computed
@@ -35,7 +35,7 @@ def run(repeats: int, timer, n: int = 512) -> list[dict[str, Any]]:
     student = create_model("resnet20", 10)
     teacher_model = create_model("resnet56", 10).eval()
     opt = torch.optim.SGD(student.parameters(), lr=0.01)
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    scaler = make_scaler(torch.device("cpu"), "none")
     cfg = TrainConfig(epochs=1, batch_size=128)
     prior = bundle.class_prior()
     with tempfile.TemporaryDirectory() as d:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from groupdistil import ERM, KD, GroupDistil
+from groupdistil.engine import make_scaler
 from groupdistil.evaluation import autocast
 from groupdistil.models import create_model
 
@@ -35,7 +36,7 @@ def _setup(device: torch.device, size: int, batch: int, amp: str) -> dict[str, C
     student = create_model("resnet18", N_CLASSES).to(device, memory_format=fmt)
     teacher = create_model("resnet50", N_CLASSES).to(device, memory_format=fmt).eval()
     opt = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16" and device.type == "cuda")
+    scaler = make_scaler(device, amp)
     # Host tensors in pinned memory, copied without blocking, as the engine's loaders do on CUDA.
     pin = device.type == "cuda"
     x_host = torch.randn(batch, 3, size, size, pin_memory=pin)

@@ -10,8 +10,9 @@ import pytest
 import torch
 import yaml
 
+from groupdistil.checkpoint import load_checkpoint
 from groupdistil.cli.app import run_app
-from groupdistil.engine import cpu_has_bf16
+from groupdistil.engine import cpu_has_native
 
 FAST = ["--dataset", "spurious-digits", "--model", "mlp-small", "--epochs", "2", "--quiet"]
 
@@ -126,7 +127,6 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, capsys):
         (["--device", "tpu"], "train.device (--device)"),
         # cuda:99 fails on every machine: no CUDA here, fewer than 100 GPUs there.
         (["--device", "cuda:99"], "--device cuda:99: "),
-        (["--device", "cpu", "--amp", "fp16"], "--amp fp16: needs a CUDA device, got --device cpu (cpu)"),
     ],
 )
 def test_bad_device_or_precision_writes_nothing(args, message, tmp_path, capsys):
@@ -136,24 +136,54 @@ def test_bad_device_or_precision_writes_nothing(args, message, tmp_path, capsys)
     assert not (tmp_path / "x").exists()
 
 
-def test_bf16_autocast_on_cpu_trains_with_float32_group_weights(teacher, tmp_path, capsys):
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_autocast_on_cpu_trains_with_float32_group_weights(amp, teacher, tmp_path, capsys):
     # The mixed-precision path (autocast around student and online teacher, objective upcasting,
-    # DRO math in float32) on the CPU: its numbers differ from float32 ones, q stays on the simplex.
+    # DRO math in float32, fp16's grad scaler) on the CPU: its numbers differ from float32 ones, q
+    # stays on the simplex, and an fp16 checkpoint carries the loss scale.
     args = ["distill", *FAST, "--teacher", str(teacher / "checkpoints/best.pt"), "--method", "groupdistil",
             "--step-size", "0.1", "--augment", "--device", "cpu", "--epochs", "1"]
     assert run_app([*args, "--out", str(tmp_path / "fp32")]) == 0
     capsys.readouterr()
-    assert run_app([*args, "--amp", "bf16", "--out", str(tmp_path / "bf16")]) == 0
-    slow_bf16 = "warning: --amp bf16 on a CPU without bf16 instructions" in capsys.readouterr().err
-    assert slow_bf16 == (not cpu_has_bf16())
-    rows = (tmp_path / "bf16/group_weights.csv").read_text().splitlines()[1:]
+    assert run_app([*args, "--amp", amp, "--out", str(tmp_path / amp)]) == 0
+    slow = f"warning: --amp {amp} on a CPU without {amp} instructions" in capsys.readouterr().err
+    assert slow == (not cpu_has_native(amp))
+    rows = (tmp_path / amp / "group_weights.csv").read_text().splitlines()[1:]
     q = torch.tensor([[float(v) for v in row.split(",")[2:]] for row in rows])
     assert len(rows) > 10 and torch.isfinite(q).all()
     torch.testing.assert_close(q.sum(1), torch.ones(len(rows)), atol=1e-6, rtol=0)
     fp32 = (tmp_path / "fp32/group_weights.csv").read_text()
-    assert (tmp_path / "bf16/group_weights.csv").read_text() != fp32  # autocast was on
-    final = json.loads((tmp_path / "bf16/final.json").read_text())
+    assert (tmp_path / amp / "group_weights.csv").read_text() != fp32  # autocast was on
+    final = json.loads((tmp_path / amp / "final.json").read_text())
     assert 0 <= final["splits"]["test"]["avg_acc"] <= 1
+    last = load_checkpoint(tmp_path / amp / "checkpoints/last.pt")
+    assert ("scaler" in last) == (amp == "fp16")
+    if amp == "fp16":
+        assert last["scaler"]["scale"] > 0
+        train = json.loads((tmp_path / amp / "metrics.jsonl").read_text().splitlines()[0])
+        # Every batch is either a logged step or an overflow the scaler skipped.
+        assert len(rows) + train["overflow_steps"] == -(-final["splits"]["train"]["n"] // 64)
+
+
+def test_channels_last_on_cpu_trains_like_the_default_layout(teacher, tmp_path):
+    # NHWC convolutions for the student and the online teacher (--augment): the same run up to float
+    # rounding, and the saved weights are in the channels_last layout.
+    args = ["distill", *FAST, "--model", "cnn-small", "--teacher", str(teacher / "checkpoints/best.pt"),
+            "--method", "groupdistil", "--step-size", "0.1", "--augment", "--device", "cpu", "--epochs", "1"]
+    assert run_app([*args, "--out", str(tmp_path / "nchw")]) == 0
+    assert run_app([*args, "--channels-last", "--out", str(tmp_path / "nhwc")]) == 0
+    kernels = {
+        run: {k: v for k, v in load_checkpoint(tmp_path / run / "checkpoints/last.pt")["model"].items()
+              if v.dim() == 4}
+        for run in ("nchw", "nhwc")
+    }
+    assert kernels["nhwc"] and set(kernels["nhwc"]) == set(kernels["nchw"])
+    for k, w in kernels["nhwc"].items():
+        assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous(), k
+        torch.testing.assert_close(w, kernels["nchw"][k], rtol=1e-4, atol=1e-5)
+    q = {run: (tmp_path / run / "group_weights.csv").read_text().splitlines()[-1] for run in ("nchw", "nhwc")}
+    torch.testing.assert_close(torch.tensor([float(v) for v in q["nhwc"].split(",")]),
+                               torch.tensor([float(v) for v in q["nchw"].split(",")]), rtol=0, atol=1e-5)
 
 
 def test_teacher_with_other_class_count_is_refused(teacher, tmp_path, capsys):

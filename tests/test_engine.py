@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from groupdistil import engine
 from groupdistil.checkpoint import load_checkpoint
 from groupdistil.config import OptimConfig, TrainConfig
 from groupdistil.engine import fit, weight_names
@@ -76,8 +77,18 @@ class _Stop(Exception):
     pass
 
 
-def test_stopped_after_epoch_one_and_resumed_equals_uninterrupted(blobs, tmp_path):
-    cfg = TrainConfig(epochs=3, batch_size=32, seed=3)
+def _sawtooth_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
+    """A grad scaler that doubles its scale after every good step, so that a short fp16 run on the
+    CPU overflows every few steps (the default one would take 2000 steps to grow)."""
+    return torch.amp.GradScaler(device.type, init_scale=2.0**10, growth_interval=1, enabled=amp == "fp16")
+
+
+@pytest.mark.parametrize("amp", ["none", "fp16"])
+def test_stopped_after_epoch_one_and_resumed_equals_uninterrupted(blobs, tmp_path, amp, monkeypatch):
+    # Under fp16 the checkpoint must carry the loss scale and its growth tracker: a fresh scaler
+    # would skip other steps than the uninterrupted run's.
+    monkeypatch.setattr(engine, "make_scaler", _sawtooth_scaler)
+    cfg = TrainConfig(epochs=3, batch_size=32, seed=3, amp=amp)
 
     def run(out, stop_after=None, resume=False):
         torch.manual_seed(0)
@@ -109,6 +120,34 @@ def test_stopped_after_epoch_one_and_resumed_equals_uninterrupted(blobs, tmp_pat
     assert (tmp_path / "full/group_weights.csv").read_text() == (tmp_path / "cut/group_weights.csv").read_text()
     full_lines = (tmp_path / "full/metrics.jsonl").read_text()
     assert full_lines == (tmp_path / "cut/metrics.jsonl").read_text()
+    overflows = [json.loads(x).get("overflow_steps") for x in full_lines.splitlines()]
+    assert (overflows[-2] > 0) == (amp == "fp16")  # the scaler did skip steps (train line of epoch 3)
+
+
+def test_fp16_steps_the_scaler_skips_leave_q_and_the_parameters_alone(blobs, tmp_path, monkeypatch):
+    # A loss scale so large that every step's fp16 gradients overflow: the scaler skips each update,
+    # and the engine undoes each q update with it.
+    monkeypatch.setattr(engine, "make_scaler", lambda device, amp: torch.amp.GradScaler(
+        device.type, init_scale=2.0**120, enabled=amp == "fp16"))
+    obj = _objective("group-dro", blobs, step_size=1.0)
+    model = _net()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    writer = RunWriter(tmp_path, weight_names(obj, blobs), tensorboard=False)
+    writer.start("", None)
+    fit(model, obj, blobs, train=TrainConfig(epochs=1, batch_size=60, amp="fp16", device="cpu"),
+        optim=OptimConfig(lr=0.1), out=tmp_path, writer=writer, meta={"model_name": "t", "num_classes": 2},
+        quiet=True)
+    assert torch.equal(obj.dro.q, torch.full((4,), 0.25))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    train = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert train["overflow_steps"] == 4 and train["skipped_steps"] == 0
+    assert (tmp_path / "group_weights.csv").read_text().splitlines()[1:] == []  # no step was taken
+    # The same run with a sane scale does train and move q: the test above measures something.
+    monkeypatch.setattr(engine, "make_scaler", _sawtooth_scaler)
+    fit(model, obj, blobs, train=TrainConfig(epochs=1, batch_size=60, amp="fp16", device="cpu"),
+        optim=OptimConfig(lr=0.1), quiet=True)
+    assert not torch.equal(obj.dro.q, torch.full((4,), 0.25))
 
 
 def test_nonfinite_loss_stops_with_step_and_checkpoint(blobs, tmp_path):

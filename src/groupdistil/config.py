@@ -100,14 +100,14 @@ class TrainConfig(BaseModel):
     seed: int = Field(0, description="training seed (initialisation, order, augmentation)")
     sampler: Literal["shuffle", "group-balanced"] = Field("shuffle", description="training sampler")
     amp: Literal["none", "bf16", "fp16"] = Field(
-        "none", description="mixed precision: bf16 (CUDA or CPU) or fp16 (CUDA, with a grad scaler)")
+        "none", description="mixed precision: bf16, or fp16 with a grad scaler (CUDA; CPU too, slowly)")
     compile: bool = Field(False, description="torch.compile the student")
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto, cpu, cuda or cuda:N")
     num_workers: int = Field(0, ge=0, description="data-loader workers")
     select_on: Literal["worst_group_acc", "avg_acc", "balanced_acc", "worst_class_acc"] = Field(
         "worst_group_acc", description="validation metric for model selection")
     skip_nonfinite: bool = Field(False, description="skip steps with a non-finite loss instead of stopping")
-    channels_last: bool = Field(False, description="channels_last memory format (CUDA)")
+    channels_last: bool = Field(False, description="channels_last (NHWC) memory format for conv models")
 
 
 class RunConfig(BaseModel):

@@ -46,6 +46,7 @@ class FitState:
     best_metrics: dict[str, Any] | None = None
     best_epoch: int = -1
     skipped_steps: int = 0
+    overflow_steps: int = 0  # fp16 steps the grad scaler skipped (gradient overflow)
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -60,13 +61,14 @@ class FitResult:
 def check_device(name: str, amp: str = "none") -> torch.device:
     """The device ``name`` stands for (``auto``: CUDA when available, else CPU), checked.
 
+    ``amp`` is accepted on every device: autocast and the fp16 grad scaler exist for CPU and CUDA
+    alike (on a CPU without bf16 or fp16 arithmetic they are slow; the runner warns).
+
     Raises:
-        ConfigError: CUDA asked for where there is none, a GPU index beyond the machine's, or
-            ``amp="fp16"`` off CUDA (fp16 autocast needs the CUDA grad scaler; bf16 runs on CPU too).
+        ConfigError: CUDA asked for where there is none, or a GPU index beyond the machine's.
     """
     if not re.fullmatch(DEVICE_PATTERN, name):  # TrainConfig checks it too; fit() may get a raw one
         raise ConfigError(f"--device {name}: expected auto, cpu, cuda or cuda:N")
-    given = name
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
@@ -75,19 +77,22 @@ def check_device(name: str, amp: str = "none") -> torch.device:
             raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if amp == "fp16" and device.type != "cuda":
-        raise ConfigError(
-            f"--amp fp16: needs a CUDA device, got --device {given} ({device.type}); use --amp bf16 or none"
-        )
     return device
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (oneDNN's test: AVX-512 BF16 or AMX)."""
+def cpu_has_native(amp: str) -> bool:
+    """Whether this CPU computes ``amp`` ("bf16" or "fp16") natively, by oneDNN's test (AVX-512 BF16
+    or AMX for bf16; AVX-512 FP16 or AMX-FP16 for fp16). Elsewhere autocast emulates it, slowly."""
+    probe = {"bf16": "_is_mkldnn_bf16_supported", "fp16": "_is_mkldnn_fp16_supported"}[amp]
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return bool(getattr(torch.ops.mkldnn, probe)())
     except (AttributeError, RuntimeError):  # a torch build without oneDNN
         return False
+
+
+def make_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
+    """The gradient scaler of ``--amp``: active for fp16 only (bf16 has float32's exponent range)."""
+    return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
 
 def resolve_device(name: str, amp: str = "none") -> torch.device:
@@ -111,6 +116,7 @@ def _payload(
     meta: dict[str, Any],
     opt: torch.optim.Optimizer | None = None,
     sched: Any = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, Any]:
     p: dict[str, Any] = {
         **meta,
@@ -121,14 +127,22 @@ def _payload(
         "best_metric": state.best_metrics,
         "best_epoch": state.best_epoch,
         "skipped_steps": state.skipped_steps,
+        "overflow_steps": state.overflow_steps,
     }
     if opt is not None:
         p.update(optimizer=opt.state_dict(), scheduler=sched.state_dict(), rng=rng_state())
+    if scaler is not None and scaler.is_enabled():
+        p["scaler"] = scaler.state_dict()  # the loss scale: resuming with a fresh one would change the run
     return p
 
 
 def _restore(
-    path: Path, model: nn.Module, objective: Objective, opt: torch.optim.Optimizer, sched: Any
+    path: Path,
+    model: nn.Module,
+    objective: Objective,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    scaler: torch.amp.GradScaler,
 ) -> FitState:
     ck = load_checkpoint(path)
     for key in ("optimizer", "scheduler", "rng", "objective", "epoch", "step"):
@@ -139,6 +153,9 @@ def _restore(
         objective.load_state_dict(ck["objective"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
+        # A checkpoint of a run without fp16 has no loss scale: the scaler then starts afresh.
+        if scaler.is_enabled() and ck.get("scaler"):
+            scaler.load_state_dict(ck["scaler"])
     except (RuntimeError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0]
         raise CheckpointError(f"{path}: does not match this run's model or objective: {first}") from None
@@ -149,6 +166,7 @@ def _restore(
         best_metrics=ck.get("best_metric"),
         best_epoch=int(ck.get("best_epoch", -1)),
         skipped_steps=int(ck.get("skipped_steps", 0)),
+        overflow_steps=int(ck.get("overflow_steps", 0)),
     )
 
 
@@ -194,18 +212,23 @@ def fit(
         raise ValueError(f"teacher: objective {type(objective).__name__} needs a teacher")
     model.to(device)
     objective.to(device)
-    if train.channels_last and device.type == "cuda":
+    if train.channels_last:
+        # Convolutions on NHWC tensors: faster on tensor cores and with oneDNN on CPUs. An online
+        # teacher sees the same inputs, so it gets the same layout.
         model.to(memory_format=torch.channels_last)
+        if teacher is not None:
+            teacher.to(memory_format=torch.channels_last)
     if distributed.is_distributed() and device.type == "cuda":
         # BatchNorm then normalises with the statistics of the global batch, as one process would
         # (torch has no SyncBatchNorm on CPU: there each rank uses its own batch's, docs/distributed.md).
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     opt = make_optimizer(model.parameters(), optim)
     sched = make_scheduler(opt, optim, train.epochs)
+    scaler = make_scaler(device, train.amp)
     ckpt_dir = Path(out) / "checkpoints" if out is not None else None
     state = FitState()
     if resume and ckpt_dir is not None:
-        state = _restore(ckpt_dir / "last.pt", model, objective, opt, sched)
+        state = _restore(ckpt_dir / "last.pt", model, objective, opt, sched, scaler)
         echo(f"resumed from {ckpt_dir / 'last.pt'} after epoch {state.epoch + 1}")
     net: nn.Module = model
     if distributed.is_distributed():
@@ -213,7 +236,6 @@ def fit(
         net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if train.compile:
         net = torch.compile(net)
-    scaler = torch.amp.GradScaler("cuda", enabled=train.amp == "fp16" and device.type == "cuda")
     train_counts = bundle.group_counts("train")
     meta = dict(meta or {})
     for epoch in range(state.epoch + 1, train.epochs):
@@ -241,7 +263,7 @@ def fit(
             if ckpt_dir is not None and distributed.is_main_process():
                 save_checkpoint(ckpt_dir / "best.pt", _payload(model, objective, state, meta))
         if ckpt_dir is not None and distributed.is_main_process():
-            save_checkpoint(ckpt_dir / "last.pt", _payload(model, objective, state, meta, opt, sched))
+            save_checkpoint(ckpt_dir / "last.pt", _payload(model, objective, state, meta, opt, sched, scaler))
             faults.point(f"epoch:{epoch}")
         if not quiet and distributed.is_main_process():
             echo(_epoch_line(epoch, train.epochs, train_metrics, val_metrics, train.select_on, improved))
@@ -280,17 +302,21 @@ def _train_epoch(
                disable=quiet or not distributed.is_main_process())
     for x, y, g, idx in bar:
         x = x.to(device, non_blocking=True)
-        if train.channels_last and device.type == "cuda" and x.dim() == 4:
+        if train.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         y, g = y.to(device, non_blocking=True), g.to(device, non_blocking=True)
-        snapshot = {k: v.clone() for k, v in objective.state_dict().items()} if train.skip_nonfinite else None
+        # The objective's state before this step's update of q or lambda, for a step that is then
+        # skipped: a non-finite loss, or a gradient overflow under fp16.
+        keep = train.skip_nonfinite or scaler.is_enabled()
+        snapshot = {k: v.clone() for k, v in objective.state_dict().items()} if keep else None
         with autocast(device, train.amp):
             logits = net(x)
             # An online teacher runs in the same precision as the student; the objective upcasts both
             # and keeps the DRO math in float32.
             t = teacher(x, idx, logits) if objective.requires_teacher and teacher is not None else None
         out = objective(logits.float(), y, g, t)
-        if faults.poisoned(state.step + state.skipped_steps + 1):  # counts batches, skipped ones included
+        # Counts batches, skipped ones included.
+        if faults.poisoned(state.step + state.skipped_steps + state.overflow_steps + 1):
             out = out._replace(loss=out.loss * float("nan"))
         loss_value = float(out.loss.detach())
         if not math.isfinite(loss_value) or _nonfinite_teacher(t):
@@ -305,8 +331,16 @@ def _train_epoch(
             continue
         opt.zero_grad(set_to_none=True)
         scaler.scale(out.loss).backward()
+        scale = scaler.get_scale() if scaler.is_enabled() else 0.0
         scaler.step(opt)
         scaler.update()
+        if scaler.is_enabled() and scaler.get_scale() < scale:
+            # The scaler found inf/NaN gradients (the same on every rank: DDP has all-reduced them)
+            # and skipped the parameter update; undo q's too, so that q and the parameters stay one
+            # step of the same trajectory. Routine while the loss scale settles; not an error.
+            objective.load_state_dict(snapshot)
+            state.overflow_steps += 1
+            continue
         state.step += 1
         faults.point(f"step:{state.step}")
         if writer is not None and out.weights is not None:
@@ -323,6 +357,7 @@ def _train_epoch(
     metrics.all_reduce()
     summary = metrics.summary(bundle.grouping, bundle.group_counts("train"))
     summary["skipped_steps"] = state.skipped_steps
+    summary["overflow_steps"] = state.overflow_steps
     return summary
 
 

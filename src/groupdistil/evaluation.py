@@ -17,13 +17,12 @@ from groupdistil.metrics import GroupMetrics
 
 
 def autocast(device: torch.device, amp: str):
-    """The autocast context of ``--amp``: none, bf16 (CUDA or CPU) or fp16 (CUDA).
+    """The autocast context of ``--amp``: none, bf16 or fp16, on CUDA or the CPU.
 
-    bf16 on CPU is for processors with bf16 instructions (AVX-512 BF16, AMX); elsewhere it is slower
-    than float32 but still exercises the mixed-precision path. fp16 off CUDA is refused earlier, by
-    :func:`groupdistil.engine.resolve_device`; here it falls back to float32.
+    On a CPU without bf16 (fp16) instructions autocast is slower than float32 but runs the same
+    mixed-precision path; the runner warns.
     """
-    if amp == "none" or device.type not in ("cuda", "cpu") or (amp == "fp16" and device.type != "cuda"):
+    if amp == "none" or device.type not in ("cuda", "cpu"):
         return nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 

@@ -16,7 +16,7 @@ from groupdistil import distributed
 from groupdistil.checkpoint import load_checkpoint
 from groupdistil.config import RunConfig, dump_yaml
 from groupdistil.data import DatasetBundle, load_dataset
-from groupdistil.engine import check_device, cpu_has_bf16, fit, resolve_device, weight_names
+from groupdistil.engine import check_device, cpu_has_native, fit, resolve_device, weight_names
 from groupdistil.errors import CheckpointError, UserError
 from groupdistil.evaluation import evaluate
 from groupdistil.models import create_model
@@ -155,9 +155,10 @@ def run_experiment(cfg: RunConfig, echo: Echo = print) -> dict[str, Any]:
     distributed.on_main(lambda: check_device(cfg.train.device, cfg.train.amp))
     resume = distributed.on_main(lambda: prepare_out(cfg))
     device = resolve_device(cfg.train.device, cfg.train.amp)
-    if cfg.train.amp == "bf16" and device.type == "cpu" and not cpu_has_bf16():
-        echo("warning: --amp bf16 on a CPU without bf16 instructions (AVX-512 BF16 or AMX) runs many times "
-             "slower than float32; use --amp none here")
+    if cfg.train.amp != "none" and device.type == "cpu" and not cpu_has_native(cfg.train.amp):
+        isa = {"bf16": "AVX-512 BF16 or AMX", "fp16": "AVX-512 FP16 or AMX-FP16"}[cfg.train.amp]
+        echo(f"warning: --amp {cfg.train.amp} on a CPU without {cfg.train.amp} instructions ({isa}) runs many "
+             "times slower than float32; use --amp none here")
     seed_everything(cfg.train.seed)
     bundle = load_dataset(cfg.data)
     for w in bundle.warnings:

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -168,6 +169,48 @@ def test_groupdistil_epoch_on_two_ranks_equals_one_process(env, runs):
     assert out.count(f"wrote {runs['two']}") == 1
     assert out.count("cache miss") == 1 and "cache hit" not in out
     assert len(list(Path(env["GROUPDISTIL_CACHE"]).glob("*.npy"))) == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow  # each launch starts fresh interpreters that import torch
+@needs_torchrun
+def test_two_nodes_with_a_c10d_rendezvous_equal_one_process(env, runs, teacher, tmp_path):
+    # Two "nodes" on this machine, one process each: both have LOCAL_RANK 0, only one has RANK 0. The
+    # run must still be written and narrated by global rank 0 alone, its teacher-logit cache built
+    # once, and its training be that of one process with the same global batch.
+    port = _free_port()
+    node_env = {**env, "GROUPDISTIL_CACHE": str(tmp_path / "cache")}
+    out = tmp_path / "nodes"
+    args = [*STUDENT, "--teacher", str(teacher), "--epochs", "1", "--batch-size", str(BATCH), "--out", str(out)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+             "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "nodes",
+             "--rdzv-conf", f"is_host={int(host)}", "-m", "groupdistil", *args],
+            env=node_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for host in (True, False)
+    ]
+    try:
+        outputs = [p.communicate(timeout=180) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (stdout, stderr) in zip(procs, outputs):
+        assert p.returncode == 0, f"exit {p.returncode}\n{stdout[-2000:]}\n{stderr[-4000:]}"
+    _assert_same_training(out, runs["one"])
+    # Whichever node the rendezvous made rank 0 speaks; the other node says nothing.
+    spoke = [stdout for stdout, _ in outputs if f"wrote {out}" in stdout]
+    silent = [stdout for stdout, _ in outputs if f"wrote {out}" not in stdout]
+    assert len(spoke) == 1 and spoke[0].count(f"wrote {out}") == 1
+    assert spoke[0].count("cache miss") == 1 and "cache hit" not in spoke[0]
+    assert silent[0].strip() == ""
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
 
 
 def _interrupted_copy(run: Path, dest: Path) -> Path:

@@ -1,5 +1,6 @@
 """Data-parallel exactness: two gloo ranks on uneven halves of a batch give the single-process q and
-gradients on the whole batch (METHODS.md: per-group sums and counts are all-reduced before the update)."""
+gradients on the whole batch (METHODS.md: per-group sums and counts are all-reduced before the update),
+also through BatchNorm layers once they are GlobalBatchNorm."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import groupdistil as gd
+from groupdistil.batchnorm import convert_global_batchnorm
 
 N_GROUPS, N_CLASSES, N_FEATURES, BATCH, SPLIT, STEPS = 3, 3, 5, 16, 5, 3
 CONTEXT = {
@@ -29,6 +31,10 @@ CASES: dict[str, tuple[str, dict[str, object]]] = {
     "class-robust-kd": ("class-robust-kd", {"step_size": 0.5, "mode": "tradeoff", "beta": 0.5}),
     "reweight": ("reweight", {}),
     "kd": ("kd", {"alpha": 0.7}),
+    # A model with BatchNorm, converted to GlobalBatchNorm on the ranks; "plain" keeps nn.BatchNorm1d,
+    # which normalises each rank's part with its own statistics and so must differ.
+    "groupdistil-batchnorm": ("groupdistil", {"step_size": 0.5}),
+    "groupdistil-plain-batchnorm": ("groupdistil", {"step_size": 0.5}),
 }
 
 
@@ -45,8 +51,13 @@ def _train(case: str, rank: int | None) -> dict[str, torch.Tensor]:
     """STEPS of SGD with one objective; rank None is the single process on the whole batch."""
     torch.manual_seed(0)
     model: nn.Module = nn.Linear(N_FEATURES, N_CLASSES)
+    if case.endswith("batchnorm"):
+        model = nn.Sequential(nn.Linear(N_FEATURES, 8), nn.BatchNorm1d(8, momentum=0.3), nn.ReLU(),
+                              nn.Linear(8, N_CLASSES))
+        if rank is not None and "plain" not in case:
+            model = convert_global_batchnorm(model)
     if rank is not None:
-        model = DistributedDataParallel(model)
+        model = DistributedDataParallel(model, broadcast_buffers=False)
     name, options = CASES[case]
     objective = gd.build_objective(name, **CONTEXT, **options)
     optimiser = torch.optim.SGD(model.parameters(), lr=0.5)
@@ -58,7 +69,7 @@ def _train(case: str, rank: int | None) -> dict[str, torch.Tensor]:
         out = objective(model(x[part]), y[part], groups[part], teacher[part])
         out.loss.backward()
         optimiser.step()
-    result = {name: p.detach().clone() for name, p in model.named_parameters()}
+    result = {name: p.detach().clone() for name, p in model.state_dict().items()}
     result = {k.removeprefix("module."): v for k, v in result.items()}
     result["loss"] = out.loss.detach()
     if out.weights is not None:
@@ -88,6 +99,9 @@ def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     for case in CASES:
         single = _train(case, None)
+        if "plain" in case:
+            assert not torch.allclose(ranks[0][case]["0.weight"], single["0.weight"], atol=1e-3)
+            continue
         for shard in ranks:
             got = shard[case]
             assert set(got) == set(single), case

@@ -171,6 +171,18 @@ def test_groupdistil_epoch_on_two_ranks_equals_one_process(env, runs):
     assert len(list(Path(env["GROUPDISTIL_CACHE"]).glob("*.npy"))) == 1
 
 
+@pytest.mark.slow  # each launch starts fresh interpreters that import torch
+@needs_torchrun
+def test_a_batchnorm_model_on_two_ranks_equals_one_process(env, teacher, tmp_path):
+    # cnn-small has BatchNorm: on the ranks it becomes GlobalBatchNorm, which normalises with the
+    # global batch's statistics, so the run (running statistics included) is the one-process run.
+    args = [*STUDENT, "--model", "cnn-small", "--teacher", str(teacher), "--epochs", "1", "--quiet"]
+    _ok(_launch(env, [*args, "--batch-size", str(BATCH), "--out", str(tmp_path / "two")], ranks=RANKS))
+    _ok(_launch(env, [*args, "--batch-size", str(RANKS * BATCH), "--out", str(tmp_path / "one")]))
+    _assert_same_training(tmp_path / "two", tmp_path / "one")
+    assert any("running_var" in k for k in _last(tmp_path / "one"))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

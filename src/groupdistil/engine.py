@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from groupdistil import distributed, faults
+from groupdistil.batchnorm import convert_global_batchnorm
 from groupdistil.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from groupdistil.config import DEVICE_PATTERN, OptimConfig, TrainConfig
 from groupdistil.data.base import DatasetBundle
@@ -218,10 +219,13 @@ def fit(
         model.to(memory_format=torch.channels_last)
         if teacher is not None:
             teacher.to(memory_format=torch.channels_last)
-    if distributed.is_distributed() and device.type == "cuda":
-        # BatchNorm then normalises with the statistics of the global batch, as one process would
-        # (torch has no SyncBatchNorm on CPU: there each rank uses its own batch's, docs/distributed.md).
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if distributed.is_distributed():
+        # BatchNorm then normalises with the statistics of the global batch, as one process would.
+        # torch's SyncBatchNorm is CUDA-only; GlobalBatchNorm does the same with any backend.
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            model = convert_global_batchnorm(model)
     opt = make_optimizer(model.parameters(), optim)
     sched = make_scheduler(opt, optim, train.epochs)
     scaler = make_scaler(device, train.amp)

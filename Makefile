@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench gpu-wheels clean
 
 venv: $(STAMP)
 
@@ -24,6 +24,12 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+# Wheels of the packages a bare GPU machine with PyTorch lacks (Python 3.12), for benchmarks/gpu_check.sh.
+gpu-wheels: $(STAMP)
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+	  $$($(BIN)/python -m pip freeze | grep -iE '^(pydantic|pydantic.core|annotated.types|typing.inspection)==')
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_quick_objective_benchmark_writes_ratios(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--only", "objectives",
-                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=300,
+                        "--threads", "1", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300,
                        env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr
     data = json.loads((tmp_path / "perf.json").read_text())
@@ -20,18 +20,22 @@ def test_quick_objective_benchmark_writes_ratios(tmp_path):
         for key in ("groupdistil_over_kd", "class_robust_kd_over_kd", "dense_groupdistil_over_kd"):
             assert row[key] > 0
     assert data["machine"]["cores"] >= 1
+    assert data["machine"]["threads"] == 1 and "--threads 1" in data["command"]
     assert "| case |" in (tmp_path / "perf.md").read_text()
 
 
-def test_gpu_benchmark_script_runs_its_cpu_check(tmp_path):
-    # The GPU throughput script is meant for a CUDA machine; --quick runs it small on the CPU so that
-    # it is known to work before device time is spent on it.
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--only", "gpu",
-                        "--threads", "1", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300,
-                       env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
-    assert r.returncode == 0, r.stderr
+def test_gpu_check_script_runs_on_the_cpu(tmp_path):
+    # benchmarks/gpu_check.sh is meant for a CUDA machine, where device time is scarce; its CPU mode
+    # runs the same steps small, so that it is known to work before that time is spent on it.
+    r = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], capture_output=True, text=True,
+                       timeout=600, env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable,
+                                         "GPU_CHECK_DEVICE": "cpu", "OUT": str(tmp_path), "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    table = (tmp_path / "cuda-runs.md").read_text()
+    assert "device cpu" in table
+    assert [line.split("|")[1].strip() for line in table.splitlines()[4:]] == ["none-online", "fp16-online"]
     data = json.loads((tmp_path / "perf.json").read_text())
-    assert data["machine"]["threads"] == 1 and "--threads 1" in data["command"]
+    assert "--only gpu --quick" in data["command"]
     row = data["results"]["gpu"][0]
     for key in ("no_teacher_img_s", "kd_cached_img_s", "groupdistil_cached_img_s", "kd_online_img_s",
                 "groupdistil_online_img_s", "online_over_cached", "groupdistil_over_kd"):

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+import yaml
 
 import groupdistil
 from groupdistil.data import DataConfig, load_dataset
@@ -131,7 +132,7 @@ def _weights(run: Path) -> torch.Tensor:
 
 def _last(run: Path) -> dict[str, torch.Tensor]:
     ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
-    return {**ck["model"], "q": ck["objective"]["dro.q"]}
+    return {**ck["model"], **({"q": ck["objective"]["dro.q"]} if "dro.q" in ck["objective"] else {})}
 
 
 def _assert_same_training(got: Path, want: Path) -> None:
@@ -169,6 +170,30 @@ def test_groupdistil_epoch_on_two_ranks_equals_one_process(env, runs):
     assert out.count(f"wrote {runs['two']}") == 1
     assert out.count("cache miss") == 1 and "cache hit" not in out
     assert len(list(Path(env["GROUPDISTIL_CACHE"]).glob("*.npy"))) == 1
+
+
+@pytest.mark.slow  # each launch starts fresh interpreters that import torch
+@needs_torchrun
+def test_train_and_run_commands_under_torchrun(env, runs, teacher, tmp_path):
+    # `train` on 2 ranks of 32 is the teacher fixture's one-process `train` (default batch 64) ...
+    _ok(_launch(env, ["train", "--dataset", "spurious-digits", "--model", "mlp-small", "--device", "cpu",
+                      "--epochs", "1", "--batch-size", str(BATCH), "--quiet", "--out", str(tmp_path / "train")],
+                ranks=RANKS))
+    a, b = _last(tmp_path / "train"), _last(teacher.parent.parent)
+    assert set(a) == set(b)
+    for k in b:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=TOL, msg=k)
+    # ... and `run` with a YAML file is the same experiment as the flags of the 2-rank distill run.
+    config = tmp_path / "student.yaml"
+    config.write_text(yaml.safe_dump({
+        "out": str(tmp_path / "run"), "data": {"dataset": "spurious-digits"}, "model": {"name": "mlp-small"},
+        "teacher": {"checkpoints": [str(teacher)]},
+        "objective": {"method": "groupdistil", "step_size": 1.0},
+        "optim": {"lr": 0.1, "schedule": "constant"},
+        "train": {"epochs": 1, "batch_size": BATCH, "device": "cpu"}, "quiet": True,
+    }))
+    _ok(_launch(env, ["run", str(config)], ranks=RANKS))
+    _assert_same_training(tmp_path / "run", runs["two"])
 
 
 @pytest.mark.slow  # each launch starts fresh interpreters that import torch

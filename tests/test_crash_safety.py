@@ -11,6 +11,9 @@ import pytest
 import torch
 
 from groupdistil.checkpoint import load_checkpoint
+from groupdistil.config import RunConfig
+from groupdistil.errors import UserError
+from groupdistil.runner import ELASTIC_MARKER, prepare_out
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 pytestmark = pytest.mark.slow
@@ -103,3 +106,62 @@ def test_nonfinite_loss_exits_3_naming_step_and_last_good_checkpoint(runs, tmp_p
     assert final["skipped_steps"] == 2
     last_train = [json.loads(x) for x in (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()][-2]
     assert last_train["split"] == "train" and last_train["skipped_steps"] == 2
+
+
+# ---- torchrun --max-restarts: a restarted attempt continues its own job's run, and only that -------
+
+
+def _unfinished(out: Path, marker: str | None) -> Path:
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.pt").write_bytes(b"x")
+    (out / "checkpoints" / ".last.pt.1234.tmp").write_bytes(b"half")
+    if marker is not None:
+        (out / ELASTIC_MARKER).write_text(marker)
+    return out
+
+
+def _job(monkeypatch, run_id: str, restart: int, max_restarts: int = 3) -> None:
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", run_id)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", str(restart))
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", str(max_restarts))
+
+
+def test_a_restarted_attempt_resumes_its_own_jobs_run(tmp_path, monkeypatch):
+    out = _unfinished(tmp_path / "run", marker="job-a")
+    _job(monkeypatch, "job-a", restart=1)
+    # --force is the first attempt's: it must not wipe the checkpoint the job has made since.
+    assert prepare_out(RunConfig(out=out, force=True)) is True
+    assert (out / "checkpoints" / "last.pt").exists()
+    assert not list((out / "checkpoints").glob(".*.tmp"))
+
+
+def test_a_restart_before_the_first_checkpoint_starts_again_in_a_cleared_folder(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"epoch": 0}\n')
+    (out / ELASTIC_MARKER).write_text("job-a")
+    _job(monkeypatch, "job-a", restart=2)
+    assert prepare_out(RunConfig(out=out)) is False
+    assert sorted(p.name for p in out.iterdir()) == [ELASTIC_MARKER]
+
+
+@pytest.mark.parametrize("marker,restart,max_restarts", [
+    ("job-b", 1, 3),  # another job's folder
+    (None, 1, 3),  # a folder no elastic job wrote
+    ("job-a", 0, 3),  # the first attempt: a folder left by an earlier launch with the same id
+    ("job-a", 1, 0),  # not an elastic launch
+])
+def test_other_folders_are_treated_as_usual(tmp_path, monkeypatch, marker, restart, max_restarts):
+    out = _unfinished(tmp_path / "run", marker=marker)
+    _job(monkeypatch, "job-a", restart=restart, max_restarts=max_restarts)
+    with pytest.raises(UserError, match="holds an unfinished run; pass --resume"):
+        prepare_out(RunConfig(out=out))
+
+
+def test_the_first_attempt_of_an_elastic_job_marks_the_folder(tmp_path, monkeypatch):
+    _job(monkeypatch, "job-a", restart=0)
+    assert prepare_out(RunConfig(out=tmp_path / "run")) is False
+    assert (tmp_path / "run" / ELASTIC_MARKER).read_text() == "job-a"
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "0")
+    assert prepare_out(RunConfig(out=tmp_path / "other")) is False
+    assert not (tmp_path / "other").exists()  # no marker without restarts

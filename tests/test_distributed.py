@@ -277,6 +277,23 @@ def test_one_process_checkpoint_resumes_on_two_ranks(env, runs, teacher, tmp_pat
 
 @pytest.mark.slow  # each launch starts fresh interpreters that import torch
 @needs_torchrun
+@pytest.mark.parametrize("kill_at,epochs,want", [("epoch:0", 2, "ref"), ("step:3", 1, "two")])
+def test_torchrun_restarts_after_a_kill_and_the_run_goes_on(env, runs, teacher, tmp_path, kill_at, epochs, want):
+    # Rank 0 is killed (SIGKILL, like a pre-empted node) after epoch 0's checkpoint, or every rank
+    # before any checkpoint; torchrun --max-restarts restarts the workers with the same command, which
+    # continues from last.pt (or starts again) and ends with the uninterrupted run's q and parameters.
+    out = tmp_path / "run"
+    r = _ok(_launch({**env, "GROUPDISTIL_KILL_AT": kill_at},
+                    [*STUDENT, "--teacher", str(teacher), "--epochs", str(epochs), "--batch-size", str(BATCH),
+                     "--out", str(out), "--force"], ranks=RANKS, torchrun=("--max-restarts", "1")))
+    assert ("resumed from" in r.stdout) == (kill_at == "epoch:0")
+    assert "failed (exitcode: -9)" in r.stderr  # the first attempt was killed; torchrun restarted it
+    _assert_same_training(out, runs[want])
+    assert json.loads((out / "final.json").read_text())["selected_epoch"] in range(epochs)
+
+
+@pytest.mark.slow  # each launch starts fresh interpreters that import torch
+@needs_torchrun
 def test_an_error_on_rank_0_stops_every_rank_with_one_line(env, runs, teacher):
     # A finished run without --force: rank 0 refuses, and the other rank must not wait forever.
     r = _launch(env, [*STUDENT, "--teacher", str(teacher), "--epochs", "1", "--batch-size", str(BATCH),

@@ -70,6 +70,21 @@ def env_rank_info() -> tuple[int, int, int]:
     )
 
 
+def _attempt_store(rank: int, world: int) -> dict[str, object]:
+    """init_process_group arguments that keep a torchrun restart from reading the failed attempt's keys.
+
+    torchrun's c10d rendezvous shares its TCP store with the workers (``TORCHELASTIC_USE_AGENT_STORE``)
+    and every attempt of a job writes the same keys there, so after ``--max-restarts`` restarts the
+    workers a rank can read a dead rank's address and fail to connect (pytorch/pytorch#135712). The
+    keys of each attempt go under their own prefix instead. Empty (torch's env:// default) otherwise.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return {}
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    tcp = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False)
+    return {"store": dist.PrefixStore(f"groupdistil/attempt_{attempt}", tcp), "rank": rank, "world_size": world}
+
+
 @contextmanager
 def session(device: str = "auto") -> Iterator[None]:
     """The default process group of a ``torchrun`` launch (``WORLD_SIZE > 1``), destroyed on exit.
@@ -79,15 +94,16 @@ def session(device: str = "auto") -> Iterator[None]:
     the objects :func:`on_main` broadcasts live on the CPU). A no-op in a single process, and when a
     group is already initialised: that one belongs to the caller, who destroys it.
     """
-    local_rank, world = env_rank_info()[1:]
+    rank_, local_rank, world = env_rank_info()
     if world <= 1 or not dist.is_available() or dist.is_initialized():
         yield
         return
+    store = _attempt_store(rank_, world)
     if device != "cpu" and torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
-        dist.init_process_group("cpu:gloo,cuda:nccl", device_id=torch.device("cuda", local_rank))
+        dist.init_process_group("cpu:gloo,cuda:nccl", device_id=torch.device("cuda", local_rank), **store)
     else:
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", **store)
     try:
         yield
     finally:

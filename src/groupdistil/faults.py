@@ -8,6 +8,9 @@ Points: ``step:<n>`` (right after optimisation step n, counted over the run), ``
 after epoch e's ``last.pt`` is written, 0-based), ``replace:<file name>:<k>`` (the k-th time this
 process is about to rename a finished temporary file onto ``<file name>``: the temporary file is
 complete and fsynced, the target still holds its old content).
+
+Both act in the first attempt of a torchrun job only (``TORCHELASTIC_RESTART_COUNT`` unset or 0), so
+that the attempt torchrun restarts after the injected fault runs clean.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ _seen: Counter[str] = Counter()
 def point(name: str) -> None:
     """SIGKILL this process if ``GROUPDISTIL_KILL_AT`` names this point."""
     target = os.environ.get(ENV)
-    if not target:
+    if not target or _restarted():
         return
     if name.startswith("replace:"):
         _seen[name] += 1
@@ -39,4 +42,8 @@ def poisoned(batch: int) -> bool:
     """True when ``GROUPDISTIL_NAN_AT`` (comma-separated batch numbers) names this training batch:
     the engine then turns its loss into NaN, to test the non-finite guard."""
     target = os.environ.get(NAN_ENV)
-    return bool(target) and str(batch) in target.split(",")
+    return bool(target) and not _restarted() and str(batch) in target.split(",")
+
+
+def _restarted() -> bool:
+    return os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") not in ("", "0")

@@ -39,13 +39,57 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "groupdistil" / "teacher-logits"
 
 
+#: Written into the run folder by a torchrun job that may restart its workers (``--max-restarts``):
+#: the job's id, so that a restarted attempt knows the folder is its own and continues the run.
+ELASTIC_MARKER = ".torchelastic-run-id"
+
+
+def _elastic_job() -> tuple[str, int] | None:
+    """(run id, restart count) under a torchrun launch that may restart its workers, else None."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if not run_id or int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) <= 0:
+        return None
+    return run_id, int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
+def _clean_tmp(out: Path) -> None:
+    # Temporary files of a write that a kill interrupted: never renamed, never read; remove them.
+    for tmp in (out / "checkpoints").glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def prepare_out(cfg: RunConfig) -> bool:
     """Check the output folder; returns True when the run resumes.
 
     A finished run (final.json present) is never overwritten without ``force``; an unfinished one
     needs ``resume`` or ``force``. Under DDP only rank 0 calls it (:func:`run_experiment`).
+
+    When torchrun restarts the workers of a job (``--max-restarts``) after a failure, the restarted
+    attempt finds the job's id in the folder (:data:`ELASTIC_MARKER`) and continues from
+    ``last.pt`` as if ``--resume`` had been given, or, when the failed attempt had not saved a
+    checkpoint yet, starts the run again in a cleared folder. A folder of another run or job is
+    treated as usual.
     """
     out = Path(cfg.out)
+    job = _elastic_job()
+    marker = out / ELASTIC_MARKER
+    if job is not None and job[1] > 0 and marker.is_file() and marker.read_text() == job[0]:
+        if (out / "final.json").exists():
+            raise UserError(f"--out {out}: holds a finished run; pass --force to overwrite it")
+        if (out / "checkpoints" / "last.pt").is_file():
+            _clean_tmp(out)
+            return True
+        shutil.rmtree(out)
+        resume = False
+    else:
+        resume = _check_out(cfg, out)
+    if job is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        marker.write_text(job[0])
+    return resume
+
+
+def _check_out(cfg: RunConfig, out: Path) -> bool:
     if cfg.force and out.exists():
         shutil.rmtree(out)
         return False
@@ -57,9 +101,7 @@ def prepare_out(cfg: RunConfig) -> bool:
                 f"--resume: {out / 'checkpoints' / 'last.pt'} not found (a run killed before its first epoch "
                 "ended has nothing to resume: start it again without --resume, with --force)"
             )
-        # Temporary files of a write that a kill interrupted: never renamed, never read; remove them.
-        for tmp in (out / "checkpoints").glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
+        _clean_tmp(out)
         return True
     if (out / "checkpoints" / "last.pt").exists():
         raise UserError(f"--out {out}: holds an unfinished run; pass --resume to continue or --force")

@@ -40,3 +40,15 @@ def test_gpu_check_script_runs_on_the_cpu(tmp_path):
     for key in ("no_teacher_img_s", "kd_cached_img_s", "groupdistil_cached_img_s", "kd_online_img_s",
                 "groupdistil_online_img_s", "online_over_cached", "groupdistil_over_kd"):
         assert row[key] > 0, key
+
+
+def test_ddp_batchnorm_benchmark_writes_ratios(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--only", "ddp",
+                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=300,
+                       env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((tmp_path / "perf.json").read_text())["results"]["ddp"]
+    assert [row["case"].split()[0] for row in rows] == ["cnn-small", "resnet20"]
+    for row in rows:
+        for key in ("global_over_plain", "compute_over_plain", "allreduce_us"):
+            assert row[key] > 0, key

@@ -206,6 +206,11 @@ def test_a_batchnorm_model_on_two_ranks_equals_one_process(env, teacher, tmp_pat
     _ok(_launch(env, [*args, "--batch-size", str(RANKS * BATCH), "--out", str(tmp_path / "one")]))
     _assert_same_training(tmp_path / "two", tmp_path / "one")
     assert any("running_var" in k for k in _last(tmp_path / "one"))
+    # --no-sync-batchnorm trades that for speed: each rank normalises with its own part's statistics.
+    _ok(_launch(env, [*args, "--batch-size", str(BATCH), "--no-sync-batchnorm", "--out", str(tmp_path / "own")],
+                ranks=RANKS))
+    with pytest.raises(AssertionError):
+        _assert_same_training(tmp_path / "own", tmp_path / "one")
 
 
 def _free_port() -> int:

@@ -108,6 +108,9 @@ class TrainConfig(BaseModel):
         "worst_group_acc", description="validation metric for model selection")
     skip_nonfinite: bool = Field(False, description="skip steps with a non-finite loss instead of stopping")
     channels_last: bool = Field(False, description="channels_last (NHWC) memory format for conv models")
+    sync_batchnorm: bool = Field(
+        True, description="under torchrun, BatchNorm uses the global batch's statistics (exact; costs "
+        "two all-reduces per BatchNorm layer and step)")
 
 
 class RunConfig(BaseModel):

@@ -219,7 +219,7 @@ def fit(
         model.to(memory_format=torch.channels_last)
         if teacher is not None:
             teacher.to(memory_format=torch.channels_last)
-    if distributed.is_distributed():
+    if distributed.is_distributed() and train.sync_batchnorm:
         # BatchNorm then normalises with the statistics of the global batch, as one process would.
         # torch's SyncBatchNorm is CUDA-only; GlobalBatchNorm does the same with any backend.
         if device.type == "cuda":

@@ -109,3 +109,65 @@ def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
                 torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-5, msg=f"{case}: {key}")
     # The trajectory moved the weights: comparing them tests something.
     assert not torch.allclose(ranks[0]["groupdistil"]["weights"], torch.full((N_GROUPS,), 1 / N_GROUPS))
+
+
+# ---- GlobalBatchNorm alone: 4-D input, channels_last, no affine, cumulative running average ----------
+
+BN_VARIANTS = {"affine": {}, "no-affine": {"affine": False}, "cumulative": {"momentum": None}}
+
+
+def _bn_case(variant: str, part: slice, channels_last: bool) -> dict[str, torch.Tensor]:
+    """Two training-mode calls of a BatchNorm2d on ``x[part]``; what a rank (or one process) sees."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(10, 3, 4, 5, generator=g) * 3 + 2
+    r = torch.randn(10, 3, 4, 5, generator=g)
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(3, **BN_VARIANTS[variant])
+    if bn.affine:
+        nn.init.uniform_(bn.weight, 0.5, 1.5)
+        nn.init.uniform_(bn.bias, -1, 1)
+    if dist.is_initialized():
+        bn = convert_global_batchnorm(bn)
+    xs = x[part].clone()
+    if channels_last:
+        xs = xs.contiguous(memory_format=torch.channels_last)
+    xs.requires_grad_(True)
+    for _ in range(2):
+        y = bn(xs)
+        (y * r[part]).sum().backward()
+    out = {"y": y.detach(), "dx": xs.grad, **{k: v.clone() for k, v in bn.state_dict().items()}}
+    if bn.affine:
+        out.update(dw=bn.weight.grad, db=bn.bias.grad)
+    return out
+
+
+def _bn_worker(rank: int, port: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        part = slice(0, 3) if rank == 0 else slice(3, None)  # uneven: 3 and 7 samples
+        torch.save({(v, cl): _bn_case(v, part, cl) for v in BN_VARIANTS for cl in (False, True)},
+                   Path(out_dir) / f"bn{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned interpreters importing torch
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_global_batchnorm_on_two_ranks_is_batchnorm_on_the_whole_batch(tmp_path: Path) -> None:
+    mp.spawn(_bn_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"bn{r}.pt") for r in range(2)]
+    for key in ranks[0]:
+        variant, _ = key
+        whole = _bn_case(variant, slice(None), channels_last=False)
+        got = {k: torch.cat([ranks[0][key][k], ranks[1][key][k]]) for k in ("y", "dx")}
+        for k in ("y", "dx"):
+            torch.testing.assert_close(got[k], whole[k], rtol=1e-5, atol=1e-5, msg=f"{key}: {k}")
+        for k in ("running_mean", "running_var", "num_batches_tracked"):
+            if k in whole:
+                for shard in ranks:
+                    torch.testing.assert_close(shard[key][k], whole[k], rtol=1e-5, atol=1e-6, msg=f"{key}: {k}")
+        if "dw" in whole:  # each rank's share of the parameter gradients; DDP adds them up
+            for k in ("dw", "db"):
+                total = ranks[0][key][k] + ranks[1][key][k]
+                torch.testing.assert_close(total, whole[k], rtol=1e-5, atol=1e-5, msg=f"{key}: {k}")

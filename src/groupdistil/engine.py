@@ -59,10 +59,10 @@ class FitResult:
     checkpoint: Path | None
 
 
-def check_device(name: str, amp: str = "none") -> torch.device:
+def check_device(name: str) -> torch.device:
     """The device ``name`` stands for (``auto``: CUDA when available, else CPU), checked.
 
-    ``amp`` is accepted on every device: autocast and the fp16 grad scaler exist for CPU and CUDA
+    Every ``--amp`` works on every device: autocast and the fp16 grad scaler exist for CPU and CUDA
     alike (on a CPU without bf16 or fp16 arithmetic they are slow; the runner warns).
 
     Raises:
@@ -96,10 +96,10 @@ def make_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
 
-def resolve_device(name: str, amp: str = "none") -> torch.device:
+def resolve_device(name: str) -> torch.device:
     """:func:`check_device`; under torchrun an unindexed ``cuda`` is this process's GPU (``LOCAL_RANK``,
     set by :func:`groupdistil.distributed.session`): DDP needs the index."""
-    device = check_device(name, amp)
+    device = check_device(name)
     if device.type == "cuda" and device.index is None and distributed.is_distributed():
         device = torch.device("cuda", torch.cuda.current_device())
     return device
@@ -208,7 +208,7 @@ def fit(
         meta: extra checkpoint fields (model name, class count, config, ...).
         resume: continue from ``out/checkpoints/last.pt``.
     """
-    device = resolve_device(train.device, train.amp)
+    device = resolve_device(train.device)
     if objective.requires_teacher and teacher is None:
         raise ValueError(f"teacher: objective {type(objective).__name__} needs a teacher")
     model.to(device)

@@ -192,11 +192,11 @@ def build_teacher(
 
 def run_experiment(cfg: RunConfig, echo: Echo = print) -> dict[str, Any]:
     """Run one experiment end to end; returns the contents of final.json."""
-    # Checked before the run folder is touched: a bad --device or --amp writes nothing. Rank 0 alone
+    # Checked before the run folder is touched: a bad --device writes nothing. Rank 0 alone
     # checks (and with --force empties) the folder; every rank gets its answer or error.
-    distributed.on_main(lambda: check_device(cfg.train.device, cfg.train.amp))
+    distributed.on_main(lambda: check_device(cfg.train.device))
     resume = distributed.on_main(lambda: prepare_out(cfg))
-    device = resolve_device(cfg.train.device, cfg.train.amp)
+    device = resolve_device(cfg.train.device)
     if cfg.train.amp != "none" and device.type == "cpu" and not cpu_has_native(cfg.train.amp):
         isa = {"bf16": "AVX-512 BF16 or AMX", "fp16": "AVX-512 FP16 or AMX-FP16"}[cfg.train.amp]
         echo(f"warning: --amp {cfg.train.amp} on a CPU without {cfg.train.amp} instructions ({isa}) runs many "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import TypeVar
 
 import torch
@@ -81,7 +82,10 @@ def _attempt_store(rank: int, world: int) -> dict[str, object]:
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return {}
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    tcp = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False)
+    # torch's default process-group timeout, which its env:// rendezvous gives the store too: a slow
+    # node may join late.
+    tcp = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+                        timeout=timedelta(minutes=30))
     return {"store": dist.PrefixStore(f"groupdistil/attempt_{attempt}", tcp), "rank": rank, "world_size": world}
 
 

@@ -71,6 +71,11 @@ def env_rank_info() -> tuple[int, int, int]:
     )
 
 
+def restart_count() -> int:
+    """How many times torchrun has restarted this job's workers (``--max-restarts``); 0 otherwise."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
+
+
 def _attempt_store(rank: int, world: int) -> dict[str, object]:
     """init_process_group arguments that keep a torchrun restart from reading the failed attempt's keys.
 
@@ -81,12 +86,11 @@ def _attempt_store(rank: int, world: int) -> dict[str, object]:
     """
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return {}
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     # torch's default process-group timeout, which its env:// rendezvous gives the store too: a slow
     # node may join late.
     tcp = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
                         timeout=timedelta(minutes=30))
-    return {"store": dist.PrefixStore(f"groupdistil/attempt_{attempt}", tcp), "rank": rank, "world_size": world}
+    return {"store": dist.PrefixStore(f"groupdistil/attempt_{restart_count()}", tcp), "rank": rank, "world_size": world}
 
 
 @contextmanager

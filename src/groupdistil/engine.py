@@ -304,6 +304,8 @@ def _train_epoch(
     )
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{train.epochs}", leave=False,
                disable=quiet or not distributed.is_main_process())
+    # The loss scale before the next step: the scaler lowers it exactly when it skips a step.
+    scale = scaler.get_scale() if scaler.is_enabled() else 0.0
     for x, y, g, idx in bar:
         x = x.to(device, non_blocking=True)
         if train.channels_last and x.dim() == 4:
@@ -335,16 +337,17 @@ def _train_epoch(
             continue
         opt.zero_grad(set_to_none=True)
         scaler.scale(out.loss).backward()
-        scale = scaler.get_scale() if scaler.is_enabled() else 0.0
         scaler.step(opt)
         scaler.update()
-        if scaler.is_enabled() and scaler.get_scale() < scale:
-            # The scaler found inf/NaN gradients (the same on every rank: DDP has all-reduced them)
-            # and skipped the parameter update; undo q's too, so that q and the parameters stay one
-            # step of the same trajectory. Routine while the loss scale settles; not an error.
-            objective.load_state_dict(snapshot)
-            state.overflow_steps += 1
-            continue
+        if scaler.is_enabled():
+            scale, before = scaler.get_scale(), scale  # one host sync per step
+            if scale < before:
+                # The scaler found inf/NaN gradients (the same on every rank: DDP has all-reduced
+                # them) and skipped the parameter update; undo q's too, so that q and the parameters
+                # stay one step of the same trajectory. Routine while the loss scale settles.
+                objective.load_state_dict(snapshot)
+                state.overflow_steps += 1
+                continue
         state.step += 1
         faults.point(f"step:{state.step}")
         if writer is not None and out.weights is not None:

@@ -19,6 +19,8 @@ import os
 import signal
 from collections import Counter
 
+from groupdistil import distributed
+
 ENV = "GROUPDISTIL_KILL_AT"
 _seen: Counter[str] = Counter()
 
@@ -46,4 +48,4 @@ def poisoned(batch: int) -> bool:
 
 
 def _restarted() -> bool:
-    return os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") not in ("", "0")
+    return distributed.restart_count() > 0

@@ -49,7 +49,12 @@ def _elastic_job() -> tuple[str, int] | None:
     run_id = os.environ.get("TORCHELASTIC_RUN_ID")
     if not run_id or int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) <= 0:
         return None
-    return run_id, int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    return run_id, distributed.restart_count()
+
+
+def _refuse_finished(out: Path) -> None:
+    if (out / "final.json").exists():
+        raise UserError(f"--out {out}: holds a finished run; pass --force to overwrite it")
 
 
 def _clean_tmp(out: Path) -> None:
@@ -74,8 +79,7 @@ def prepare_out(cfg: RunConfig) -> bool:
     job = _elastic_job()
     marker = out / ELASTIC_MARKER
     if job is not None and job[1] > 0 and marker.is_file() and marker.read_text() == job[0]:
-        if (out / "final.json").exists():
-            raise UserError(f"--out {out}: holds a finished run; pass --force to overwrite it")
+        _refuse_finished(out)
         if (out / "checkpoints" / "last.pt").is_file():
             _clean_tmp(out)
             return True
@@ -93,8 +97,7 @@ def _check_out(cfg: RunConfig, out: Path) -> bool:
     if cfg.force and out.exists():
         shutil.rmtree(out)
         return False
-    if (out / "final.json").exists():
-        raise UserError(f"--out {out}: holds a finished run; pass --force to overwrite it")
+    _refuse_finished(out)
     if cfg.resume:
         if not (out / "checkpoints" / "last.pt").is_file():
             raise UserError(

@@ -4,6 +4,7 @@ in-memory grouped dataset so engine tests run in seconds."""
 from __future__ import annotations
 
 import csv
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -145,3 +146,10 @@ def make_blobs(seed: int = 0, n: int = 240, spurious: float = 0.9) -> DatasetBun
 @pytest.fixture
 def blobs() -> DatasetBundle:
     return make_blobs()
+
+
+def free_port() -> int:
+    """A TCP port on localhost that nothing listens on right now (for gloo and torchrun rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -4,7 +4,6 @@ also through BatchNorm layers once they are GlobalBatchNorm."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import groupdistil as gd
+from conftest import free_port
 from groupdistil.batchnorm import convert_global_batchnorm
 
 N_GROUPS, N_CLASSES, N_FEATURES, BATCH, SPLIT, STEPS = 3, 3, 5, 16, 5, 3
@@ -86,16 +86,11 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.slow  # two spawned interpreters importing torch: ~6 s on an idle 2-core machine
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
 def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     for case in CASES:
         single = _train(case, None)
@@ -155,7 +150,7 @@ def _bn_worker(rank: int, port: int, out_dir: str) -> None:
 @pytest.mark.slow  # two spawned interpreters importing torch
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
 def test_global_batchnorm_on_two_ranks_is_batchnorm_on_the_whole_batch(tmp_path: Path) -> None:
-    mp.spawn(_bn_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_bn_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"bn{r}.pt") for r in range(2)]
     for key in ranks[0]:
         variant, _ = key

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch.distributed as dist
 import yaml
 
 import groupdistil
+from conftest import free_port
 from groupdistil.data import DataConfig, load_dataset
 from groupdistil.loaders import GlobalBatchSampler
 
@@ -213,11 +213,6 @@ def test_a_batchnorm_model_on_two_ranks_equals_one_process(env, teacher, tmp_pat
         _assert_same_training(tmp_path / "own", tmp_path / "one")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.slow  # each launch starts fresh interpreters that import torch
 @needs_torchrun
@@ -225,7 +220,7 @@ def test_two_nodes_with_a_c10d_rendezvous_equal_one_process(env, runs, teacher, 
     # Two "nodes" on this machine, one process each: both have LOCAL_RANK 0, only one has RANK 0. The
     # run must still be written and narrated by global rank 0 alone, its teacher-logit cache built
     # once, and its training be that of one process with the same global batch.
-    port = _free_port()
+    port = free_port()
     node_env = {**env, "GROUPDISTIL_CACHE": str(tmp_path / "cache")}
     out = tmp_path / "nodes"
     args = [*STUDENT, "--teacher", str(teacher), "--epochs", "1", "--batch-size", str(BATCH), "--out", str(out)]

@@ -27,6 +27,7 @@ from torch import nn
 from groupdistil import batchnorm
 from groupdistil.batchnorm import convert_global_batchnorm
 from groupdistil.models import create_model
+from timing import ce_train_step
 
 CASES = [("cnn-small", 8, 32), ("resnet20", 32, 32)]  # model, input px, batch per rank
 
@@ -38,13 +39,6 @@ def _models(name: str) -> dict[str, nn.Module]:
         model = create_model(name, 10)
         out[kind] = convert_global_batchnorm(model) if kind == "global" else model
     return out
-
-
-def _step(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
-    loss = nn.functional.cross_entropy(net(x), y)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
 
 
 def _rank(rank: int, port: int, repeats: int, out: str) -> None:
@@ -70,7 +64,7 @@ def _rank(rank: int, port: int, repeats: int, out: str) -> None:
                 for k in nets:
                     dist.barrier()
                     t0 = time.perf_counter()
-                    _step(nets[k], opts[k], x, y)
+                    ce_train_step(nets[k], opts[k], x, y)
                     dist.barrier()
                     if i >= 3:
                         times[k].append(time.perf_counter() - t0)
@@ -88,7 +82,7 @@ def _compute_only(name: str, size: int, batch: int, timer, repeats: int) -> floa
     x, y = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
     with mock.patch.object(batchnorm.dist, "all_reduce", lambda t: None), \
             mock.patch.object(batchnorm.distributed, "is_distributed", lambda: True):
-        med = timer({k: (lambda k=k: _step(models[k], opts[k], x, y)) for k in models}, repeats=repeats)
+        med = timer({k: (lambda k=k: ce_train_step(models[k], opts[k], x, y)) for k in models}, repeats=repeats)
     return med["global"] / med["plain"]
 
 

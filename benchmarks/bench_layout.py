@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
 from groupdistil.models import create_model
+from timing import ce_train_step
 
 CASES = [("resnet20", 32, 64), ("resnet18", 64, 32)]  # model, input px, batch
 
@@ -23,13 +23,7 @@ def _step(fmt: torch.memory_format, name: str, size: int, batch: int):
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (batch,))
 
-    def go() -> None:
-        loss = nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return go
+    return lambda: ce_train_step(model, opt, x, y)
 
 
 def run(repeats: int, timer) -> list[dict[str, Any]]:

@@ -8,6 +8,9 @@ import statistics
 import time
 from collections.abc import Callable
 
+import torch
+from torch import nn
+
 #: Each timed sample lasts at least this long: sub-millisecond calls are repeated inside one sample,
 #: so the timer's resolution and one-off scheduler hiccups do not dominate the median.
 MIN_SAMPLE_S = 0.05
@@ -39,3 +42,12 @@ def interleaved(variants: dict[str, Callable[[], object]], repeats: int = 20, wa
                 fn()
             times[name].append((time.perf_counter() - t0) / n)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def ce_train_step(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+    """One plain training step (cross-entropy forward, backward, optimiser step): what the model-cost
+    benchmarks time, the objectives aside."""
+    loss = nn.functional.cross_entropy(net(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()

@@ -26,6 +26,7 @@ import groupdistil
 from conftest import free_port
 from groupdistil.data import DataConfig, load_dataset
 from groupdistil.loaders import GlobalBatchSampler
+from groupdistil.objectives import class_weights_of
 
 RANKS = 2
 BATCH = 32  # per rank; the single process uses RANKS * BATCH
@@ -132,7 +133,8 @@ def _weights(run: Path) -> torch.Tensor:
 
 def _last(run: Path) -> dict[str, torch.Tensor]:
     ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
-    return {**ck["model"], **({"q": ck["objective"]["dro.q"]} if "dro.q" in ck["objective"] else {})}
+    q = class_weights_of(ck["objective"])  # group DRO's q or the class objectives' lambda
+    return {**ck["model"], **({"q": q} if q is not None else {})}
 
 
 def _assert_same_training(got: Path, want: Path) -> None:

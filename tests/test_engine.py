@@ -53,8 +53,11 @@ def test_every_objective_trains_and_logs(blobs, tmp_path, method, opts):
     assert res.best_epoch in (0, 1)
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(x["epoch"], x["split"]) for x in lines] == [(0, "train"), (0, "val"), (1, "train"), (1, "val")]
+    # The separate terms of the loss are logged beside it (the distillation part when there is a teacher).
+    assert set(lines[0]) >= ({"loss_ce", "loss_kd"} if obj.requires_teacher else {"loss_ce"})
+    assert "loss_ce" not in lines[1]
     rows = (tmp_path / "group_weights.csv").read_text().splitlines()
-    if getattr(obj, "dro", None) is not None:
+    if obj.weights_over is not None:
         steps_per_epoch = -(-len(blobs.train) // 32)
         assert len(rows) == 1 + 2 * steps_per_epoch
         header = rows[0].split(",")

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import groupdistil as gd
+from groupdistil.objectives import class_weights_of
 
 B, C, G = 12, 3, 4
 PRIOR = [0.5, 0.3, 0.2]
@@ -84,7 +85,7 @@ def test_robust_teacher_loss_validation_update_and_per_class_logs() -> None:
     obj.update_from_validation(error)
     lam = torch.exp(0.5 * error)
     lam = lam / lam.sum()
-    torch.testing.assert_close(obj.dro.q, lam)
+    torch.testing.assert_close(obj.lam.q, lam)
     after = obj(s, y)
     shift = torch.log(torch.tensor(PRIOR)) - lam.log()
     torch.testing.assert_close(after.loss, gd.cross_entropy(s + shift, y).mean())
@@ -245,7 +246,7 @@ def test_class_robust_robust_mode_updates_lambda_from_training_risks() -> None:
         lam = lam / lam.sum()
         out = obj(s, y, teacher_logits=t)
         torch.testing.assert_close(out.loss, (lam * risks).sum())  # the updated lambda
-    torch.testing.assert_close(obj.dro.q, lam)
+    torch.testing.assert_close(obj.lam.q, lam)
     torch.testing.assert_close(out.weights, lam)
 
 
@@ -258,7 +259,7 @@ def test_class_robust_tradeoff_interpolates_standard_and_robust() -> None:
         s, y, _, t = _batch(seed)
         expected = 0.75 * standard(s, y, teacher_logits=t).loss + 0.25 * robust(s, y, teacher_logits=t).loss
         torch.testing.assert_close(trade(s, y, teacher_logits=t).loss, expected)
-    torch.testing.assert_close(trade.dro.q, robust.dro.q)
+    torch.testing.assert_close(trade.lam.q, robust.lam.q)
     zero = gd.ClassRobustKD(C, PRIOR, mode="tradeoff", beta=0.0, **kwargs)
     s, y, _, t = _batch()
     torch.testing.assert_close(zero(s, y, teacher_logits=t).loss, standard(s, y, teacher_logits=t).loss)
@@ -269,10 +270,10 @@ def test_class_robust_lambda_from_validation_only() -> None:
     assert obj.validation_every == 4
     s, y, _, t = _batch()
     obj(s, y, teacher_logits=t)
-    torch.testing.assert_close(obj.dro.q, torch.full((C,), 1 / C))  # training batches leave lambda alone
+    torch.testing.assert_close(obj.lam.q, torch.full((C,), 1 / C))  # training batches leave lambda alone
     obj.update_from_validation(torch.tensor([0.0, 0.0, 1.0]))
     lam = torch.tensor([1.0, 1.0, math.exp(0.5)])
-    torch.testing.assert_close(obj.dro.q, lam / lam.sum())
+    torch.testing.assert_close(obj.lam.q, lam / lam.sum())
     assert gd.ClassRobustKD(C, PRIOR).validation_every is None
 
 
@@ -286,7 +287,7 @@ def test_class_robust_zero_prior_class_and_alpha_zero() -> None:
     torch.testing.assert_close(out.loss, risks[:2].mean())
     robust = gd.ClassRobustKD(C, prior, step_size=1.0)
     robust(s, y, teacher_logits=t)
-    assert robust.dro.q[2].item() == 0.0
+    assert robust.lam.q[2].item() == 0.0
     no_teacher = gd.ClassRobustKD(C, PRIOR, alpha=0.0, mode="standard")
     assert not no_teacher.requires_teacher
     torch.testing.assert_close(no_teacher(s, y).loss, gd.cross_entropy(s, y).mean())
@@ -424,3 +425,36 @@ def test_bad_call_inputs() -> None:
         gd.Reweight(COUNTS)(s, y)
     with pytest.raises(NotImplementedError, match="GroupDistil has no validation-driven weights"):
         obj.update_from_validation(torch.zeros(G))
+
+
+# ---- lambda's owner, old checkpoints, the separate terms ----------------------------------------
+
+
+@pytest.mark.parametrize("make", [lambda: gd.RobustTeacher(PRIOR, step_size=0.5),
+                                  lambda: gd.ClassRobustKD(C, PRIOR, step_size=0.5)])
+def test_class_weights_of_older_checkpoints_still_load(make) -> None:
+    obj = make()
+    obj.update_from_validation(torch.tensor([0.1, 0.4, 0.9]))
+    new = obj.state_dict()
+    assert "lam.q" in new and not any(k.startswith("dro.") for k in new)
+    # The state dict of the versions that kept lambda in a GroupDRO (it had an adjustment of 0).
+    old = {("dro." + k[4:] if k.startswith("lam.") else k): v for k, v in new.items()}
+    old["dro.adjustment"] = torch.zeros(C)
+    fresh = make()
+    fresh.load_state_dict(old)
+    assert torch.equal(fresh.lam.q, obj.lam.q)
+    assert torch.equal(class_weights_of(old), obj.lam.q) and torch.equal(class_weights_of(new), obj.lam.q)
+    assert class_weights_of(gd.ERM().state_dict()) is None
+
+
+def test_terms_are_the_weighted_ce_and_kd_means() -> None:
+    s, y, groups, t = _batch()
+    out = gd.KD(alpha=0.3, temperature=2.0)(s, y, groups, t)
+    ce, kd = 0.7 * gd.cross_entropy(s, y).mean(), 0.3 * gd.distillation(s, t, 2.0).mean()
+    torch.testing.assert_close(out.terms["ce"], ce)
+    torch.testing.assert_close(out.terms["kd"], kd)
+    torch.testing.assert_close(out.loss, ce + kd)  # a plain mean: the terms add up to the loss
+    assert not out.terms["ce"].requires_grad
+    assert set(gd.ERM()(s, y).terms) == {"ce"}
+    crkd = gd.ClassRobustKD(C, PRIOR, alpha=0.5, temperature=2.0, mode="standard")(s, y, teacher_logits=t)
+    torch.testing.assert_close(crkd.terms["ce"] + crkd.terms["kd"], crkd.loss)  # w = pi: the plain mean

@@ -14,6 +14,11 @@ def _is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def shape_of(value: object) -> object:
+    """What an error message shows of a value expected to be a tensor: its shape, else its type name."""
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
 def check_temperature(temperature: float) -> float:
     """A temperature T: a finite number > 0, returned as float."""
     if not _is_real(temperature) or not math.isfinite(temperature) or temperature <= 0:
@@ -53,8 +58,7 @@ def check_positive_int(name: str, value: int) -> int:
 def check_logits(name: str, logits: torch.Tensor) -> None:
     """A (B, C) floating-point tensor with C >= 1."""
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"{name}: expected a (B, C) tensor, got shape {shape}")
+        raise ValueError(f"{name}: expected a (B, C) tensor, got shape {shape_of(logits)}")
     if not logits.dtype.is_floating_point:
         raise ValueError(f"{name}: expected a floating-point tensor, got dtype {logits.dtype}")
     if logits.shape[1] < 1:
@@ -74,8 +78,7 @@ def check_same_shape(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor)
 def check_labels(name: str, labels: torch.Tensor, batch: int, n_values: int) -> None:
     """Check a (B,) integer tensor of ids in [0, n_values)."""
     if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.shape[0] != batch:
-        shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
-        raise ValueError(f"{name}: expected a ({batch},) integer tensor, got shape {shape}")
+        raise ValueError(f"{name}: expected a ({batch},) integer tensor, got shape {shape_of(labels)}")
     if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():
         raise ValueError(f"{name}: expected an integer tensor, got dtype {labels.dtype}")
     if labels.numel():

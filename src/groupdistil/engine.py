@@ -324,7 +324,8 @@ def _train_epoch(
         # Counts batches, skipped ones included.
         if faults.poisoned(state.step + state.skipped_steps + state.overflow_steps + 1):
             out = out._replace(loss=out.loss * float("nan"))
-        loss_value = float(out.loss.detach())
+        # The loss and its separate terms in one host sync.
+        loss_value, *term_values = torch.stack([out.loss.detach(), *out.terms.values()]).tolist()
         if not math.isfinite(loss_value) or _nonfinite_teacher(t):
             if not train.skip_nonfinite:
                 raise NumericalError(
@@ -352,7 +353,7 @@ def _train_epoch(
         faults.point(f"step:{state.step}")
         if writer is not None and out.weights is not None:
             writer.log_weights(state.step, epoch, out.weights.tolist())
-        metrics.update(logits, y, g, loss_value)
+        metrics.update(logits, y, g, loss_value, dict(zip(out.terms, term_values)))
         k = objective.validation_every
         if k is not None and state.step % k == 0:
             distributed.broadcast_buffers(net)  # the same model, hence the same lambda, on every rank

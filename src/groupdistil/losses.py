@@ -34,18 +34,21 @@ def upcast(x: torch.Tensor) -> torch.Tensor:
     return x.to(compute_dtype(x.dtype))
 
 
-def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor, *, check: bool = True) -> torch.Tensor:
     """Per-sample cross-entropy ``-log softmax(logits)[y]``.
 
     Args:
         logits: (B, C) student logits, any floating dtype.
         y: (B,) integer labels in [0, C).
+        check: validate logits and labels; callers that have checked them already for this batch
+            (the objectives) pass False: the label check costs a host sync on a GPU.
 
     Returns:
         (B,) losses, float32 (float64 for float64 logits).
     """
-    check_logits("logits", logits)
-    check_labels("y", y, logits.shape[0], logits.shape[1])
+    if check:
+        check_logits("logits", logits)
+        check_labels("y", y, logits.shape[0], logits.shape[1])
     return F.cross_entropy(upcast(logits), y.long(), reduction="none")
 
 
@@ -171,16 +174,20 @@ def logit_adjusted_cross_entropy(
     y: torch.Tensor,
     class_prior: Sequence[float] | torch.Tensor,
     tau: float = 1.0,
+    *,
+    check: bool = True,
 ) -> torch.Tensor:
     """Per-sample logit-adjusted loss ``ce(s + tau * log pi, y)`` (Menon et al.), for balanced teachers.
 
     Args:
         logits: (B, C); y: (B,) labels; class_prior: (C,); tau: strength.
+        check: validate logits and labels (as :func:`cross_entropy`).
 
     Returns:
         (B,) losses, float32 at least.
     """
-    check_logits("logits", logits)
+    if check:
+        check_logits("logits", logits)
     tau = check_finite("tau", tau)
     log_pi = _log_prior(class_prior, logits.shape[1]).to(logits.device)
-    return cross_entropy(upcast(logits) + tau * log_pi, y)
+    return cross_entropy(upcast(logits) + tau * log_pi, y, check=check)

@@ -7,6 +7,7 @@ loop over samples), so evaluation costs next to nothing beside the forward pass.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -32,12 +33,19 @@ class GroupMetrics:
         self.class_bins = torch.zeros(3, n_classes * N_BINS, dtype=torch.float64)
         self.loss_sum = 0.0
         self.loss_count = 0
+        self.term_sums: dict[str, float] = {}  # the objective's separate terms ("ce", "kd"), summed
 
     @torch.no_grad()
     def update(
-        self, logits: torch.Tensor, y: torch.Tensor, g: torch.Tensor, loss: float | None = None
+        self,
+        logits: torch.Tensor,
+        y: torch.Tensor,
+        g: torch.Tensor,
+        loss: float | None = None,
+        terms: Mapping[str, float] | None = None,
     ) -> None:
-        """Add a batch: logits (B, C), labels (B,), groups (B,); ``loss`` is the batch's mean loss."""
+        """Add a batch: logits (B, C), labels (B,), groups (B,); ``loss`` is the batch's mean loss and
+        ``terms`` the means of its separate terms (logged as ``loss_<name>``), with it."""
         probs = torch.softmax(logits.detach().float(), dim=1).cpu()
         conf, pred = probs.max(dim=1)
         y, g = y.cpu().long(), g.cpu().long()
@@ -49,14 +57,19 @@ class GroupMetrics:
         if loss is not None:
             self.loss_sum += float(loss) * int(y.numel())
             self.loss_count += int(y.numel())
+            for k, v in (terms or {}).items():
+                self.term_sums[k] = self.term_sums.get(k, 0.0) + float(v) * int(y.numel())
 
     def all_reduce(self) -> None:
         """Sum the accumulators over ranks (no-op in one process)."""
         if distributed.is_distributed():
             self.group_bins = distributed.all_reduce_sum(self.group_bins)
             self.class_bins = distributed.all_reduce_sum(self.class_bins)
-            t = distributed.all_reduce_sum(torch.tensor([self.loss_sum, float(self.loss_count)]))
+            t = distributed.all_reduce_sum(
+                torch.tensor([self.loss_sum, float(self.loss_count), *self.term_sums.values()])
+            )
             self.loss_sum, self.loss_count = float(t[0]), int(t[1])
+            self.term_sums = dict(zip(self.term_sums, t[2:].tolist()))
 
     def summary(self, grouping: Grouping, train_group_counts: torch.Tensor | None = None) -> dict[str, Any]:
         """The metrics of METHODS.md "Evaluation" as a JSON-ready dict (accuracies in [0, 1]).
@@ -76,6 +89,7 @@ class GroupMetrics:
         out: dict[str, Any] = {
             "n": int(total),
             "loss": self.loss_sum / self.loss_count if self.loss_count else None,
+            **{f"loss_{k}": v / self.loss_count for k, v in self.term_sums.items()},
             "avg_acc": float(g_correct.sum()) / total if total else None,
             "worst_group_acc": _min(g_acc, present),
             "balanced_acc": _mean(g_acc, present),

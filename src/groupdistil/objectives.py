@@ -17,10 +17,12 @@ No objective has a training loop of its own; the engine drives them all the same
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from groupdistil import distributed
@@ -34,6 +36,7 @@ from groupdistil._validate import (
     check_same_shape,
     check_temperature,
     check_unit_interval,
+    shape_of,
 )
 from groupdistil.losses import (
     cross_entropy,
@@ -42,7 +45,7 @@ from groupdistil.losses import (
     mixed,
     upcast,
 )
-from groupdistil.robust import EPS, GroupDRO, GroupRisks, group_risks, hard_group_sums
+from groupdistil.robust import EPS, GroupDRO, GroupRisks, SimplexWeights, global_risks, hard_group_sums
 
 
 class ObjectiveOutput(NamedTuple):
@@ -55,42 +58,58 @@ class ObjectiveOutput(NamedTuple):
         group_count: (G,) samples (or soft mass) per group in this batch.
         weights: (G,) current group weights (q or lambda; the effective class weights for
             :class:`ClassRobustKD`), else None.
+        terms: scalar means over this rank's batch of the separate terms, as weighted in the loss,
+            for the logs (detached): ``"ce"`` the cross-entropy part, ``"kd"`` the distillation part
+            (objectives with a teacher).
     """
 
     loss: torch.Tensor
     group_loss: torch.Tensor
     group_count: torch.Tensor
     weights: torch.Tensor | None
+    terms: Mapping[str, torch.Tensor] = MappingProxyType({})
+
+
+class Terms(NamedTuple):
+    """What :meth:`Objective.per_sample` returns: the per-sample terms of a batch.
+
+    Attributes:
+        robust: (B,) the part the aggregation acts on; (B, C) for the class-level soft risks of
+            :class:`ClassRobustKD` (sample i's loss charged to class k).
+        plain: (B,) a part averaged on top, or None.
+        ce, kd: (B,) the cross-entropy and distillation parts as weighted in the loss, for the logs.
+    """
+
+    robust: torch.Tensor
+    plain: torch.Tensor | None = None
+    ce: torch.Tensor | None = None
+    kd: torch.Tensor | None = None
 
 
 def _empty(like: torch.Tensor) -> torch.Tensor:
     return like.new_zeros(0)
 
 
-def _global_mean_parts(values: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+def _global_mean(values: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Weighted mean of (B,) values whose value and gradient equal those on the global batch under DDP."""
     w = torch.ones_like(values) if weights is None else weights.to(values.dtype)
-    num = distributed.global_sum_with_local_grad((w * values).sum())
-    den = distributed.all_reduce_sum(w.sum().detach())
-    return num / den.clamp_min(EPS)
+    return global_risks((w * values).sum(), w.sum().detach()).means
 
 
 def _logged_risks(losses: torch.Tensor, groups: torch.Tensor | None, n_groups: int | None) -> GroupRisks:
     """Per-group statistics for logging only (detached, summed over ranks)."""
     if groups is None or n_groups is None:
         return GroupRisks(_empty(losses), _empty(losses), _empty(losses))
-    r = group_risks(losses.detach(), groups, n_groups)
-    if distributed.is_distributed():
-        sums, counts = distributed.all_reduce_sum(r.sums), distributed.all_reduce_sum(r.counts)
-        return GroupRisks(sums, counts, sums / counts.clamp_min(EPS))
-    return r
+    sums, counts = hard_group_sums(upcast(losses.detach()), groups, n_groups)
+    return global_risks(sums, counts)
 
 
 class Objective(nn.Module):
     """Base class: ``loss = aggregate(robust part, groups) + mean(plain part)``.
 
     Subclasses set ``requires_teacher`` and implement :meth:`per_sample`; robust ones also
-    :meth:`aggregate`.
+    :meth:`aggregate`. Objectives whose weights are over the classes (``weights_over = "classes"``)
+    take the labels as their groups.
     """
 
     requires_teacher: bool = False
@@ -106,14 +125,14 @@ class Objective(nn.Module):
 
     def per_sample(
         self, student_logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(robust part (B,), plain part (B,) or None): the first is aggregated, the second averaged."""
+    ) -> Terms:
+        """The per-sample terms of a batch (inputs already checked): see :class:`Terms`."""
         raise NotImplementedError
 
     def aggregate(self, losses: torch.Tensor, groups: torch.Tensor | None) -> ObjectiveOutput:
         """Plain mean of (B,) losses; per-group statistics only for the logs."""
         r = _logged_risks(losses, groups, self.n_groups)
-        return ObjectiveOutput(_global_mean_parts(losses), r.means, r.counts, None)
+        return ObjectiveOutput(_global_mean(losses), r.means, r.counts, None)
 
     def _check_inputs(
         self,
@@ -128,7 +147,7 @@ class Objective(nn.Module):
                 f"student_logits: expected {self.n_classes} classes, got shape {tuple(student_logits.shape)}"
             )
         check_labels("y", y, student_logits.shape[0], student_logits.shape[1])
-        if groups is not None and self.n_groups is not None:
+        if groups is not None and groups is not y and self.n_groups is not None:
             check_labels("groups", groups, student_logits.shape[0], self.n_groups)
         if self.requires_teacher:
             if teacher_logits is None:
@@ -146,14 +165,19 @@ class Objective(nn.Module):
 
         Args:
             student_logits: (B, C). y: (B,) labels. groups: (B,) group ids (needed by group
-                objectives). teacher_logits: (B, C) (needed when ``requires_teacher``).
+                objectives; ignored by class-level ones, whose groups are the labels).
+                teacher_logits: (B, C) (needed when ``requires_teacher``).
         """
+        if self.weights_over == "classes":
+            groups = y
+        # The inputs are checked once here; the terms below do not check them again.
         self._check_inputs(student_logits, y, groups, teacher_logits)
-        robust_part, plain_part = self.per_sample(student_logits, y, teacher_logits)
-        out = self.aggregate(robust_part, groups)
-        if plain_part is not None:
-            out = out._replace(loss=out.loss + _global_mean_parts(plain_part))
-        return out
+        terms = self.per_sample(student_logits, y, teacher_logits)
+        out = self.aggregate(terms.robust, groups)
+        if terms.plain is not None:
+            out = out._replace(loss=out.loss + _global_mean(terms.plain))
+        named = {"ce": terms.ce, "kd": terms.kd}
+        return out._replace(terms={k: v.detach().mean() for k, v in named.items() if v is not None})
 
     def update_from_validation(self, per_group_error: torch.Tensor) -> None:
         """Objectives with validation-driven weights override this."""
@@ -175,15 +199,38 @@ class _DROMixin:
         return ObjectiveOutput(loss, stats.means, stats.counts, self.dro.q.detach().clone())
 
 
-def _check_validation_error(per_class_error: torch.Tensor, n: int) -> torch.Tensor:
-    if not isinstance(per_class_error, torch.Tensor) or per_class_error.shape != (n,):
-        shape = (
-            tuple(per_class_error.shape)
-            if isinstance(per_class_error, torch.Tensor)
-            else type(per_class_error).__name__
-        )
-        raise ValueError(f"per_group_error: expected a ({n},) tensor of per-class errors, got {shape}")
-    return per_class_error
+class _ClassWeightsMixin:
+    """lambda, weights on the simplex over the classes, moved by validation error every K steps
+    (or, for :class:`ClassRobustKD`, by the training batch's class risks).
+
+    Its state dict key is ``lam.q``; checkpoints written before lambda had an owner of its own
+    hold it as ``dro.q`` (beside ``dro.group_counts`` and ``dro.adjustment``): they still load.
+    """
+
+    lam: SimplexWeights
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        for key in [k for k in state_dict if k.startswith(prefix + "dro.")]:
+            old = state_dict.pop(key)
+            if not key.endswith(".adjustment"):  # always 0 for lambda; SimplexWeights has none
+                state_dict[prefix + "lam." + key[len(prefix) + 4:]] = old
+        super()._load_from_state_dict(state_dict, prefix, *args)  # type: ignore[misc]
+
+    def update_from_validation(self, per_group_error: torch.Tensor) -> None:
+        """EG step on lambda from a (C,) vector of per-class 0-1 validation error."""
+        n = self.lam.n_groups
+        if not isinstance(per_group_error, torch.Tensor) or per_group_error.shape != (n,):
+            raise ValueError(
+                f"per_group_error: expected a ({n},) tensor of per-class errors, got {shape_of(per_group_error)}"
+            )
+        self.lam.update(per_group_error)
+
+
+def class_weights_of(objective_state: Mapping[str, Any]) -> torch.Tensor | None:
+    """lambda (or q) in an objective's state dict, if it has one: the class weights a robust
+    teacher's checkpoint carries (``lam.q``; ``dro.q`` in checkpoints of older versions)."""
+    q = objective_state.get("lam.q", objective_state.get("dro.q"))
+    return q if isinstance(q, torch.Tensor) else None
 
 
 class ERM(Objective):
@@ -194,8 +241,9 @@ class ERM(Objective):
 
     def per_sample(
         self, student_logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None
-    ) -> tuple[torch.Tensor, None]:
-        return cross_entropy(student_logits, y), None
+    ) -> Terms:
+        ce = cross_entropy(student_logits, y, check=False)
+        return Terms(ce, ce=ce)
 
 
 class Reweight(Objective):
@@ -228,14 +276,15 @@ class Reweight(Objective):
 
     def per_sample(
         self, student_logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None
-    ) -> tuple[torch.Tensor, None]:
-        return cross_entropy(student_logits, y), None
+    ) -> Terms:
+        ce = cross_entropy(student_logits, y, check=False)
+        return Terms(ce, ce=ce)
 
     def aggregate(self, losses: torch.Tensor, groups: torch.Tensor | None) -> ObjectiveOutput:
         if groups is None:
             raise ValueError("groups: Reweight needs a group id per sample, got None")
         r = _logged_risks(losses, groups, self.n_groups)
-        loss = _global_mean_parts(losses, self.inv_counts[groups.long().to(self.inv_counts.device)])
+        loss = _global_mean(losses, self.inv_counts[groups.long().to(self.inv_counts.device)])
         return ObjectiveOutput(loss, r.means, r.counts, None)
 
 
@@ -263,8 +312,9 @@ class DRO(_DROMixin, Objective):
 
     def per_sample(
         self, student_logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None
-    ) -> tuple[torch.Tensor, None]:
-        return cross_entropy(student_logits, y), None
+    ) -> Terms:
+        ce = cross_entropy(student_logits, y, check=False)
+        return Terms(ce, ce=ce)
 
 
 class KD(Objective):
@@ -283,11 +333,12 @@ class KD(Objective):
 
     def per_sample(
         self, student_logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None
-    ) -> tuple[torch.Tensor, None]:
-        ce = cross_entropy(student_logits, y)
+    ) -> Terms:
+        ce = cross_entropy(student_logits, y, check=False)
         if teacher_logits is None or self.alpha == 0:
-            return ce, None
-        return mixed(ce, distillation(student_logits, teacher_logits, self.temperature), self.alpha), None
+            return Terms(ce, ce=(1 - self.alpha) * ce)
+        kd = distillation(student_logits, teacher_logits, self.temperature)
+        return Terms(mixed(ce, kd, self.alpha), ce=(1 - self.alpha) * ce, kd=self.alpha * kd)
 
 
 DRO_ON = ("both", "kd", "ce")
@@ -336,16 +387,16 @@ class GroupDistil(_DROMixin, Objective):
 
     def per_sample(
         self, student_logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        ce = (1 - self.alpha) * cross_entropy(student_logits, y)
+    ) -> Terms:
+        ce = (1 - self.alpha) * cross_entropy(student_logits, y, check=False)
         if teacher_logits is None or self.alpha == 0:
             # No teacher: the kd term is zero, whichever part the weights act on.
             kd = torch.zeros_like(ce)
         else:
             kd = self.alpha * distillation(student_logits, teacher_logits, self.temperature)
         if self.dro_on == "both":
-            return ce + kd, None
-        return (kd, ce) if self.dro_on == "kd" else (ce, kd)
+            return Terms(ce + kd, None, ce, kd)
+        return Terms(*((kd, ce) if self.dro_on == "kd" else (ce, kd)), ce, kd)
 
 
 class LogitAdjusted(Objective):
@@ -365,11 +416,12 @@ class LogitAdjusted(Objective):
 
     def per_sample(
         self, student_logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None
-    ) -> tuple[torch.Tensor, None]:
-        return logit_adjusted_cross_entropy(student_logits, y, self.prior, self.tau), None
+    ) -> Terms:
+        ce = logit_adjusted_cross_entropy(student_logits, y, self.prior, self.tau, check=False)
+        return Terms(ce, ce=ce)
 
 
-class RobustTeacher(Objective):
+class RobustTeacher(_ClassWeightsMixin, Objective):
     """Worst-class teacher (Narasimhan & Menon, 2021): mean ``ce(s + tau log pi - log lambda, y)``.
 
     lambda lives on the simplex over classes and is moved by exponentiated gradient on the per-class
@@ -399,40 +451,28 @@ class RobustTeacher(Objective):
         self.tau = check_finite("tau", tau)
         self.validation_every = check_positive_int("validation_every", validation_every)
         # lambda starts uniform over the classes seen in training; unseen ones keep weight 0.
-        self.dro = GroupDRO(n, step_size=step_size, group_counts=self.prior)
+        self.lam = SimplexWeights(n, step_size=step_size, group_counts=self.prior)
 
     def per_sample(
         self, student_logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None
-    ) -> tuple[torch.Tensor, None]:
+    ) -> Terms:
         # The clamps keep log finite for a class with pi = 0 or lambda = 0.
-        shift = self.tau * self.prior.clamp_min(1e-12).log() - self.dro.q.clamp_min(1e-12).log()
+        shift = self.tau * self.prior.clamp_min(1e-12).log() - self.lam.q.clamp_min(1e-12).log()
         s = upcast(student_logits)
-        return cross_entropy(s + shift.to(s.dtype), y), None
+        ce = cross_entropy(s + shift.to(s.dtype), y, check=False)
+        return Terms(ce, ce=ce)
 
     def aggregate(self, losses: torch.Tensor, groups: torch.Tensor | None) -> ObjectiveOutput:
+        """Plain mean (as :class:`Objective`), reported with lambda as the weights."""
         out = super().aggregate(losses, groups)
-        return out._replace(weights=self.dro.q.detach().clone())
-
-    def forward(
-        self,
-        student_logits: torch.Tensor,
-        y: torch.Tensor,
-        groups: torch.Tensor | None = None,
-        teacher_logits: torch.Tensor | None = None,
-    ) -> ObjectiveOutput:
-        """As :meth:`Objective.forward`; ``groups`` is ignored (the labels are the groups)."""
-        return super().forward(student_logits, y, y, teacher_logits)
-
-    def update_from_validation(self, per_group_error: torch.Tensor) -> None:
-        """EG step on lambda from a (C,) vector of per-class 0-1 validation error."""
-        self.dro.update(_check_validation_error(per_group_error, self.dro.n_groups))
+        return out._replace(weights=self.lam.q.detach().clone())
 
 
 CLASS_ROBUST_MODES = ("standard", "balanced", "robust", "tradeoff")
 LAMBDA_SOURCES = ("train", "val")
 
 
-class ClassRobustKD(Objective):
+class ClassRobustKD(_ClassWeightsMixin, Objective):
     """Class-robust distillation (Wang et al., 2023; reconstruction described in docs/methods.md).
 
     Per-class risk with the teacher's probabilities ``p = softmax(t / T)`` as soft class membership:
@@ -482,23 +522,23 @@ class ClassRobustKD(Objective):
         if lambda_source == "val" and self.uses_lambda:
             self.validation_every = check_positive_int("validation_every", validation_every)
         self.requires_teacher = self.alpha > 0
-        # lambda shares group DRO's EG update (and its checks on step_size). sync=False: the sums and
-        # denominators reaching it are already global.
-        self.dro = GroupDRO(n_classes, step_size=step_size, group_counts=self.prior, sync=False)
+        # lambda starts uniform over the classes seen in training; unseen ones keep weight 0.
+        self.lam = SimplexWeights(n_classes, step_size=step_size, group_counts=self.prior)
 
-    def class_risks(
+    def per_sample(
         self, student_logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Numerators (C,) of R_k on this rank and their denominators ``B * pi_k`` (C,)."""
+    ) -> Terms:
+        """(B, C): sample i's loss charged to class k, ``(1-alpha) 1(y_i=k) ce_i + alpha p_ik T^2
+        (-log softmax(s_i/T)_k)``; summed over the batch it is the numerator of R_k."""
         t = self.temperature
         s = upcast(student_logits)
-        label_part = s.new_zeros(s.shape[1]).index_add_(0, y.long().to(s.device), cross_entropy(s, y))
-        sums = (1 - self.alpha) * label_part
-        if teacher_logits is not None and self.alpha > 0:
-            p = torch.softmax(teacher_logits.detach().to(s.dtype) / t, dim=1)
-            tea = -(t * t) * torch.log_softmax(s / t, dim=1)
-            sums = sums + self.alpha * (p * tea).sum(dim=0)
-        return sums, s.shape[0] * self.prior.to(device=s.device, dtype=s.dtype)
+        ce = (1 - self.alpha) * cross_entropy(s, y, check=False)
+        charged = F.one_hot(y.long().to(s.device), s.shape[1]).to(s.dtype) * ce.unsqueeze(1)
+        if teacher_logits is None or self.alpha == 0:
+            return Terms(charged, ce=ce)
+        p = torch.softmax(teacher_logits.detach().to(s.dtype) / t, dim=1)
+        soft = self.alpha * p * (-(t * t) * torch.log_softmax(s / t, dim=1))
+        return Terms(charged + soft, ce=ce, kd=soft.sum(dim=1))
 
     def class_weights(self) -> torch.Tensor:
         """(C,) current weights w of the per-class risks (see the class docstring)."""
@@ -507,36 +547,22 @@ class ClassRobustKD(Objective):
         if self.mode == "balanced":
             present = (self.prior > 0).to(self.prior.dtype)
             return present / present.sum()
-        lam = self.dro.q
+        lam = self.lam.q
         return lam if self.mode == "robust" else (1 - self.beta) * self.prior + self.beta * lam
 
-    def forward(
-        self,
-        student_logits: torch.Tensor,
-        y: torch.Tensor,
-        groups: torch.Tensor | None = None,
-        teacher_logits: torch.Tensor | None = None,
-    ) -> ObjectiveOutput:
-        """As :meth:`Objective.forward`; ``groups`` is ignored (the classes are the groups)."""
-        self._check_inputs(student_logits, y, None, teacher_logits)
-        sums, denom = self.class_risks(student_logits, y, teacher_logits)
-        if distributed.is_distributed():
-            sums = distributed.global_sum_with_local_grad(sums)
-            denom = distributed.all_reduce_sum(denom)
-        # denom = B pi_k is 0 only for a class unseen in training: its risk is defined as 0.
-        inv = torch.where(denom > 0, 1.0 / denom.clamp_min(EPS), torch.zeros_like(denom))
-        risks = sums * inv
+    def aggregate(self, losses: torch.Tensor, groups: torch.Tensor | None) -> ObjectiveOutput:
+        """``sum_k w_k R_k`` from the (B, C) charged losses; ``groups`` are the labels (for the counts)."""
+        assert groups is not None  # forward() passes the labels
+        # Denominators B pi_k over the global batch; 0 only for a class unseen in training, whose
+        # risk is defined as 0.
+        r = global_risks(losses.sum(dim=0), losses.shape[0] * self.prior.to(losses))
+        risks = torch.where(r.counts > 0, r.means, torch.zeros_like(r.means))
         if self.uses_lambda and self.training and self.lambda_source == "train":
-            self.dro.update(risks.detach())
+            self.lam.update(risks.detach())
         w = self.class_weights()
         loss = (w.to(risks.dtype) * risks).sum()
-        counts = torch.bincount(y.long(), minlength=self.n_classes).to(risks.dtype)
-        counts = distributed.all_reduce_sum(counts)
-        return ObjectiveOutput(loss, risks.detach(), counts, w.detach().clone())
-
-    def update_from_validation(self, per_group_error: torch.Tensor) -> None:
-        """EG step on lambda from a (C,) vector of per-class 0-1 validation error."""
-        self.dro.update(_check_validation_error(per_group_error, self.dro.n_groups))
+        counts = torch.bincount(groups.long(), minlength=self.lam.n_groups).to(risks.dtype)
+        return ObjectiveOutput(loss, risks.detach(), distributed.all_reduce_sum(counts), w.detach().clone())
 
 
 # ---- construction by name (used by the CLI and configs) ----------------------------------------

@@ -13,7 +13,13 @@ import torch
 from torch import nn
 
 from groupdistil import distributed
-from groupdistil._validate import as_group_vector, check_labels, check_nonnegative, check_positive_int
+from groupdistil._validate import (
+    as_group_vector,
+    check_labels,
+    check_nonnegative,
+    check_positive_int,
+    shape_of,
+)
 from groupdistil.losses import compute_dtype, upcast
 
 EPS = 1e-12
@@ -48,8 +54,7 @@ def group_risks(
         :class:`GroupRisks` with (G,) tensors, float32 (float64 for float64 losses).
     """
     if not isinstance(losses, torch.Tensor) or losses.dim() != 1:
-        shape = tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
-        raise ValueError(f"losses: expected a (B,) tensor, got shape {shape}")
+        raise ValueError(f"losses: expected a (B,) tensor, got shape {shape_of(losses)}")
     values = upcast(losses)
     if (groups is None) == (membership is None):
         raise ValueError("group_risks: pass exactly one of groups (with n_groups) or membership")
@@ -62,8 +67,7 @@ def group_risks(
         if not isinstance(membership, torch.Tensor) or membership.dim() != 2 or (
             membership.shape[0] != values.shape[0]
         ):
-            shape = tuple(membership.shape) if isinstance(membership, torch.Tensor) else membership
-            raise ValueError(f"membership: expected a ({values.shape[0]}, G) tensor, got {shape}")
+            raise ValueError(f"membership: expected a ({values.shape[0]}, G) tensor, got {shape_of(membership)}")
         if n_groups is not None and membership.shape[1] != n_groups:
             raise ValueError(f"membership: expected {n_groups} columns, got {membership.shape[1]}")
         # Membership is a weight, like a target distribution: no gradient flows into it.
@@ -87,7 +91,85 @@ def hard_group_sums(values: torch.Tensor, groups: torch.Tensor, n_groups: int) -
     return sums, counts
 
 
-class GroupDRO(nn.Module):
+def global_risks(sums: torch.Tensor, counts: torch.Tensor) -> GroupRisks:
+    """Per-group sums and counts of this rank summed over ranks, and their means.
+
+    The one global-mean-under-DDP rule: the sums keep a gradient equal to ``world_size`` times the
+    local one (:func:`groupdistil.distributed.global_sum_with_local_grad`), the counts are constants.
+    DDP's gradient average then equals the gradient one process would get on the global batch.
+
+    Args:
+        sums: (G,) or () loss sums on this rank (with autograd). counts: the same shape, sample
+            counts (or soft masses, or weights) on this rank.
+
+    Returns:
+        :class:`GroupRisks` of the global batch; ``means`` is ``sums / max(counts, eps)``.
+    """
+    if distributed.is_distributed():
+        sums = distributed.global_sum_with_local_grad(sums)
+        counts = distributed.all_reduce_sum(counts.detach())
+    return GroupRisks(sums, counts, sums / counts.clamp_min(EPS))
+
+
+class SimplexWeights(nn.Module):
+    """Weights ``q`` on the simplex over G entries (groups or classes), moved by exponentiated gradient.
+
+    The one owner of such weights: group DRO's q (:class:`GroupDRO`) and the per-class lambda of the
+    class-robust objectives. ``q`` is a buffer: checkpointed and, under DDP, identical on every rank
+    (every rank applies the same update to the same global values).
+
+    Args:
+        n_groups: G.
+        step_size: eta >= 0 (0 keeps q fixed).
+        group_counts: (G,) training samples (or frequencies) per entry. Entries with count 0 get
+            weight 0 forever; q starts uniform over the others. None: all entries count 1.
+    """
+
+    q: torch.Tensor
+    group_counts: torch.Tensor
+
+    def __init__(
+        self,
+        n_groups: int,
+        step_size: float = 0.01,
+        group_counts: Sequence[float] | torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        n_groups = check_positive_int("n_groups", n_groups)
+        self.n_groups = n_groups
+        self.step_size = check_nonnegative("step_size", step_size)
+        if group_counts is None:
+            counts = torch.ones(n_groups)
+        else:
+            counts = as_group_vector("group_counts", group_counts, n_groups)
+            if (counts < 0).any() or counts.sum() <= 0:
+                raise ValueError(
+                    f"group_counts: expected non-negative counts with a positive total, "
+                    f"got {counts.tolist()}"
+                )
+        present = counts > 0
+        self.register_buffer("group_counts", counts)
+        self.register_buffer("q", present.float() / present.float().sum())
+
+    def _adjusted(self, means: torch.Tensor) -> torch.Tensor:
+        """(G,) the values the exponentiated gradient follows (here ``means`` themselves)."""
+        return means.detach()
+
+    @torch.no_grad()
+    def update(self, means: torch.Tensor) -> None:
+        """One exponentiated-gradient step on q from per-entry mean losses (G,), done in float32."""
+        if not isinstance(means, torch.Tensor) or means.shape != (self.n_groups,):
+            raise ValueError(f"means: expected a ({self.n_groups},) tensor, got shape {shape_of(means)}")
+        # float32 at least, even if the module was cast to half: q must stay on the simplex.
+        dtype = compute_dtype(self.q.dtype)
+        a = self._adjusted(means.to(device=self.q.device, dtype=dtype))
+        # In log space: q * exp(eta * a) overflows for large losses, the log-sum-exp form does not.
+        # Groups with q = 0 have log q = -inf and stay at 0.
+        logits = self.q.to(dtype).log() + self.step_size * a
+        self.q.copy_(torch.softmax(logits, dim=0))
+
+
+class GroupDRO(SimplexWeights):
     """Online group DRO: exponentiated-gradient weights over groups, updated every training step.
 
     Each training step (``self.training``): ``a_g = L_g + C_g / sqrt(n_g)``; optionally
@@ -104,9 +186,7 @@ class GroupDRO(nn.Module):
         sync: all-reduce per-group sums and counts across ranks when running distributed.
     """
 
-    q: torch.Tensor
     adjustment: torch.Tensor
-    group_counts: torch.Tensor
 
     def __init__(
         self,
@@ -117,30 +197,16 @@ class GroupDRO(nn.Module):
         normalize_loss: bool = False,
         sync: bool = True,
     ) -> None:
-        super().__init__()
         n_groups = check_positive_int("n_groups", n_groups)
-        self.n_groups = n_groups
-        self.step_size = check_nonnegative("step_size", step_size)
-        self.normalize_loss = bool(normalize_loss)
-        self.sync = sync
         adj = as_group_vector("adjustment", adjustment, n_groups)
         if (adj < 0).any():
             raise ValueError(f"adjustment: expected values >= 0, got {adj.tolist()}")
-        if group_counts is None:
-            if (adj > 0).any():
-                raise ValueError("adjustment: needs group_counts (the training samples per group)")
-            counts = torch.ones(n_groups)
-        else:
-            counts = as_group_vector("group_counts", group_counts, n_groups)
-            if (counts < 0).any() or counts.sum() <= 0:
-                raise ValueError(
-                    f"group_counts: expected non-negative counts with a positive total, "
-                    f"got {counts.tolist()}"
-                )
-        present = counts > 0
-        self.register_buffer("group_counts", counts)
+        if group_counts is None and (adj > 0).any():
+            raise ValueError("adjustment: needs group_counts (the training samples per group)")
+        super().__init__(n_groups, step_size=step_size, group_counts=group_counts)
+        self.normalize_loss = bool(normalize_loss)
+        self.sync = sync
         self.register_buffer("adjustment", adj)
-        self.register_buffer("q", present.float() / present.float().sum())
         # C_g / sqrt(n_g) depends on buffers only: computed once here and again after a state_dict
         # load, not on every step (at small sizes those few tensor operations cost as much as the
         # rest of the DRO update).
@@ -176,20 +242,6 @@ class GroupDRO(nn.Module):
             a = a / a.sum().clamp_min(EPS)
         return a
 
-    @torch.no_grad()
-    def update(self, means: torch.Tensor) -> None:
-        """One exponentiated-gradient step on q from per-group mean losses (G,), done in float32."""
-        if not isinstance(means, torch.Tensor) or means.shape != (self.n_groups,):
-            shape = tuple(means.shape) if isinstance(means, torch.Tensor) else type(means).__name__
-            raise ValueError(f"means: expected a ({self.n_groups},) tensor, got shape {shape}")
-        # float32 at least, even if the module was cast to half: q must stay on the simplex.
-        dtype = compute_dtype(self.q.dtype)
-        a = self._adjusted(means.to(device=self.q.device, dtype=dtype))
-        # In log space: q * exp(eta * a) overflows for large losses, the log-sum-exp form does not.
-        # Groups with q = 0 have log q = -inf and stay at 0.
-        logits = self.q.to(dtype).log() + self.step_size * a
-        self.q.copy_(torch.softmax(logits, dim=0))
-
     def robust_loss(self, sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, GroupRisks]:
         """Update q (in training mode) from per-group sums and counts and return ``sum_g q_g L_g``.
 
@@ -203,14 +255,11 @@ class GroupDRO(nn.Module):
         Returns:
             The scalar loss and the (global) :class:`GroupRisks` it was computed from.
         """
-        if self.sync and distributed.is_distributed():
-            sums = distributed.global_sum_with_local_grad(sums)
-            counts = distributed.all_reduce_sum(counts.detach())
-        means = sums / counts.clamp_min(EPS)
+        r = global_risks(sums, counts) if self.sync else GroupRisks(sums, counts, sums / counts.clamp_min(EPS))
         if self.training:
-            self.update(means)
-        loss = (self.q.to(means.dtype) * means).sum()
-        return loss, GroupRisks(sums.detach(), counts.detach(), means.detach())
+            self.update(r.means)
+        loss = (self.q.to(r.means.dtype) * r.means).sum()
+        return loss, GroupRisks(r.sums.detach(), r.counts.detach(), r.means.detach())
 
     def forward(
         self,

@@ -27,6 +27,7 @@ from groupdistil.checkpoint import atomic_write
 from groupdistil.data.base import GroupedDataset
 from groupdistil.errors import UserError
 from groupdistil.losses import adjust_logits, adjust_logits_weighted
+from groupdistil.objectives import class_weights_of
 
 log = logging.getLogger("groupdistil")
 
@@ -245,7 +246,7 @@ def agre_weights(p_s: torch.Tensor, p_m: torch.Tensor, p_b: torch.Tensor) -> tor
 
 
 def teacher_class_weights(checkpoint: dict[str, Any]) -> torch.Tensor | None:
-    """lambda of a robust teacher (its objective's ``dro.q``), if the checkpoint has one."""
-    state = checkpoint.get("objective") or {}
-    q = state.get("dro.q")
-    return q.float() if isinstance(q, torch.Tensor) else None
+    """lambda of a robust teacher (:func:`groupdistil.objectives.class_weights_of`), if the checkpoint
+    has one."""
+    q = class_weights_of(checkpoint.get("objective") or {})
+    return None if q is None else q.float()

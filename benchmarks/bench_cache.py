@@ -11,12 +11,14 @@ from typing import Any
 import torch
 
 from groupdistil import ERM, KD
+from groupdistil.checkpoint import FitState
 from groupdistil.config import TrainConfig
 from groupdistil.data.base import DatasetBundle, GroupedDataset
-from groupdistil.engine import FitState, _train_epoch, make_scaler
+from groupdistil.devices import make_scaler
 from groupdistil.groups import Grouping
 from groupdistil.models import create_model
 from groupdistil.teachers import LogitCache, Teacher, TeacherMember, cached_or_computed
+from groupdistil.trainer import Trainer
 
 TARGET = 1.10
 
@@ -45,8 +47,8 @@ def run(repeats: int, timer, n: int = 512) -> list[dict[str, Any]]:
 
         def epoch(objective, teacher):
             def go():
-                _train_epoch(student, objective, bundle, teacher, opt, scaler, FitState(), 0, cfg,
-                             torch.device("cpu"), None, True, "none")
+                Trainer(student, objective, opt, scaler, train=cfg, device=torch.device("cpu"), state=FitState(),
+                        teacher=teacher).train_epoch(bundle, 0)
             return go
 
         med = timer({"no_teacher": epoch(ERM(), None), "cached": epoch(KD(0.5, 4.0), cached),

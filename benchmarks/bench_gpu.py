@@ -15,8 +15,7 @@ from typing import Any
 import torch
 
 from groupdistil import ERM, KD, GroupDistil
-from groupdistil.engine import make_scaler
-from groupdistil.evaluation import autocast
+from groupdistil.devices import autocast, make_scaler
 from groupdistil.models import create_model
 
 N_CLASSES = 10

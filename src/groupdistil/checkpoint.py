@@ -10,12 +10,14 @@ import os
 import pickle
 import tempfile
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from groupdistil import faults
+from groupdistil import distributed, faults
 from groupdistil.errors import CheckpointError
 
 FORMAT = "groupdistil-checkpoint"
@@ -106,3 +108,93 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name when empty), for one-line errors about
+    state dicts that do not fit: torch's messages run over many lines."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+# ---- the training payload: what fit() writes into last.pt and best.pt, and restores on resume ----
+
+
+@dataclass
+class FitState:
+    """Progress that a checkpoint carries."""
+
+    epoch: int = -1  # last completed epoch
+    step: int = 0
+    best_metrics: dict[str, Any] | None = None
+    best_epoch: int = -1
+    skipped_steps: int = 0
+    overflow_steps: int = 0  # fp16 steps the grad scaler skipped (gradient overflow)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def training_payload(
+    model: nn.Module,
+    objective: nn.Module,
+    state: FitState,
+    meta: dict[str, Any],
+    opt: torch.optim.Optimizer | None = None,
+    sched: Any = None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> dict[str, Any]:
+    """The payload of a training checkpoint: ``meta``, the model's and the objective's state and the
+    progress; with ``opt`` (last.pt) also what resuming needs: optimiser, scheduler, RNG, loss scale."""
+    p: dict[str, Any] = {
+        **meta,
+        "model": distributed.unwrap(model).state_dict(),
+        "objective": objective.state_dict(),
+        "epoch": state.epoch,
+        "step": state.step,
+        "best_metric": state.best_metrics,
+        "best_epoch": state.best_epoch,
+        "skipped_steps": state.skipped_steps,
+        "overflow_steps": state.overflow_steps,
+    }
+    if opt is not None:
+        p.update(optimizer=opt.state_dict(), scheduler=sched.state_dict(), rng=rng_state())
+    if scaler is not None and scaler.is_enabled():
+        p["scaler"] = scaler.state_dict()  # the loss scale: resuming with a fresh one would change the run
+    return p
+
+
+def restore_training(
+    path: Path,
+    model: nn.Module,
+    objective: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    scaler: torch.amp.GradScaler,
+) -> FitState:
+    """Load :func:`training_payload`'s ``last.pt`` into a run's objects and return its progress.
+
+    Raises:
+        CheckpointError: the file lacks what resuming needs, or does not fit the model or objective.
+    """
+    ck = load_checkpoint(path)
+    for key in ("optimizer", "scheduler", "rng", "objective", "epoch", "step"):
+        if key not in ck:
+            raise CheckpointError(f"{path}: cannot resume: checkpoint lacks {key!r}")
+    try:
+        distributed.unwrap(model).load_state_dict(ck["model"])
+        objective.load_state_dict(ck["objective"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        # A checkpoint of a run without fp16 has no loss scale: the scaler then starts afresh.
+        if scaler.is_enabled() and ck.get("scaler"):
+            scaler.load_state_dict(ck["scaler"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: does not match this run's model or objective: {first_line(e)}") from None
+    set_rng_state(ck["rng"])
+    return FitState(
+        epoch=int(ck["epoch"]),
+        step=int(ck["step"]),
+        best_metrics=ck.get("best_metric"),
+        best_epoch=int(ck.get("best_epoch", -1)),
+        skipped_steps=int(ck.get("skipped_steps", 0)),
+        overflow_steps=int(ck.get("overflow_steps", 0)),
+    )

@@ -88,7 +88,7 @@ class OptimConfig(BaseModel):
     lr_gamma: float = Field(0.1, gt=0, le=1, description="step schedule: decay factor")
 
 
-#: The device names a run accepts; :func:`groupdistil.engine.check_device` checks the same.
+#: The device names a run accepts; :func:`groupdistil.devices.check_device` checks the same.
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"
 
 

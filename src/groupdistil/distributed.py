@@ -204,3 +204,9 @@ def broadcast_buffers(model: nn.Module) -> None:
     if is_distributed():
         for b in model.buffers():
             dist.broadcast(b, src=0)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside its ``torch.compile`` and DDP wrappers (the one whose state dict is saved)."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    return getattr(model, "module", model)  # DDP

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -11,20 +10,10 @@ from tqdm.auto import tqdm
 
 from groupdistil import distributed
 from groupdistil.data.base import GroupedDataset
+from groupdistil.devices import autocast
 from groupdistil.groups import Grouping
 from groupdistil.loaders import eval_loader
 from groupdistil.metrics import GroupMetrics
-
-
-def autocast(device: torch.device, amp: str):
-    """The autocast context of ``--amp``: none, bf16 or fp16, on CUDA or the CPU.
-
-    On a CPU without bf16 (fp16) instructions autocast is slower than float32 but runs the same
-    mixed-precision path; the runner warns.
-    """
-    if amp == "none" or device.type not in ("cuda", "cpu"):
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 @torch.no_grad()

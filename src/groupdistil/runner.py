@@ -16,7 +16,8 @@ from groupdistil import distributed
 from groupdistil.checkpoint import load_checkpoint
 from groupdistil.config import RunConfig, dump_yaml
 from groupdistil.data import DatasetBundle, load_dataset
-from groupdistil.engine import check_device, cpu_has_native, fit, resolve_device, weight_names
+from groupdistil.devices import check_device, cpu_has_native, resolve_device
+from groupdistil.engine import fit, weight_names
 from groupdistil.errors import CheckpointError, UserError
 from groupdistil.evaluation import evaluate
 from groupdistil.models import create_model

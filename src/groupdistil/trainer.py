@@ -1,0 +1,199 @@
+"""One training step and one training epoch, the same for every objective.
+
+:meth:`Trainer.step` is the method as written: forward (student and, when the objective needs one,
+teacher), the objective's loss, backward, the optimiser step. What the step did comes back as a
+:class:`StepResult`: ``stepped``, ``skipped`` (a non-finite loss or teacher output, with
+``train.skip_nonfinite``) or ``overflowed`` (fp16: the grad scaler found inf/NaN gradients and skipped
+the update). In both of the latter the objective's state (q or lambda) is rolled back, so that it and
+the parameters stay one trajectory. :meth:`Trainer.train_epoch` runs the steps of one epoch and
+gathers the logs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal, NamedTuple
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from groupdistil import distributed, faults
+from groupdistil.checkpoint import FitState
+from groupdistil.config import TrainConfig
+from groupdistil.data.base import DatasetBundle
+from groupdistil.devices import autocast
+from groupdistil.errors import NumericalError
+from groupdistil.evaluation import per_class_error
+from groupdistil.loaders import epoch_generator, train_loader
+from groupdistil.metrics import GroupMetrics
+from groupdistil.objectives import Objective, ObjectiveOutput
+from groupdistil.outputs import RunWriter
+from groupdistil.teachers import Teacher
+
+
+class StepResult(NamedTuple):
+    """What one :meth:`Trainer.step` did.
+
+    Attributes:
+        status: ``stepped``, ``skipped`` (non-finite loss) or ``overflowed`` (fp16 gradient overflow).
+        loss: the batch's loss (NaN or inf when skipped).
+        terms: the means of the objective's separate terms (``ObjectiveOutput.terms``), as floats.
+        output: the objective's output (its ``weights`` are logged).
+        logits: (B, C) the student's logits. y, g: (B,) labels and groups, on the device.
+    """
+
+    status: Literal["stepped", "skipped", "overflowed"]
+    loss: float
+    terms: dict[str, float]
+    output: ObjectiveOutput
+    logits: torch.Tensor
+    y: torch.Tensor
+    g: torch.Tensor
+
+
+class Trainer:
+    """Steps of ``objective`` on ``net`` (the model, possibly wrapped in DDP or torch.compile).
+
+    Args:
+        net: the model being trained; returns (B, C) logits.
+        objective: called as ``objective(logits, y, g, teacher_logits)``.
+        opt: the optimiser of ``net``'s parameters. scaler: the gradient scaler of ``train.amp``.
+        train: loop settings (amp, channels_last, skip_nonfinite, batch size, seed, ...).
+        device: where the batches go.
+        state: the run's progress, updated in place (step and skip counters).
+        teacher: teacher logits provider, required when ``objective.requires_teacher``.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        objective: Objective,
+        opt: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        *,
+        train: TrainConfig,
+        device: torch.device,
+        state: FitState,
+        teacher: Teacher | None = None,
+    ) -> None:
+        self.net, self.objective, self.opt, self.scaler = net, objective, opt, scaler
+        self.train, self.device, self.state, self.teacher = train, device, state, teacher
+        self.epoch = 0
+        self.last_good = "none"  # the checkpoint a non-finite loss's message points to
+        # The loss scale before the next step: the scaler lowers it exactly when it skips a step.
+        self._scale = scaler.get_scale() if scaler.is_enabled() else 0.0
+
+    def _to_device(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        x, y, g, idx = batch
+        x = x.to(self.device, non_blocking=True)
+        if self.train.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(self.device, non_blocking=True), g.to(self.device, non_blocking=True), idx
+
+    def _forward(
+        self, x: torch.Tensor, y: torch.Tensor, g: torch.Tensor, idx: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, ObjectiveOutput]:
+        with autocast(self.device, self.train.amp):
+            logits = self.net(x)
+            # An online teacher runs in the same precision as the student; the objective upcasts both
+            # and keeps the DRO math in float32.
+            use_teacher = self.objective.requires_teacher and self.teacher is not None
+            t = self.teacher(x, idx, logits) if use_teacher else None  # type: ignore[misc]
+        out = self.objective(logits.float(), y, g, t)
+        # Counts batches, skipped ones included.
+        if faults.poisoned(self.state.step + self.state.skipped_steps + self.state.overflow_steps + 1):
+            out = out._replace(loss=out.loss * float("nan"))
+        return logits, t, out
+
+    def step(self, batch: tuple[torch.Tensor, ...]) -> StepResult:
+        """One training step on a batch ``(x, y, g, idx)`` of the training loader.
+
+        Raises:
+            NumericalError: a non-finite loss without ``train.skip_nonfinite``.
+        """
+        x, y, g, idx = self._to_device(batch)
+        # The objective's state before this step's update of q or lambda, for a step that is then
+        # skipped: a non-finite loss, or a gradient overflow under fp16.
+        keep = self.train.skip_nonfinite or self.scaler.is_enabled()
+        snapshot = {k: v.clone() for k, v in self.objective.state_dict().items()} if keep else None
+        logits, t, out = self._forward(x, y, g, idx)
+        # The loss and its separate terms in one host sync.
+        loss, *terms = torch.stack([out.loss.detach(), *out.terms.values()]).tolist()
+        done = (dict(zip(out.terms, terms)), out, logits, y, g)
+        if not math.isfinite(loss) or _nonfinite_teacher(t):
+            if not self.train.skip_nonfinite:
+                raise NumericalError(
+                    f"non-finite loss at step {self.state.step + 1} (epoch {self.epoch + 1}); last good "
+                    f"checkpoint: {self.last_good}; lower the learning rate or pass --skip-nonfinite"
+                )
+            self.objective.load_state_dict(snapshot)  # an update from a NaN loss would poison q
+            self.opt.zero_grad(set_to_none=True)
+            self.state.skipped_steps += 1
+            return StepResult("skipped", loss, *done)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(out.loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        if self.scaler.is_enabled():
+            self._scale, before = self.scaler.get_scale(), self._scale  # one host sync per step
+            if self._scale < before:
+                # The scaler found inf/NaN gradients (the same on every rank: DDP has all-reduced
+                # them) and skipped the parameter update; undo q's too, so that q and the parameters
+                # stay one step of the same trajectory. Routine while the loss scale settles.
+                self.objective.load_state_dict(snapshot)
+                self.state.overflow_steps += 1
+                return StepResult("overflowed", loss, *done)
+        self.state.step += 1
+        faults.point(f"step:{self.state.step}")
+        return StepResult("stepped", loss, *done)
+
+    def train_epoch(
+        self, bundle: DatasetBundle, epoch: int, writer: RunWriter | None = None, quiet: bool = True
+    ) -> dict[str, Any]:
+        """Train one epoch on ``bundle.train``; the epoch's training metrics (all ranks together)."""
+        self.epoch = epoch
+        self.net.train()
+        self.objective.train()
+        metrics = GroupMetrics(bundle.n_groups, bundle.n_classes)
+        tr = self.train
+        loader = train_loader(
+            bundle.train, tr.batch_size, seed=tr.seed, epoch=epoch, sampler=tr.sampler,
+            n_groups=bundle.n_groups, num_workers=tr.num_workers, pin_memory=self.device.type == "cuda",
+        )
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tr.epochs}", leave=False,
+                   disable=quiet or not distributed.is_main_process())
+        for batch in bar:
+            r = self.step(batch)
+            if r.status != "stepped":
+                continue
+            if writer is not None and r.output.weights is not None:
+                writer.log_weights(self.state.step, epoch, r.output.weights.tolist())
+            metrics.update(r.logits, r.y, r.g, r.loss, r.terms)
+            self._update_from_validation(bundle)
+        metrics.all_reduce()
+        summary = metrics.summary(bundle.grouping, bundle.group_counts("train"))
+        summary["skipped_steps"] = self.state.skipped_steps
+        summary["overflow_steps"] = self.state.overflow_steps
+        return summary
+
+    def _update_from_validation(self, bundle: DatasetBundle) -> None:
+        """Every K steps, the objectives that want it get the per-class error of a validation batch."""
+        k = self.objective.validation_every
+        if k is None or self.state.step % k:
+            return
+        distributed.broadcast_buffers(self.net)  # the same model, hence the same lambda, on every rank
+        err = per_class_error(
+            distributed.unwrap(self.net), bundle.val, bundle.n_classes,
+            generator=epoch_generator(self.train.seed, self.state.step), device=self.device,
+        )
+        self.objective.update_from_validation(err)
+
+
+def _nonfinite_teacher(t: torch.Tensor | None) -> bool:
+    """Whether any rank's teacher logits are non-finite. The loss is global already, but the logits are
+    per rank: a step skipped by one rank alone would leave the others waiting in DDP's all-reduce."""
+    if t is None:
+        return False
+    bad = torch.tensor([float(not bool(torch.isfinite(t).all()))])
+    return bool(distributed.all_reduce_sum(bad)[0] > 0)

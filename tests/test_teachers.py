@@ -1,8 +1,10 @@
 """Teacher-logit cache (hit, miss, invalidation, corruption), ensembles and adjustment."""
 
+import pytest
 import torch
 from torch import nn
 
+from groupdistil.errors import UserError
 from groupdistil.losses import adjust_logits
 from groupdistil.teachers import LogitCache, Teacher, TeacherMember, agre_weights, cached_or_computed
 
@@ -70,6 +72,13 @@ def test_balanced_adjustment_applied_to_members(blobs):
     t = Teacher([TeacherMember(m, adjust="balanced", tau=1.0)], prior)
     x = blobs.train.inputs[:3]
     assert torch.allclose(t(x, torch.arange(3)), adjust_logits(m(x), prior, 1.0), atol=1e-6)
+
+
+def test_unknown_adjustment_is_an_error_not_silently_none():
+    with pytest.raises(UserError, match=r"adjust: expected one of none, balanced, weighted, got 'balance'"):
+        TeacherMember(_model(2), adjust="balance")
+    with pytest.raises(UserError, match=r"adjust: 'weighted' needs class_weights"):
+        TeacherMember(_model(2), adjust="weighted")
 
 
 def test_mean_ensemble_averages_probabilities():

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from groupdistil import distributed, faults
-from groupdistil.errors import CheckpointError
+from groupdistil.errors import CheckpointError, first_line
 
 FORMAT = "groupdistil-checkpoint"
 VERSION = 1
@@ -108,13 +108,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def first_line(e: BaseException) -> str:
-    """The first line of an exception's message (its type name when empty), for one-line errors about
-    state dicts that do not fit: torch's messages run over many lines."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 # ---- the training payload: what fit() writes into last.pt and best.pt, and restores on resume ----

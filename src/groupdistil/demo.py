@@ -9,15 +9,15 @@ accuracies. Every run is a normal run folder under ``out``.
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from groupdistil.config import RunConfig, validate_config
+from groupdistil.report.stats import summarise
 from groupdistil.runner import run_experiment
 
-#: Hyper-parameters of the demo; chosen on validation worst-group accuracy (see docs/demo.md).
+#: Hyper-parameters of the demo; chosen on validation worst-group accuracy (README.md, "What the demo shows").
 DEMO = {
     "dataset": "spurious-digits",
     "teacher_model": "cnn",
@@ -79,11 +79,8 @@ def run_demo(
 
 
 def _mean_std(values: list[float | None]) -> str:
-    v = [100 * x for x in values if x is not None]
-    if not v:
-        return "n/a"
-    sd = statistics.stdev(v) if len(v) > 1 else 0.0
-    return f"{statistics.mean(v):5.1f} +- {sd:4.1f}"
+    s = summarise([100 * x for x in values if x is not None])
+    return "n/a" if s.mean is None else f"{s.mean:5.1f} +- {s.std or 0.0:4.1f}"
 
 
 def format_table(results: dict[str, list[dict[str, Any]]], split: str = "test") -> str:

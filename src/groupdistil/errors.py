@@ -19,6 +19,13 @@ class UserError(ValueError):
         super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"))
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name when empty), for one-line errors about
+    state dicts or configs that do not fit: torch's and pydantic's messages run over many lines."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 class DataError(UserError):
     """A dataset file, column, row or image that is missing or malformed."""
 

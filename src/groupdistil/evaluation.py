@@ -1,4 +1,5 @@
-"""Evaluation of a model on a split: per-group and per-class metrics (METHODS.md, Evaluation)."""
+"""Evaluation of a model on a split: per-group and per-class metrics (docs/methods.md, "Training and
+evaluation choices")."""
 
 from __future__ import annotations
 

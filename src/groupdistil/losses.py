@@ -151,7 +151,8 @@ def adjust_logits_weighted(
     The Bayes rule for the lambda-weighted balanced error is ``argmax_k lambda_k p(k|x) / pi_k``, and
     it is what a teacher trained with ``ce(s + log pi - log lambda, y)`` (:class:`RobustTeacher`)
     predicts. Uniform lambda gives the balanced adjustment ``logits - log pi`` up to a constant.
-    (METHODS.md writes ``t - log(lambda / pi)``; that sign would push rare classes further down.)
+    (The project's first spec wrote ``t - log(lambda / pi)``; that sign would push rare classes further
+    down: docs/methods.md, "Weighted post-hoc adjustment".)
 
     Args:
         logits: (B, C) teacher logits.

@@ -15,7 +15,7 @@ import torch
 from groupdistil import distributed
 from groupdistil.groups import Grouping
 
-N_BINS = 15  # equal-width confidence bins for ECE (METHODS.md, Evaluation)
+N_BINS = 15  # equal-width confidence bins for ECE (docs/methods.md, "Training and evaluation choices")
 
 
 class GroupMetrics:
@@ -72,7 +72,7 @@ class GroupMetrics:
             self.term_sums = dict(zip(self.term_sums, t[2:].tolist()))
 
     def summary(self, grouping: Grouping, train_group_counts: torch.Tensor | None = None) -> dict[str, Any]:
-        """The metrics of METHODS.md "Evaluation" as a JSON-ready dict (accuracies in [0, 1]).
+        """The evaluation metrics of docs/methods.md as a JSON-ready dict (accuracies in [0, 1]).
 
         Groups absent from the split have accuracy ``None`` and are ignored by worst/balanced.
         ``adjusted_avg_acc`` weights group accuracies by the training shares (Waterbirds convention).
@@ -147,7 +147,7 @@ def _reliability(bins: torch.Tensor) -> dict[str, list[Any]]:
 def is_better(
     candidate: dict[str, Any], best: dict[str, Any] | None, metric: str = "worst_group_acc"
 ) -> bool:
-    """Model selection: higher ``metric`` wins, ties broken by ``avg_acc`` (METHODS.md)."""
+    """Model selection: higher ``metric`` wins, ties broken by ``avg_acc`` (docs/methods.md)."""
     if best is None:
         return True
 

@@ -184,6 +184,16 @@ class Objective(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} has no validation-driven weights")
 
 
+class _CrossEntropyTerm:
+    """The per-sample term of the objectives without a teacher: cross-entropy."""
+
+    def per_sample(
+        self, student_logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None
+    ) -> Terms:
+        ce = cross_entropy(student_logits, y, check=False)
+        return Terms(ce, ce=ce)
+
+
 class _DROMixin:
     """Aggregation by online group DRO over hard data groups."""
 
@@ -233,20 +243,14 @@ def class_weights_of(objective_state: Mapping[str, Any]) -> torch.Tensor | None:
     return q if isinstance(q, torch.Tensor) else None
 
 
-class ERM(Objective):
+class ERM(_CrossEntropyTerm, Objective):
     """Empirical risk minimisation: mean cross-entropy. ``n_groups`` only enables per-group logs."""
 
     def __init__(self, n_groups: int | None = None) -> None:
         super().__init__(n_groups=n_groups)
 
-    def per_sample(
-        self, student_logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None
-    ) -> Terms:
-        ce = cross_entropy(student_logits, y, check=False)
-        return Terms(ce, ce=ce)
 
-
-class Reweight(Objective):
+class Reweight(_CrossEntropyTerm, Objective):
     """Cross-entropy averaged with weight ``1 / n_{g_i}``, normalised over the batch.
 
     ``loss = sum_i w_i ce_i / sum_i w_i`` with ``w_i = 1 / n_{g_i}`` (our choice: normalising over the
@@ -274,12 +278,6 @@ class Reweight(Objective):
             )
         self.register_buffer("inv_counts", torch.where(counts > 0, 1.0 / counts.clamp_min(EPS), 0.0))
 
-    def per_sample(
-        self, student_logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None
-    ) -> Terms:
-        ce = cross_entropy(student_logits, y, check=False)
-        return Terms(ce, ce=ce)
-
     def aggregate(self, losses: torch.Tensor, groups: torch.Tensor | None) -> ObjectiveOutput:
         if groups is None:
             raise ValueError("groups: Reweight needs a group id per sample, got None")
@@ -288,7 +286,7 @@ class Reweight(Objective):
         return ObjectiveOutput(loss, r.means, r.counts, None)
 
 
-class DRO(_DROMixin, Objective):
+class DRO(_CrossEntropyTerm, _DROMixin, Objective):
     """Group DRO on cross-entropy, no teacher (Sagawa et al.). Options as :class:`GroupDRO`."""
 
     weights_over = "groups"
@@ -302,19 +300,7 @@ class DRO(_DROMixin, Objective):
         normalize_loss: bool = False,
     ) -> None:
         super().__init__(n_groups=n_groups)
-        self.dro = GroupDRO(
-            n_groups,
-            step_size=step_size,
-            group_counts=group_counts,
-            adjustment=adjustment,
-            normalize_loss=normalize_loss,
-        )
-
-    def per_sample(
-        self, student_logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None
-    ) -> Terms:
-        ce = cross_entropy(student_logits, y, check=False)
-        return Terms(ce, ce=ce)
+        self.dro = GroupDRO(n_groups, step_size, group_counts, adjustment, normalize_loss)
 
 
 class KD(Objective):
@@ -377,13 +363,7 @@ class GroupDistil(_DROMixin, Objective):
             raise ValueError(f"dro_on: expected one of {', '.join(DRO_ON)}, got {dro_on!r}")
         self.dro_on = dro_on
         self.requires_teacher = self.alpha > 0
-        self.dro = GroupDRO(
-            n_groups,
-            step_size=step_size,
-            group_counts=group_counts,
-            adjustment=adjustment,
-            normalize_loss=normalize_loss,
-        )
+        self.dro = GroupDRO(n_groups, step_size, group_counts, adjustment, normalize_loss)
 
     def per_sample(
         self, student_logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None

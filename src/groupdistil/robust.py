@@ -129,10 +129,7 @@ class SimplexWeights(nn.Module):
     group_counts: torch.Tensor
 
     def __init__(
-        self,
-        n_groups: int,
-        step_size: float = 0.01,
-        group_counts: Sequence[float] | torch.Tensor | None = None,
+        self, n_groups: int, step_size: float = 0.01, group_counts: Sequence[float] | torch.Tensor | None = None
     ) -> None:
         super().__init__()
         n_groups = check_positive_int("n_groups", n_groups)

@@ -18,7 +18,7 @@ from groupdistil.config import RunConfig, dump_yaml
 from groupdistil.data import DatasetBundle, load_dataset
 from groupdistil.devices import check_device, cpu_has_native, resolve_device
 from groupdistil.engine import fit, weight_names
-from groupdistil.errors import CheckpointError, UserError
+from groupdistil.errors import CheckpointError, UserError, first_line
 from groupdistil.evaluation import evaluate
 from groupdistil.models import create_model
 from groupdistil.objectives import Objective, build_objective, objective_options
@@ -122,8 +122,7 @@ def model_from_checkpoint(path: Path, device: torch.device | str = "cpu") -> tup
         )
         model.load_state_dict(ck["model"])
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: weights do not fit model {ck['model_name']!r}: {first}") from None
+        raise CheckpointError(f"{path}: weights do not fit model {ck['model_name']!r}: {first_line(e)}") from None
     return model.to(device).eval(), ck
 
 

@@ -143,6 +143,12 @@ class TeacherMember:
     class_weights: torch.Tensor | None = None  # lambda of a robust teacher, for adjust="weighted"
     cached: torch.Tensor | None = None  # (N, C) logits on the training split, indexed by sample index
 
+    def __post_init__(self) -> None:
+        if self.adjust not in ADJUST:
+            raise UserError(f"adjust: expected one of {', '.join(ADJUST)}, got {self.adjust!r}")
+        if self.adjust == "weighted" and self.class_weights is None:
+            raise UserError("adjust: 'weighted' needs class_weights (lambda of a robust teacher)")
+
     def raw_logits(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         if self.cached is not None:
             return self.cached.index_select(0, index.cpu().long()).to(x.device, torch.float32)

@@ -30,11 +30,7 @@ COMMAND_MODULES = (
 
 def _register() -> None:
     for name in COMMAND_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:  # only a command module not written yet is optional
-                raise
+        importlib.import_module(name)
 
 
 def _is_usage_error(e: BaseException) -> bool:

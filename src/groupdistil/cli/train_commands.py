@@ -12,7 +12,7 @@ import typer
 from groupdistil.cli.app import app
 from groupdistil.cli.flags import command_with_flags, config_parameters, deep_merge
 from groupdistil.config import load_yaml, set_dotted, validate_config
-from groupdistil.errors import ConfigError, UserError
+from groupdistil.errors import ConfigError, UserError, first_line
 
 #: Methods that distill a teacher (the rest train without one).
 STUDENT_METHODS = ("kd", "groupdistil", "class-robust-kd")
@@ -98,7 +98,7 @@ def evaluate_body(
     try:
         data_cfg = DataConfig.model_validate(deep_merge(saved, overrides.get("data", {})))
     except ValueError as e:
-        raise ConfigError(f"--checkpoint {checkpoint}: dataset options: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"--checkpoint {checkpoint}: dataset options: {first_line(e)}") from None
     bundle = load_dataset(data_cfg)
     if bundle.n_classes != int(ck["num_classes"]):
         raise UserError(f"{checkpoint}: has {ck['num_classes']} classes, the dataset has {bundle.n_classes}")

@@ -1,9 +1,10 @@
 """Built-in offline benchmarks made from scikit-learn's handwritten digits (8x8, values 0..16).
 
 ``spurious-digits`` (spurious background colour), ``scanner-digits`` (four acquisition "scanners")
-and ``digits-lt`` (long-tailed classes), exactly as ``FORMATS.md`` fixes them. Everything is
-deterministic given ``DataConfig.data_seed``; the parameters the format leaves open are module
-constants below, documented in ``docs/datasets.md``: do not tune them.
+and ``digits-lt`` (long-tailed classes), exactly as the project's format specification fixes them
+(docs/datasets.md). Everything is deterministic given ``DataConfig.data_seed``; the parameters the
+specification leaves open are module constants below, documented in ``docs/datasets.md``: do not
+tune them.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from groupdistil.errors import CheckpointError, UserError
+from groupdistil.errors import CheckpointError, UserError, first_line
 from groupdistil.models.resnet import RESNETS
 from groupdistil.models.simple import Classifier, cnn_builder, mlp_builder
 
@@ -89,4 +89,4 @@ def load_weights(model: nn.Module, path: Path) -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit the model: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"{path}: weights do not fit the model: {first_line(e)}") from None

@@ -20,7 +20,7 @@ from groupdistil.errors import UserError
 from groupdistil.report.runs import SCALAR_METRICS, Run
 from groupdistil.report.stats import Summary, bootstrap_mean_ci, summarise
 
-#: Table order: baselines first, then the distillation methods, as in METHODS.md.
+#: Table order: baselines first, then the distillation methods, as in docs/methods.md.
 METHOD_ORDER = (
     "erm", "reweight", "group-dro", "balanced", "robust-teacher", "kd", "groupdistil", "class-robust-kd",
 )

@@ -18,3 +18,44 @@ def test_no_function_is_longer_than_sixty_lines():
                 if n > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name} ({n} lines)")
     assert not long, long
+
+
+def _flags() -> set[str]:
+    from groupdistil.cli.flags import COMMAND_OPTIONS
+    from groupdistil.config import flag_names, leaf_fields
+
+    names = {n for key, field in leaf_fields() for n in flag_names(key, field)}
+    return names | set(COMMAND_OPTIONS.values()) | {"--no-" + n[2:] for n in names}
+
+
+def _message_strings(node: ast.AST) -> list[str]:
+    return [n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+
+
+def test_the_library_speaks_in_config_keys_not_flags():
+    # A Python caller never passed a flag: what the library raises or says names the argument or the
+    # config key; the command line alone turns keys into flags (cli/flags.py).
+    flags = _flags()
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        if path.relative_to(SRC).parts[0] == "cli":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            said = isinstance(node, ast.Raise) or (
+                isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "echo"
+            )
+            if said:
+                for text in _message_strings(node):
+                    found += [f"{path.relative_to(SRC)}:{node.lineno} {f}" for f in flags if f in text.split()
+                              or any(w.startswith(f + ":") or w.startswith(f + ")") for w in text.split())]
+    assert not found, found
+
+
+def test_the_command_line_shows_config_keys_as_flags():
+    from groupdistil.cli.flags import cli_text
+
+    assert cli_text("`train.device` cuda:99: this machine has 0 CUDA device(s)") == (
+        "--device cuda:99: this machine has 0 CUDA device(s)"
+    )
+    assert cli_text("`model.name`: unknown; pass `force` or `grid`") == "--model: unknown; pass --force or --grid"
+    assert cli_text("use `groupdistil distill` or `nothing.known`") == "use `groupdistil distill` or `nothing.known`"

@@ -154,7 +154,7 @@ def test_a_restart_before_the_first_checkpoint_starts_again_in_a_cleared_folder(
 def test_other_folders_are_treated_as_usual(tmp_path, monkeypatch, marker, restart, max_restarts):
     out = _unfinished(tmp_path / "run", marker=marker)
     _job(monkeypatch, "job-a", restart=restart, max_restarts=max_restarts)
-    with pytest.raises(UserError, match="holds an unfinished run; pass --resume"):
+    with pytest.raises(UserError, match="holds an unfinished run; pass `resume`"):
         prepare_out(RunConfig(out=out))
 
 

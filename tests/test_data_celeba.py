@@ -36,7 +36,7 @@ def test_other_target_and_confounder(tmp_path):
     assert b.warnings == []  # published counts only apply to Blond_Hair x Male
     with pytest.raises(DataError, match=r"missing column 'Smiling' \(expected a CelebA attribute name"):
         build(tmp_path, target_attr="Smiling")
-    with pytest.raises(UserError, match="--confounder-attr"):
+    with pytest.raises(UserError, match=r"`data\.confounder_attr`: expected an attribute other than the target"):
         build(tmp_path, target_attr="Male")
 
 

@@ -99,7 +99,7 @@ def test_bad_files_and_columns(tmp_path):
     path = write_csv(tmp_path / "m.csv", ["label", "split", "f"], [[0, "train", 1.0], [0, "train", ""]])
     with pytest.raises(DataError, match="line 3, column 'f': expected a value, got a missing value"):
         build(path)
-    with pytest.raises(DataError, match=r"missing column 'site' \(named by --group-by"):
+    with pytest.raises(DataError, match=r"missing column 'site' \(named by `data.group_by`"):
         build(path, group_by=["site"])
     write_csv(path, ["label", "split", "note"], [[0, "train", "x"]])
     with pytest.raises(DataError, match="no inputs; expected a 'path' column"):

@@ -194,11 +194,11 @@ def load_yaml(path: Path) -> dict[str, Any]:
 def set_dotted(raw: dict[str, Any], assignment: str) -> None:
     """Apply ``key.sub=value`` (value parsed as YAML, so 3, 0.5, true and [a, b] work)."""
     if "=" not in assignment:
-        raise ConfigError(f"--set {assignment}: expected key=value")
+        raise ConfigError(f"`set` {assignment}: expected key=value")
     key, value = assignment.split("=", 1)
     parts = key.strip().split(".")
     if not all(parts):
-        raise ConfigError(f"--set {assignment}: empty key")
+        raise ConfigError(f"`set` {assignment}: empty key")
     try:
         parsed = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError:
@@ -207,7 +207,7 @@ def set_dotted(raw: dict[str, Any], assignment: str) -> None:
     for p in parts[:-1]:
         child = node.setdefault(p, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"--set {assignment}: {p} is not a section")
+            raise ConfigError(f"`set` {assignment}: {p} is not a section")
         node = child
     node[parts[-1]] = parsed
 

@@ -23,15 +23,15 @@ def check_device(name: str) -> torch.device:
         ConfigError: CUDA asked for where there is none, or a GPU index beyond the machine's.
     """
     if not re.fullmatch(DEVICE_PATTERN, name):  # TrainConfig checks it too; fit() may get a raw one
-        raise ConfigError(f"--device {name}: expected auto, cpu, cuda or cuda:N")
+        raise ConfigError(f"`train.device` {name}: expected auto, cpu, cuda or cuda:N")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
+            raise ConfigError(f"`train.device` {name}: CUDA is not available on this machine; use cpu or auto")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise ConfigError(f"`train.device` {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 

@@ -55,7 +55,7 @@ def _elastic_job() -> tuple[str, int] | None:
 
 def _refuse_finished(out: Path) -> None:
     if (out / "final.json").exists():
-        raise UserError(f"--out {out}: holds a finished run; pass --force to overwrite it")
+        raise UserError(f"`out` {out}: holds a finished run; pass `force` to overwrite it")
 
 
 def _clean_tmp(out: Path) -> None:
@@ -102,13 +102,13 @@ def _check_out(cfg: RunConfig, out: Path) -> bool:
     if cfg.resume:
         if not (out / "checkpoints" / "last.pt").is_file():
             raise UserError(
-                f"--resume: {out / 'checkpoints' / 'last.pt'} not found (a run killed before its first epoch "
-                "ended has nothing to resume: start it again without --resume, with --force)"
+                f"`resume`: {out / 'checkpoints' / 'last.pt'} not found (a run killed before its first epoch "
+                "ended has nothing to resume: start it again without `resume`, with `force`)"
             )
         _clean_tmp(out)
         return True
     if (out / "checkpoints" / "last.pt").exists():
-        raise UserError(f"--out {out}: holds an unfinished run; pass --resume to continue or --force")
+        raise UserError(f"`out` {out}: holds an unfinished run; pass `resume` to continue or `force`")
     return False
 
 
@@ -133,12 +133,11 @@ def build_objective_for(cfg: RunConfig, bundle: DatasetBundle) -> Objective:
     try:
         allowed = objective_options(method)
     except ValueError as e:
-        raise UserError(f"--method: {e}".replace("objective: ", "")) from None
+        raise UserError(f"`objective.method`: {e}".replace("objective: ", "")) from None
     for key in options:
         if key not in allowed:
-            flag = "--" + key.replace("_", "-")
             takes = f"its options: {', '.join(allowed)}" if allowed else "it takes no options"
-            raise UserError(f"{flag}: does not apply to method {method} ({takes})")
+            raise UserError(f"`objective.{key}`: does not apply to method {method} ({takes})")
     counts = bundle.group_counts("train")
     try:
         return build_objective(
@@ -156,10 +155,10 @@ def build_teacher(
     tc = cfg.teacher
     if not objective.requires_teacher:
         if tc.checkpoints:
-            echo(f"note: method {cfg.objective.method} uses no teacher; --teacher is ignored")
+            echo(f"note: method {cfg.objective.method} uses no teacher; `teacher.checkpoints` is ignored")
         return None
     if not tc.checkpoints:
-        raise UserError(f"--teacher: method {cfg.objective.method} needs a teacher checkpoint")
+        raise UserError(f"`teacher.checkpoints`: method {cfg.objective.method} needs a teacher checkpoint")
     use_cache = tc.cache and not bundle.train.has_random_augmentation
     cache = LogitCache(tc.cache_dir or default_cache_dir())
 
@@ -167,11 +166,11 @@ def build_teacher(
         model, ck = model_from_checkpoint(path, device)
         if int(ck["num_classes"]) != bundle.n_classes:
             raise UserError(
-                f"--teacher {path}: has {ck['num_classes']} classes, the dataset has {bundle.n_classes}"
+                f"`teacher.checkpoints` {path}: has {ck['num_classes']} classes, the dataset has {bundle.n_classes}"
             )
         lam = teacher_class_weights(ck)
         if adjust == "weighted" and lam is None:
-            raise UserError(f"--teacher-adjust weighted: {path} has no class weights (not a robust teacher)")
+            raise UserError(f"`teacher.adjust` weighted: {path} has no class weights (not a robust teacher)")
         m = TeacherMember(model, adjust, tc.adjust_tau, lam)
         if use_cache:
             # Rank 0 fills the cache, then the other ranks read the same file.
@@ -185,7 +184,7 @@ def build_teacher(
     members = [member(p, tc.adjust) for p in tc.checkpoints]
     reference = member(tc.reference, "none") if tc.reference is not None else None
     if not use_cache:
-        why = "the training view has random augmentation" if tc.cache else "--no-teacher-cache"
+        why = "the training view has random augmentation" if tc.cache else "`teacher.cache` is off"
         echo(f"teacher logits: computed online ({why})")
     return Teacher(
         members, bundle.class_prior(), combine=tc.combine, reference=reference,
@@ -202,8 +201,8 @@ def run_experiment(cfg: RunConfig, echo: Echo = print) -> dict[str, Any]:
     device = resolve_device(cfg.train.device)
     if cfg.train.amp != "none" and device.type == "cpu" and not cpu_has_native(cfg.train.amp):
         isa = {"bf16": "AVX-512 BF16 or AMX", "fp16": "AVX-512 FP16 or AMX-FP16"}[cfg.train.amp]
-        echo(f"warning: --amp {cfg.train.amp} on a CPU without {cfg.train.amp} instructions ({isa}) runs many "
-             "times slower than float32; use --amp none here")
+        echo(f"warning: `train.amp` {cfg.train.amp} on a CPU without {cfg.train.amp} instructions ({isa}) runs "
+             "many times slower than float32; use none here")
     seed_everything(cfg.train.seed)
     bundle = load_dataset(cfg.data)
     for w in bundle.warnings:

@@ -52,16 +52,16 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
     grid: dict[str, list[Any]] = {}
     for item in items:
         if "=" not in item:
-            raise UserError(f"--grid {item}: expected key=v1,v2,...")
+            raise UserError(f"`grid` {item}: expected key=v1,v2,...")
         key, values = item.split("=", 1)
         key = key.strip()
         if key not in keys:
-            raise UserError(f"--grid {item}: unknown config key {key!r}")
+            raise UserError(f"`grid` {item}: unknown config key {key!r}")
         if key in ("train.seed", "out"):
-            raise UserError(f"--grid {item}: {key} is set by the sweep itself")
+            raise UserError(f"`grid` {item}: {key} is set by the sweep itself")
         parsed = [yaml.safe_load(v) for v in values.split(",") if v.strip()]
         if not parsed:
-            raise UserError(f"--grid {item}: no values")
+            raise UserError(f"`grid` {item}: no values")
         grid[key] = parsed
     return grid
 
@@ -86,7 +86,7 @@ def _slug(value: Any) -> str:
 def expand(raw: dict[str, Any], seeds: int, grid: dict[str, list[Any]], source: str = "sweep") -> list[SweepRun]:
     """Every (grid combination, seed) as a validated run; problems are one UserError line."""
     if seeds < 1:
-        raise UserError(f"--seeds: expected an integer >= 1, got {seeds}")
+        raise UserError(f"`seeds`: expected an integer >= 1, got {seeds}")
     base = validate_config(raw, source)
     base_out, label = Path(base.out), base.label
     runs = []

@@ -179,11 +179,11 @@ class Teacher(nn.Module):
     ) -> None:
         super().__init__()
         if not members:
-            raise UserError("--teacher: expected at least one teacher checkpoint")
+            raise UserError("`teacher.checkpoints`: expected at least one teacher checkpoint")
         if combine not in COMBINE:
-            raise UserError(f"--teacher-combine: expected one of {', '.join(COMBINE)}, got {combine!r}")
+            raise UserError(f"`teacher.combine`: expected one of {', '.join(COMBINE)}, got {combine!r}")
         if combine == "agre-kd" and reference is None:
-            raise UserError("--teacher-reference: AGRE-KD needs a biased reference model checkpoint")
+            raise UserError("`teacher.reference`: AGRE-KD needs a biased reference model checkpoint")
         self.members = list(members)
         self.reference = reference
         self.combine = combine

@@ -125,7 +125,7 @@ class Trainer:
             if not self.train.skip_nonfinite:
                 raise NumericalError(
                     f"non-finite loss at step {self.state.step + 1} (epoch {self.epoch + 1}); last good "
-                    f"checkpoint: {self.last_good}; lower the learning rate or pass --skip-nonfinite"
+                    f"checkpoint: {self.last_good}; lower the learning rate or pass `train.skip_nonfinite`"
                 )
             self.objective.load_state_dict(snapshot)  # an update from a NaN loss would poison q
             self.opt.zero_grad(set_to_none=True)

@@ -8,6 +8,7 @@ import sys
 import typer
 
 from groupdistil import distributed
+from groupdistil.cli.flags import cli_text
 from groupdistil.errors import NumericalError, UserError
 
 app = typer.Typer(
@@ -39,7 +40,7 @@ def _is_usage_error(e: BaseException) -> bool:
 
 
 def _print_error(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    print(f"error: {cli_text(message)}", file=sys.stderr, flush=True)
 
 
 def run_app(argv: list[str] | None = None) -> int:
@@ -56,7 +57,7 @@ def run_app(argv: list[str] | None = None) -> int:
         return 2
     except NumericalError as e:
         if distributed.is_main_process():
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {cli_text(str(e))}", file=sys.stderr)
         return 3
     except typer.Exit as e:
         return int(getattr(e, "exit_code", 0) or 0)

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from groupdistil.cli.app import app
-from groupdistil.cli.flags import command_with_flags, config_parameters
+from groupdistil.cli.flags import cli_text, command_with_flags, config_parameters
 from groupdistil.config import validate_config
 from groupdistil.data import DATASETS, load_dataset
 from groupdistil.data.summary import format_counts, group_counts_json
@@ -23,7 +23,7 @@ app.add_typer(data_app, name="data")
 def datasets_command() -> None:
     """List the dataset names, one line each."""
     for name, spec in DATASETS.items():
-        typer.echo(f"{name:18s} {spec.summary}")
+        typer.echo(f"{name:18s} {cli_text(spec.summary)}")
 
 
 def inspect_command(overrides: dict, as_json: bool = False) -> None:

@@ -9,6 +9,7 @@ reverse) cannot exist.
 from __future__ import annotations
 
 import inspect
+import re
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -19,6 +20,29 @@ import typer
 from pydantic.fields import FieldInfo
 
 from groupdistil.config import flag_names, leaf_fields
+
+#: Options of commands that are not config keys, as the library names them (``sweep``'s grid and seeds,
+#: ``--set key=value``).
+COMMAND_OPTIONS = {"grid": "--grid", "seeds": "--seeds", "set": "--set"}
+_NAMED = re.compile(r"`([a-z][a-z0-9_.]*)`")
+
+
+def flag_of(key: str) -> str | None:
+    """The command-line flag of a config key (its first name) or of a command option; None for others."""
+    for k, field in leaf_fields():
+        if k == key:
+            return flag_names(k, field)[0]
+    return COMMAND_OPTIONS.get(key)
+
+
+def cli_text(message: str) -> str:
+    """A library message as the command line shows it.
+
+    The library names options by their config key in backticks (``train.device``, the name a Python
+    caller knows); on the command line each becomes its flag (``--device``). This is the one place
+    that maps the two; backticked text that is no option's name stays as it is.
+    """
+    return _NAMED.sub(lambda m: flag_of(m.group(1)) or m.group(0), message)
 
 
 def _base_type(annotation: Any) -> tuple[Any, str]:
@@ -39,7 +63,7 @@ def _base_type(annotation: Any) -> tuple[Any, str]:
 def _param(key: str, field: FieldInfo) -> inspect.Parameter:
     base, note = _base_type(field.annotation)
     names = flag_names(key, field)
-    help_text = (field.description or "") + (f" ({note})" if note else "") + f" [config: {key}]"
+    help_text = cli_text(field.description or "") + (f" ({note})" if note else "") + f" [config: {key}]"
     # Booleans get a --no- form so a flag can switch a config's True off.
     decls = [f"{n}/--no-{n[2:]}" for n in names[:1]] + names[1:] if base is bool else names
     option = typer.Option(*decls, help=help_text, show_default=False)

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from groupdistil.cli.app import app
+from groupdistil.cli.flags import cli_text
 from groupdistil.config import load_yaml, set_dotted
 
 
@@ -28,7 +29,7 @@ def sweep_command(
         set_dotted(raw, assignment)
     runs = expand(raw, seeds, parse_grid(grid or []), str(config))
     index = Path(runs[0].config.out).parent.parent / "index.json"
-    done = run_sweep(runs, index, jobs=jobs, echo=typer.echo)
+    done = run_sweep(runs, index, jobs=jobs, echo=lambda m: typer.echo(cli_text(m)))
     failed = sum(r.status == "failed" for r in done)
     typer.echo(f"{len(done)} runs ({failed} failed); index: {index}")
     if failed:

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from groupdistil.cli.app import app
-from groupdistil.cli.flags import command_with_flags, config_parameters, deep_merge
+from groupdistil.cli.flags import cli_text, command_with_flags, config_parameters, deep_merge
 from groupdistil.config import load_yaml, set_dotted, validate_config
 from groupdistil.errors import ConfigError, UserError, first_line
 
@@ -26,6 +26,7 @@ def _echo(quiet: bool):
     main = env_rank_info()[0] == 0
 
     def echo(msg: str) -> None:
+        msg = cli_text(msg)
         if main and msg.startswith("warning: "):
             typer.echo(msg, err=True)
         elif main and not quiet:

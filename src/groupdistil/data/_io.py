@@ -344,7 +344,7 @@ def resolve_paths(
         if not allow_outside and not p.startswith(prefix):
             raise DataError(
                 f"{table.where(i, column)}: path {rel!r} leaves {base}; expected a path inside it "
-                "(pass --allow-outside-root to permit)"
+                "(set `data.allow_outside_root` to permit)"
             )
         out.append(p)
     return np.asarray(out, dtype=str)

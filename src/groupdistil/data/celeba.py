@@ -71,7 +71,7 @@ def build_celeba(config: DataConfig) -> DatasetBundle:
     """Label = target attribute, attribute = confounder: g = 2 * target + confounder."""
     target, confounder = config.target_attr, config.confounder_attr
     if target == confounder:
-        raise UserError(f"--confounder-attr: expected an attribute other than the target {target!r}")
+        raise UserError(f"`data.confounder_attr`: expected an attribute other than the target {target!r}")
     root = require_dir(config.root, "CelebA folder")  # type: ignore[arg-type]
     attrs, part = read_attributes(root), read_partition(root)
     attrs.require(["image_id"])

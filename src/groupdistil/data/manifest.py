@@ -61,7 +61,7 @@ def _grouping(
 ) -> tuple[Grouping, torch.Tensor]:
     y_t = torch.from_numpy(y)
     if config.group_by:
-        table.require(config.group_by, " (named by --group-by)")
+        table.require(config.group_by, " (named by `data.group_by`)")
         columns = [table.strings(c) for c in config.group_by]
         combos = list(zip(*columns, strict=True))
         kinds = sorted(set(combos))
@@ -85,7 +85,7 @@ def _grouping(
 def _features(table: Table, config: DataConfig, split: np.ndarray) -> torch.Tensor:
     """(N, F) float32 features, standardised with the training rows' mean and std."""
     if config.features:
-        table.require(config.features, " (named by --features)")
+        table.require(config.features, " (named by `data.features`)")
         names = list(config.features)
     else:
         taken = set(RESERVED) | set(config.group_by or ())
@@ -131,5 +131,5 @@ def build_manifest(config: DataConfig) -> DatasetBundle:
 
 
 DATASETS["manifest"] = DatasetSpec(
-    build_manifest, "your own data: CSV/TSV/Parquet manifest (--root is the file)", True
+    build_manifest, "your own data: CSV/TSV/Parquet manifest (`data.root` is the file)", True
 )

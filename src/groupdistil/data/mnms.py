@@ -140,7 +140,7 @@ def _labels_and_groups(meta: Table, config: DataConfig) -> tuple[str, np.ndarray
     """Task, (P,) patient pathology (or zeros for phase) and the grouping, for the selected rows."""
     task = config.task or ("pathology" if meta.has("Pathology") else "phase")
     if task == "pathology":
-        meta.require(["Pathology"], " (needed by --task pathology)")
+        meta.require(["Pathology"], " (needed by `data.task` pathology)")
         abnormal = np.array([v != "NOR" for v in meta.strings("Pathology")], dtype=np.int64)
         classes: tuple[str, ...] = ("normal", "abnormal")
     else:

@@ -17,7 +17,7 @@ class DataConfig(BaseModel):
     root: Path | None = Field(None, description="local copy of the data (manifest: the manifest file)")
     data_seed: int = Field(0, description="seed of the built-in benchmarks and of derived splits")
     group_by: list[str] | None = Field(None, description="manifest: attribute columns forming groups")
-    group_with_label: bool = Field(True, description="manifest --group-by: combine with the label")
+    group_with_label: bool = Field(True, description="manifest `data.group_by`: combine with the label")
     features: list[str] | None = Field(None, description="manifest: numeric feature columns")
     target_attr: str = Field("Blond_Hair", description="celeba: target attribute")
     confounder_attr: str = Field("Male", description="celeba: confounder attribute")

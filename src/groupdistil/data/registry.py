@@ -39,9 +39,9 @@ def load_dataset(config: DataConfig) -> DatasetBundle:
     """Build the dataset a config names; unknown names list the valid ones."""
     spec = DATASETS.get(config.dataset)
     if spec is None:
-        raise UserError(f"--dataset: unknown name {config.dataset!r}; expected one of {', '.join(DATASETS)}")
+        raise UserError(f"`data.dataset`: unknown name {config.dataset!r}; expected one of {', '.join(DATASETS)}")
     if spec.needs_root and config.root is None:
-        raise UserError(f"--root: dataset {config.dataset} reads a local copy; pass its folder")
+        raise UserError(f"`data.root`: dataset {config.dataset} reads a local copy; pass its folder")
     return spec.build(config)
 
 

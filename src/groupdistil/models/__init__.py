@@ -55,7 +55,7 @@ def create_model(
     elif name in MODELS:
         model = MODELS[name](num_classes=num_classes, in_channels=in_channels, input_shape=shape, **kwargs)
     else:
-        raise UserError(f"--model: unknown name {name!r}; expected one of {', '.join(MODELS)}, tv:NAME, timm:NAME")
+        raise UserError(f"`model.name`: unknown name {name!r}; expected one of {', '.join(MODELS)}, tv:NAME, timm:NAME")
     if weights is not None:
         load_weights(model, Path(weights))
     return model
@@ -66,13 +66,13 @@ def _external(prefix: str, name: str, num_classes: int) -> nn.Module:
     try:
         module = importlib.import_module(package)
     except Exception:  # a missing or broken install (the registry's torchvision fails against CPU torch)
-        raise UserError(f"--model {prefix}{name}: needs {package}, which does not import here") from None
+        raise UserError(f"`model.name` {prefix}{name}: needs {package}, which does not import here") from None
     try:
         if package == "timm":
             return module.create_model(name, pretrained=False, num_classes=num_classes)
         return module.models.get_model(name, weights=None, num_classes=num_classes)
     except Exception as e:  # unknown names raise different errors in each package
-        raise UserError(f"--model {prefix}{name}: {package} cannot build it ({type(e).__name__})") from None
+        raise UserError(f"`model.name` {prefix}{name}: {package} cannot build it ({type(e).__name__})") from None
 
 
 def load_weights(model: nn.Module, path: Path) -> None:

@@ -1,6 +1,6 @@
-"""Teacher-logit cache, through the engine's own epoch loop: a distillation epoch with cached logits
-over an epoch with no teacher at all (target <= 1.10), and the cache's speed-up over the online
-teacher, for ResNet-56 -> ResNet-20 on 32x32 inputs."""
+"""Teacher-logit cache, through the trainer's own epoch loop (``Trainer.train_epoch``): a distillation
+epoch with cached logits over an epoch with no teacher at all (target <= 1.10), and the cache's
+speed-up over the online teacher, for ResNet-56 -> ResNet-20 on 32x32 inputs."""
 
 from __future__ import annotations
 

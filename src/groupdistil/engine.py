@@ -30,6 +30,7 @@ from groupdistil.errors import CheckpointError, ConfigError, NumericalError
 from groupdistil.evaluation import autocast, evaluate, per_class_error
 from groupdistil.loaders import epoch_generator, train_loader
 from groupdistil.metrics import GroupMetrics, is_better
+from groupdistil.models import upgrade_legacy_keys
 from groupdistil.objectives import Objective
 from groupdistil.optim import make_optimizer, make_scheduler
 from groupdistil.outputs import RunWriter
@@ -150,7 +151,7 @@ def _restore(
         if key not in ck:
             raise CheckpointError(f"{path}: cannot resume: checkpoint lacks {key!r}")
     try:
-        _unwrap(model).load_state_dict(ck["model"])
+        _unwrap(model).load_state_dict(upgrade_legacy_keys(str(ck.get("model_name", "")), ck["model"]))
         objective.load_state_dict(ck["objective"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])

@@ -19,7 +19,7 @@ from groupdistil.data import DatasetBundle, load_dataset
 from groupdistil.engine import check_device, cpu_has_native, fit, resolve_device, weight_names
 from groupdistil.errors import CheckpointError, UserError
 from groupdistil.evaluation import evaluate
-from groupdistil.models import create_model
+from groupdistil.models import create_model, upgrade_legacy_keys
 from groupdistil.objectives import Objective, build_objective, objective_options
 from groupdistil.outputs import RunWriter
 from groupdistil.teachers import LogitCache, Teacher, TeacherMember, cached_or_computed, teacher_class_weights
@@ -119,7 +119,7 @@ def model_from_checkpoint(path: Path, device: torch.device | str = "cpu") -> tup
             ck["model_name"], num_classes=int(ck["num_classes"]),
             in_channels=int(ck.get("in_channels", 3)), input_shape=tuple(ck.get("input_shape") or ()) or None,
         )
-        model.load_state_dict(ck["model"])
+        model.load_state_dict(upgrade_legacy_keys(ck["model_name"], ck["model"]))
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: weights do not fit model {ck['model_name']!r}: {first}") from None

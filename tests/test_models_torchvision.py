@@ -8,9 +8,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from groupdistil.checkpoint import file_sha256
 from groupdistil.errors import CheckpointError
 from groupdistil.models import create_model, head_of, load_weights, upgrade_legacy_keys
-from groupdistil.models.pretrained import file_sha256
 from groupdistil.models.resnet import BasicBlock, _stages
 from groupdistil.models.simple import Classifier
 

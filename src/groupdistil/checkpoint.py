@@ -6,6 +6,7 @@ A checkpoint is a plain dict of tensors and primitives (no pickled classes), tag
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import tempfile
@@ -20,6 +21,15 @@ from groupdistil.errors import CheckpointError
 
 FORMAT = "groupdistil-checkpoint"
 VERSION = 1
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def atomic_write(path: Path, write: Any) -> None:

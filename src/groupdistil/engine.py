@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from groupdistil import distributed, faults
@@ -28,7 +29,8 @@ from groupdistil.config import DEVICE_PATTERN, OptimConfig, TrainConfig
 from groupdistil.data.base import DatasetBundle
 from groupdistil.errors import CheckpointError, ConfigError, NumericalError
 from groupdistil.evaluation import autocast, evaluate, per_class_error
-from groupdistil.loaders import epoch_generator, train_loader
+from groupdistil.finetune import freeze_backbone, param_groups
+from groupdistil.loaders import default_workers, epoch_generator, epoch_loaders
 from groupdistil.metrics import GroupMetrics, is_better
 from groupdistil.models import upgrade_legacy_keys
 from groupdistil.objectives import Objective
@@ -220,14 +222,17 @@ def fit(
         model.to(memory_format=torch.channels_last)
         if teacher is not None:
             teacher.to(memory_format=torch.channels_last)
-    if distributed.is_distributed() and train.sync_batchnorm:
+    if train.freeze == "backbone":
+        freeze_backbone(model, str((meta or {}).get("model_name", "model")))
+    elif distributed.is_distributed() and train.sync_batchnorm:
         # BatchNorm then normalises with the statistics of the global batch, as one process would.
-        # torch's SyncBatchNorm is CUDA-only; GlobalBatchNorm does the same with any backend.
+        # torch's SyncBatchNorm is CUDA-only; GlobalBatchNorm does the same with any backend. (Frozen
+        # BatchNorm uses its running statistics: nothing to synchronise.)
         if device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         else:
             model = convert_global_batchnorm(model)
-    opt = make_optimizer(model.parameters(), optim)
+    opt = make_optimizer(param_groups(model, optim.lr, optim.head_lr), optim)
     sched = make_scheduler(opt, optim, train.epochs)
     scaler = make_scaler(device, train.amp)
     ckpt_dir = Path(out) / "checkpoints" if out is not None else None
@@ -243,10 +248,14 @@ def fit(
         net = torch.compile(net)
     train_counts = bundle.group_counts("train")
     meta = dict(meta or {})
+    workers = default_workers(bundle.train, train.num_workers)
+    loaders = epoch_loaders(bundle.train, train.batch_size, seed=train.seed, num_workers=workers,
+                            sampler=train.sampler, n_groups=bundle.n_groups, pin_memory=device.type == "cuda")
     for epoch in range(state.epoch + 1, train.epochs):
         train_metrics = _train_epoch(
             net, objective, bundle, teacher, opt, scaler, state, epoch, train, device, writer, quiet,
             last_good=str(ckpt_dir / "last.pt") if ckpt_dir is not None and state.epoch >= 0 else "none",
+            loader=loaders(epoch),
         )
         with warnings.catch_warnings():
             # An epoch whose steps were all skipped as non-finite still advances the schedule.
@@ -256,7 +265,7 @@ def fit(
         val_metrics = evaluate(
             model, bundle.val, bundle.grouping, train_group_counts=train_counts,
             batch_size=max(train.batch_size, 256), device=device, amp=train.amp, quiet=quiet,
-            desc=f"val {epoch + 1}",
+            desc=f"val {epoch + 1}", num_workers=default_workers(bundle.val, train.num_workers),
         )
         if writer is not None:
             writer.log_epoch(epoch, "train", train_metrics)
@@ -295,14 +304,11 @@ def _train_epoch(
     writer: RunWriter | None,
     quiet: bool,
     last_good: str,
+    loader: DataLoader,
 ) -> dict[str, Any]:
     net.train()
     objective.train()
     metrics = GroupMetrics(bundle.n_groups, bundle.n_classes)
-    loader = train_loader(
-        bundle.train, train.batch_size, seed=train.seed, epoch=epoch, sampler=train.sampler,
-        n_groups=bundle.n_groups, num_workers=train.num_workers, pin_memory=device.type == "cuda",
-    )
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{train.epochs}", leave=False,
                disable=quiet or not distributed.is_main_process())
     # The loss scale before the next step: the scaler lowers it exactly when it skips a step.

@@ -13,12 +13,13 @@ import torch
 from torch import nn
 
 from groupdistil import distributed
-from groupdistil.checkpoint import load_checkpoint
+from groupdistil.checkpoint import file_sha256, load_checkpoint
 from groupdistil.config import RunConfig, dump_yaml
 from groupdistil.data import DatasetBundle, load_dataset
 from groupdistil.engine import check_device, cpu_has_native, fit, resolve_device, weight_names
 from groupdistil.errors import CheckpointError, UserError
 from groupdistil.evaluation import evaluate
+from groupdistil.loaders import default_workers
 from groupdistil.models import create_model, upgrade_legacy_keys
 from groupdistil.objectives import Objective, build_objective, objective_options
 from groupdistil.outputs import RunWriter
@@ -111,6 +112,23 @@ def _check_out(cfg: RunConfig, out: Path) -> bool:
     return False
 
 
+def record_pretrained(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with the SHA-256 of its ``--pretrained`` file in ``model.pretrained_sha256`` (written to
+    config.yaml), so a run names the exact weights it started from; a recorded hash that differs from
+    the file's is an error (the file changed since)."""
+    path = cfg.model.pretrained
+    if path is None:
+        return cfg
+    if not Path(path).is_file():
+        raise CheckpointError(f"--pretrained {path}: file not found")
+    digest = file_sha256(Path(path))
+    expected = cfg.model.pretrained_sha256
+    if expected is not None and expected != digest:
+        raise CheckpointError(f"--pretrained {path}: its SHA-256 {digest} differs from the recorded "
+                              f"model.pretrained_sha256 {expected}")
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained_sha256": digest})})
+
+
 def model_from_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model saved by groupdistil and load its weights (``weights_only=True``)."""
     ck = load_checkpoint(path)
@@ -198,6 +216,7 @@ def run_experiment(cfg: RunConfig, echo: Echo = print) -> dict[str, Any]:
     # Checked before the run folder is touched: a bad --device writes nothing. Rank 0 alone
     # checks (and with --force empties) the folder; every rank gets its answer or error.
     distributed.on_main(lambda: check_device(cfg.train.device))
+    cfg = record_pretrained(cfg)
     resume = distributed.on_main(lambda: prepare_out(cfg))
     device = resolve_device(cfg.train.device)
     if cfg.train.amp != "none" and device.type == "cpu" and not cpu_has_native(cfg.train.amp):
@@ -214,7 +233,7 @@ def run_experiment(cfg: RunConfig, echo: Echo = print) -> dict[str, Any]:
     in_shape = tuple(bundle.input_shape)
     model = create_model(
         cfg.model.name, num_classes=bundle.n_classes, in_channels=in_shape[0],
-        input_shape=in_shape, weights=cfg.model.weights,
+        input_shape=in_shape, weights=cfg.model.weights, pretrained=cfg.model.pretrained,
     )
     meta = {
         "model_name": cfg.model.name, "num_classes": bundle.n_classes, "in_channels": in_shape[0],
@@ -232,7 +251,8 @@ def run_experiment(cfg: RunConfig, echo: Echo = print) -> dict[str, Any]:
         counts = bundle.group_counts("train")
         splits = {
             name: evaluate(best, bundle.splits[name], bundle.grouping, train_group_counts=counts,
-                           batch_size=max(cfg.train.batch_size, 256), device=device, quiet=cfg.quiet)
+                           batch_size=max(cfg.train.batch_size, 256), device=device, quiet=cfg.quiet,
+                           num_workers=default_workers(bundle.splits[name], cfg.train.num_workers))
             for name in ("train", "val", "test")
         }
         final = {

@@ -9,7 +9,6 @@ fresh one. Nothing is ever downloaded.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -18,15 +17,6 @@ from torch import nn
 from groupdistil.errors import CheckpointError
 
 State = dict[str, torch.Tensor]
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes (read in 1 MiB chunks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_state_dict(path: Path) -> State:

@@ -15,6 +15,7 @@ from groupdistil.config import TrainConfig
 from groupdistil.data.base import DatasetBundle, GroupedDataset
 from groupdistil.engine import FitState, _train_epoch, make_scaler
 from groupdistil.groups import Grouping
+from groupdistil.loaders import train_loader
 from groupdistil.models import create_model
 from groupdistil.teachers import LogitCache, Teacher, TeacherMember, cached_or_computed
 
@@ -46,7 +47,8 @@ def run(repeats: int, timer, n: int = 512) -> list[dict[str, Any]]:
         def epoch(objective, teacher):
             def go():
                 _train_epoch(student, objective, bundle, teacher, opt, scaler, FitState(), 0, cfg,
-                             torch.device("cpu"), None, True, "none")
+                             torch.device("cpu"), None, True, "none",
+                             loader=train_loader(bundle.train, cfg.batch_size, seed=cfg.seed, epoch=0))
             return go
 
         med = timer({"no_teacher": epoch(ERM(), None), "cached": epoch(KD(0.5, 4.0), cached),

@@ -8,11 +8,14 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from groupdistil.checkpoint import file_sha256
+from groupdistil.checkpoint import file_sha256, save_checkpoint
+from groupdistil.cli.app import run_app
+from groupdistil.config import RunConfig
 from groupdistil.errors import CheckpointError
 from groupdistil.models import create_model, head_of, load_weights, upgrade_legacy_keys
 from groupdistil.models.resnet import BasicBlock, _stages
 from groupdistil.models.simple import Classifier
+from groupdistil.runner import model_from_checkpoint, record_pretrained
 
 TABLE = Path(__file__).parent / "tables" / "torchvision_state_dicts.txt"
 #: torchvision's documented parameter counts for 1000 classes.
@@ -140,3 +143,28 @@ def test_pretrained_mismatches_are_one_line_naming_keys_and_model(tmp_path):
 def test_file_sha256_is_the_hash_of_the_bytes(tmp_path):
     (tmp_path / "f").write_bytes(b"abc")
     assert file_sha256(tmp_path / "f") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_a_legacy_teacher_checkpoint_loads_through_model_from_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    old = _legacy_resnet18(small=True)
+    save_checkpoint(tmp_path / "t.pt", {"model_name": "resnet18", "num_classes": 5, "in_channels": 3,
+                                        "input_shape": [3, 32, 32], "model": old.state_dict()})
+    model, _ = model_from_checkpoint(tmp_path / "t.pt")
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(model(x), old.eval()(x), atol=1e-5)
+
+
+def test_the_run_records_and_checks_the_pretrained_files_hash(tmp_path, capsys):
+    _, path = _tv_file(tmp_path)
+    cfg = RunConfig(model={"name": "resnet18", "pretrained": path})
+    assert record_pretrained(cfg).model.pretrained_sha256 == file_sha256(path)
+    with pytest.raises(CheckpointError, match=r"differs from the recorded model\.pretrained_sha256"):
+        record_pretrained(RunConfig(model={"name": "resnet18", "pretrained": path, "pretrained_sha256": "0" * 64}))
+    # Through the command line: one line naming the file and the model, exit 2, nothing written.
+    out = tmp_path / "run"
+    assert run_app(["train", "--dataset", "spurious-digits", "--model", "cnn-small", "--pretrained", str(path),
+                    "--epochs", "1", "--quiet", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(path) in err and "does not fit model 'cnn-small'" in err
+    assert not out.exists()

@@ -7,6 +7,8 @@ import torch
 
 from conftest import write_image
 from groupdistil.data import DataConfig, load_dataset
+from groupdistil.data.base import GroupedDataset
+from groupdistil.data.images import ArrayImages
 from groupdistil.loaders import default_workers, epoch_loaders, train_loader
 
 
@@ -14,6 +16,9 @@ def test_default_workers_are_the_cores_for_image_files_and_none_for_tensors(blob
     images = load_dataset(DataConfig(dataset="waterbirds", root=waterbirds_root, image_size=8)).train
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert default_workers(blobs.train) == 0
+    in_memory = GroupedDataset(torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long),
+                               loader=ArrayImages(torch.zeros(2, 3, 4, 4, dtype=torch.uint8)))
+    assert default_workers(in_memory) == 0  # CIFAR's uint8 arrays: in memory too
     assert default_workers(images) == cores
     assert default_workers(images, requested=0) == 0 and default_workers(blobs.train, requested=3) == 3
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(2 * cores))  # more ranks than cores: one worker each

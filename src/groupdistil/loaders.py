@@ -130,11 +130,12 @@ def train_loader(
 
 
 def default_workers(dataset: GroupedDataset, requested: int | None = None) -> int:
-    """``requested``, or by default: 0 for in-memory inputs (a worker would only copy them), else the
-    machine's cores shared by the ranks of this machine (image files: decoding is the bottleneck)."""
+    """``requested``, or by default: the machine's cores shared by the ranks of this machine for data
+    decoded from files (a loader with ``reads_files``: decoding is the bottleneck), else 0 (in-memory
+    tensors: a worker would only copy them)."""
     if requested is not None:
         return requested
-    if dataset.inputs is not None:
+    if not getattr(dataset.loader, "reads_files", False):
         return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)))

@@ -35,6 +35,8 @@ class ImageFiles:
     the main process do not copy them page by page as reference counts change.
     """
 
+    reads_files = True  # decoding is the work: loaders default to worker processes (loaders.default_workers)
+
     def __init__(self, paths: Sequence[str] | np.ndarray, mode: str = "RGB", size: int | None = None) -> None:
         self.paths = np.asarray(paths, dtype=str)
         self.mode = mode

@@ -26,10 +26,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class ImageFiles:
     """Loader over image files: ``files(i)`` decodes file i to (C, H, W) float32 in [0, 1].
 
-    With ``size``, JPEG files come out already resized so that their shorter side is ``size`` (what
-    ``Resize(size)`` would make of them, which then has nothing left to do): Pillow decodes them at the
-    smallest DCT scale that still covers the target (``draft``) and resizes the 8-bit image
-    (``reducing_gap``), instead of resizing a full-size float tensor. Other formats decode as usual.
+    With ``size``, JPEG files come out as ``Resize(size)`` then ``CenterCrop(size)`` (the geometry of
+    :func:`image_pipeline`, whose transforms then have nothing left to do) would make them: Pillow
+    decodes them at the smallest DCT scale that still covers the target (``draft``) and resamples the
+    8-bit image's central window straight to size x size (``box``, ``reducing_gap``), instead of
+    resizing a full-size float tensor. Other formats decode as usual.
 
     Paths live in one numpy string array rather than a list of str, so DataLoader workers forked from
     the main process do not copy them page by page as reference counts change.
@@ -48,7 +49,7 @@ class ImageFiles:
     def __call__(self, i: int) -> torch.Tensor:
         path = str(self.paths[i])
         if self.size is not None:
-            x = _jpeg_resized(path, self.mode, self.size)
+            x = _jpeg_cropped(path, self.mode, self.size)
             if x is not None:
                 return x
         return decode_image(path, self.mode)
@@ -65,16 +66,21 @@ class ImageFiles:
 REDUCING_GAP = 3.0
 
 
-def _jpeg_resized(path: str, mode: str, size: int) -> torch.Tensor | None:
-    """A JPEG file decoded with its shorter side resized to ``size``, as (C, H, W) float32 in [0, 1];
-    None for anything else (another format, or a file that fails: :func:`decode_image` then names it)."""
+def _jpeg_cropped(path: str, mode: str, size: int) -> torch.Tensor | None:
+    """A JPEG file resized (shorter side ``size``) and centre-cropped to size x size, as (C, size, size)
+    float32 in [0, 1]; None for anything else (another format, or a file that fails:
+    :func:`decode_image` then names it)."""
     try:
         with Image.open(path) as im:
             if im.format != "JPEG":
                 return None
             h, w = Resize(size)._target(im.height, im.width)
+            top, left = (h - size) // 2, (w - size) // 2  # CenterCrop's window in the resized image
             im.draft(mode, (w, h))  # decode at 1/2, 1/4 or 1/8 scale when that still covers (w, h)
-            arr = np.asarray(im.convert(mode).resize((w, h), Image.BILINEAR, reducing_gap=REDUCING_GAP))
+            sx, sy = im.width / w, im.height / h
+            box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+            im = im.convert(mode).resize((size, size), Image.BILINEAR, box=box, reducing_gap=REDUCING_GAP)
+            arr = np.asarray(im)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return None
     x = torch.from_numpy(arr.copy())

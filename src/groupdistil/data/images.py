@@ -79,8 +79,8 @@ def _jpeg_cropped(path: str, mode: str, size: int) -> torch.Tensor | None:
             im.draft(mode, (w, h))  # decode at 1/2, 1/4 or 1/8 scale when that still covers (w, h)
             sx, sy = im.width / w, im.height / h
             box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
-            im = im.convert(mode).resize((size, size), Image.BILINEAR, box=box, reducing_gap=REDUCING_GAP)
-            arr = np.asarray(im)
+            source = im if im.mode == mode else im.convert(mode)  # a JPEG is RGB already: no copy
+            arr = np.asarray(source.resize((size, size), Image.BILINEAR, box=box, reducing_gap=REDUCING_GAP))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return None
     x = torch.from_numpy(arr.copy())

@@ -72,7 +72,7 @@ def test_head_lr_in_fit_moves_the_head_faster():
     for head_lr in (None, 1.0):
         torch.manual_seed(0)
         model = create_model("cnn-small", 2, input_shape=(3, 16, 16))
-        w0 = model.classifier.weight.clone()
+        w0 = model.classifier.weight.detach().clone()
         fit(model, obj, bundle, train=TrainConfig(epochs=1, batch_size=16, device="cpu"),
             optim=OptimConfig(lr=1e-4, head_lr=head_lr, schedule="constant"), quiet=True)
         moved[head_lr] = float((model.classifier.weight.detach() - w0).norm())

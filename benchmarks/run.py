@@ -1,7 +1,8 @@
 """`make bench`: every performance figure as a ratio measured within one run, written to
 benchmarks/results/perf.json and perf.md with a description of the machine.
 
-    python benchmarks/run.py [--only objectives|train_step|cache|e2e|ddp|layout|gpu] [--quick] [--threads N] [--out DIR]
+    python benchmarks/run.py [--only objectives|train_step|cache|e2e|ddp|layout|paper_scale|gpu] [--quick]
+        [--threads N] [--out DIR]
 
 The GPU benchmark runs by default only where CUDA is available; record it with
 `python benchmarks/run.py --only gpu --out benchmarks/results/gpu`.
@@ -27,13 +28,15 @@ import bench_e2e
 import bench_gpu
 import bench_layout
 import bench_objectives
+import bench_paper_scale
 import bench_train_step
 from timing import interleaved
 
 BENCHES = {"objectives": bench_objectives, "train_step": bench_train_step, "cache": bench_cache, "e2e": bench_e2e,
-           "ddp": bench_ddp, "layout": bench_layout, "gpu": bench_gpu}
+           "ddp": bench_ddp, "layout": bench_layout, "paper_scale": bench_paper_scale, "gpu": bench_gpu}
 #: What a plain `make bench` runs: the GPU benchmark only where there is a GPU.
-DEFAULT = ["objectives", "train_step", "cache", "e2e", "ddp", "layout"] + (["gpu"] if torch.cuda.is_available() else [])
+DEFAULT = ["objectives", "train_step", "cache", "e2e", "ddp", "layout", "paper_scale"] + (
+    ["gpu"] if torch.cuda.is_available() else [])
 
 
 def machine() -> dict[str, Any]:
@@ -59,7 +62,7 @@ def _verdict(row: dict[str, Any]) -> str:
     if target is None:
         return ""
     ratios = [v for k, v in row.items() if (k.endswith("_over_kd") and not k.startswith("dense"))
-              or k == "cached_over_no_teacher"]
+              or k in ("cached_over_no_teacher", "reader_over_pillow")]
     return "pass" if all(r <= target for r in ratios) else "MISS"
 
 

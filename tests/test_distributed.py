@@ -26,6 +26,7 @@ import groupdistil
 from conftest import free_port
 from groupdistil.data import DataConfig, load_dataset
 from groupdistil.loaders import GlobalBatchSampler
+from groupdistil.models import create_model
 from groupdistil.objectives import class_weights_of
 
 RANKS = 2
@@ -312,3 +313,22 @@ def test_an_error_on_rank_0_stops_every_rank_with_one_line(env, runs, teacher):
     assert set(codes.values()) <= {"2", "-15"} and "2" in codes.values(), r.stderr[-3000:]
     root = re.search(r"Root Cause.*?exitcode\s*:\s*(-?\d+)", r.stderr, re.S)
     assert root is not None and root.group(1) == "2", r.stderr[-3000:]
+
+
+@pytest.mark.slow  # each launch starts fresh interpreters that import torch
+@needs_torchrun
+def test_a_frozen_backbone_with_a_head_lr_on_two_ranks_equals_one_process(env, teacher, tmp_path):
+    # DDP over a model whose backbone has no gradients (and whose BatchNorm stays in eval mode): the
+    # head's gradients are all-reduced as usual, and the run is the one-process run.
+    args = [*STUDENT, "--model", "cnn-small", "--teacher", str(teacher), "--epochs", "1", "--quiet",
+            "--freeze", "backbone", "--head-lr", "0.5"]
+    _ok(_launch(env, [*args, "--batch-size", str(BATCH), "--out", str(tmp_path / "two")], ranks=RANKS))
+    _ok(_launch(env, [*args, "--batch-size", str(RANKS * BATCH), "--out", str(tmp_path / "one")]))
+    _assert_same_training(tmp_path / "two", tmp_path / "one")
+    bundle = load_dataset(DataConfig(dataset="spurious-digits"))
+    torch.manual_seed(0)  # the run's initialisation (seed 0)
+    init = create_model("cnn-small", bundle.n_classes, in_channels=bundle.input_shape[0],
+                        input_shape=bundle.input_shape).state_dict()
+    last = _last(tmp_path / "two")
+    changed = {k for k in init if not torch.equal(init[k], last[k])}
+    assert changed == {"classifier.weight", "classifier.bias"}

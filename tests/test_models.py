@@ -4,21 +4,21 @@ import pytest
 import torch
 
 from groupdistil.errors import CheckpointError, UserError
-from groupdistil.models import create_model, list_models
+from groupdistil.models import create_model, head_of, list_models
 
-SMALL = [n for n in list_models() if n not in ("resnet34", "resnet50", "resnet110")]
+SMALL = [n for n in list_models() if n not in ("resnet34", "resnet50", "resnet101", "resnet110")]
 
 
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_gives_logits_and_features(name):
     torch.manual_seed(0)
-    side = 32 if name.startswith("resnet") else 8
+    side = 32 if name.startswith(("resnet", "mobilenet")) else 8
     m = create_model(name, num_classes=2, in_channels=3, input_shape=(3, side, side)).eval()
     x = torch.randn(2, 3, side, side)
     logits, feats = m(x, return_features=True)
     assert logits.shape == (2, 2)
-    assert feats.shape == (2, m.classifier.in_features)
-    assert torch.allclose(m.classifier(feats), logits, atol=1e-5)
+    assert feats.shape == (2, head_of(m).in_features)
+    assert torch.allclose(head_of(m)(feats), logits, atol=1e-5)
 
 
 @pytest.mark.parametrize("name,published", [("resnet20", 0.27e6), ("resnet32", 0.46e6), ("resnet56", 0.85e6)])

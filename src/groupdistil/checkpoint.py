@@ -6,6 +6,7 @@ A checkpoint is a plain dict of tensors and primitives (no pickled classes), tag
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import tempfile
@@ -22,6 +23,15 @@ from groupdistil.errors import CheckpointError, first_line
 
 FORMAT = "groupdistil-checkpoint"
 VERSION = 1
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def atomic_write(path: Path, write: Any) -> None:
@@ -173,7 +183,10 @@ def restore_training(
         if key not in ck:
             raise CheckpointError(f"{path}: cannot resume: checkpoint lacks {key!r}")
     try:
-        distributed.unwrap(model).load_state_dict(ck["model"])
+        # models imports this module (file hashes): imported here, not at the top, to avoid the cycle.
+        from groupdistil.models import upgrade_legacy_keys
+
+        distributed.unwrap(model).load_state_dict(upgrade_legacy_keys(str(ck.get("model_name", "")), ck["model"]))
         objective.load_state_dict(ck["objective"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])

@@ -27,7 +27,13 @@ class ModelConfig(BaseModel):
 
     name: str = Field("cnn-small", description="model name (see create_model)",
                       json_schema_extra=_flag("--model", "--student"))
-    weights: Path | None = Field(None, description="initial weights from a local file")
+    weights: Path | None = Field(None, description="initial weights of this whole model from a local file")
+    pretrained: Path | None = Field(
+        None, description="fine-tune from a local torchvision/timm-style .pth/.pt/.safetensors file: every "
+        "tensor but the final linear layer must fit (docs/models.md)")
+    pretrained_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the --pretrained file: recorded by the run, "
+        "checked when given")
 
 
 class TeacherConfig(BaseModel):
@@ -86,6 +92,8 @@ class OptimConfig(BaseModel):
     schedule: Literal["cosine", "step", "constant"] = Field("cosine", description="learning-rate schedule")
     lr_step: int = Field(30, ge=1, description="step schedule: epochs between decays")
     lr_gamma: float = Field(0.1, gt=0, le=1, description="step schedule: decay factor")
+    head_lr: float | None = Field(None, gt=0, description="learning rate of the final linear layer "
+                                  "(default: --lr)")
 
 
 #: The device names a run accepts; :func:`groupdistil.devices.check_device` checks the same.
@@ -103,7 +111,11 @@ class TrainConfig(BaseModel):
         "none", description="mixed precision: bf16, or fp16 with a grad scaler (CUDA; CPU too, slowly)")
     compile: bool = Field(False, description="torch.compile the student")
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto, cpu, cuda or cuda:N")
-    num_workers: int = Field(0, ge=0, description="data-loader workers")
+    num_workers: int | None = Field(None, ge=0, description="data-loader workers (default: the machine's "
+                                    "cores for image files, shared by the local ranks; 0 for in-memory data)")
+    freeze: Literal["none", "backbone"] = Field(
+        "none", description="backbone: train the final linear layer only (a linear probe; frozen BatchNorm "
+        "stays in eval mode)")
     select_on: Literal["worst_group_acc", "avg_acc", "balanced_acc", "worst_class_acc"] = Field(
         "worst_group_acc", description="validation metric for model selection")
     skip_nonfinite: bool = Field(False, description="skip steps with a non-finite loss instead of stopping")

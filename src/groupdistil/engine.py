@@ -25,6 +25,8 @@ from groupdistil.config import OptimConfig, TrainConfig
 from groupdistil.data.base import DatasetBundle
 from groupdistil.devices import make_scaler, resolve_device
 from groupdistil.evaluation import evaluate
+from groupdistil.finetune import freeze_backbone, param_groups
+from groupdistil.loaders import default_workers, epoch_loaders
 from groupdistil.metrics import is_better
 from groupdistil.objectives import Objective
 from groupdistil.optim import make_optimizer, make_scheduler
@@ -83,20 +85,20 @@ def fit(
     device = resolve_device(train.device)
     if objective.requires_teacher and teacher is None:
         raise ValueError(f"teacher: objective {type(objective).__name__} needs a teacher")
-    model = _place(model, objective, teacher, train, device)
-    opt = make_optimizer(model.parameters(), optim)
-    sched = make_scheduler(opt, optim, train.epochs)
-    scaler = make_scaler(device, train.amp)
-    saver = _Saver(Path(out) / "checkpoints" if out is not None else None, dict(meta or {}))
+    meta = dict(meta or {})
+    model = _place(model, objective, teacher, train, device, str(meta.get("model_name", "model")))
+    opt, sched, scaler = _optimisation(model, optim, train, device)
+    saver = _Saver(Path(out) / "checkpoints" if out is not None else None, meta)
     state = FitState()
     if resume and saver.folder is not None:
         state = restore_training(saver.folder / "last.pt", model, objective, opt, sched, scaler)
         echo(f"resumed from {saver.folder / 'last.pt'} after epoch {state.epoch + 1}")
     trainer = Trainer(_wrap(model, device, train), objective, opt, scaler, train=train, device=device,
                       state=state, teacher=teacher)
+    loaders = _epoch_loaders(bundle, train, device)
     for epoch in range(state.epoch + 1, train.epochs):
         trainer.last_good = saver.last_good(state)
-        train_metrics = trainer.train_epoch(bundle, epoch, writer, quiet)
+        train_metrics = trainer.train_epoch(bundle, epoch, writer, quiet, loader=loaders(epoch))
         _step_schedule(sched)
         val_metrics = _validate(model, bundle, train, device, epoch, quiet)
         if writer is not None:
@@ -114,6 +116,21 @@ def fit(
     return FitResult(state.best_epoch, state.best_metrics, state.skipped_steps, best)
 
 
+def _optimisation(
+    model: nn.Module, optim: OptimConfig, train: TrainConfig, device: torch.device
+) -> tuple[torch.optim.Optimizer, Any, torch.amp.GradScaler]:
+    """Optimiser (the classifier at its own learning rate when asked for), schedule and grad scaler."""
+    opt = make_optimizer(param_groups(model, optim.lr, optim.head_lr), optim)
+    return opt, make_scheduler(opt, optim, train.epochs), make_scaler(device, train.amp)
+
+
+def _epoch_loaders(bundle: DatasetBundle, train: TrainConfig, device: torch.device) -> Any:
+    """``epoch -> training loader`` (workers persist across epochs where the data allows it)."""
+    return epoch_loaders(bundle.train, train.batch_size, seed=train.seed,
+                         num_workers=default_workers(bundle.train, train.num_workers), sampler=train.sampler,
+                         n_groups=bundle.n_groups, pin_memory=device.type == "cuda")
+
+
 def _step_schedule(sched: Any) -> None:
     with warnings.catch_warnings():
         # An epoch whose steps were all skipped as non-finite still advances the schedule.
@@ -129,7 +146,7 @@ def _validate(
     return evaluate(
         model, bundle.val, bundle.grouping, train_group_counts=bundle.group_counts("train"),
         batch_size=max(train.batch_size, 256), device=device, amp=train.amp, quiet=quiet,
-        desc=f"val {epoch + 1}",
+        desc=f"val {epoch + 1}", num_workers=default_workers(bundle.val, train.num_workers),
     )
 
 
@@ -158,9 +175,11 @@ class _Saver:
 
 
 def _place(
-    model: nn.Module, objective: Objective, teacher: Teacher | None, train: TrainConfig, device: torch.device
+    model: nn.Module, objective: Objective, teacher: Teacher | None, train: TrainConfig, device: torch.device,
+    model_name: str,
 ) -> nn.Module:
-    """Model, objective and teacher on ``device``, in the layout asked for; global BatchNorm under DDP."""
+    """Model, objective and teacher on ``device``, in the layout asked for; the backbone frozen when asked
+    for; global BatchNorm under DDP."""
     model.to(device)
     objective.to(device)
     if train.channels_last:
@@ -169,9 +188,12 @@ def _place(
         model.to(memory_format=torch.channels_last)
         if teacher is not None:
             teacher.to(memory_format=torch.channels_last)
-    if distributed.is_distributed() and train.sync_batchnorm:
+    if train.freeze == "backbone":
+        freeze_backbone(model, model_name)
+    elif distributed.is_distributed() and train.sync_batchnorm:
         # BatchNorm then normalises with the statistics of the global batch, as one process would.
-        # torch's SyncBatchNorm is CUDA-only; GlobalBatchNorm does the same with any backend.
+        # torch's SyncBatchNorm is CUDA-only; GlobalBatchNorm does the same with any backend. (Frozen
+        # BatchNorm uses its running statistics: nothing to synchronise.)
         if device.type == "cuda":
             return nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return convert_global_batchnorm(model)

@@ -3,7 +3,8 @@ batches an uninterrupted one would, and a run on N ranks exactly the global batc
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Sampler
@@ -104,6 +105,7 @@ def train_loader(
     n_groups: int | None = None,
     num_workers: int = 0,
     pin_memory: bool = False,
+    persistent_workers: bool = False,
 ) -> DataLoader:
     """This rank's training loader of one epoch (``sampler``: ``shuffle`` or ``group-balanced``);
     ``batch_size`` is per rank (see :class:`GlobalBatchSampler`)."""
@@ -123,8 +125,45 @@ def train_loader(
         # random crops (for different samples) in lockstep.
         generator=epoch_generator(seed, epoch, stream=distributed.rank()),
         pin_memory=pin_memory,
-        persistent_workers=False,
+        persistent_workers=persistent_workers and num_workers > 0,
     )
+
+
+def default_workers(dataset: GroupedDataset, requested: int | None = None) -> int:
+    """``requested``, or by default: the machine's cores shared by the ranks of this machine for data
+    decoded from files (a loader with ``reads_files``: decoding is the bottleneck), else 0 (in-memory
+    tensors: a worker would only copy them)."""
+    if requested is not None:
+        return requested
+    if not getattr(dataset.loader, "reads_files", False):
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)))
+
+
+def epoch_loaders(dataset: GroupedDataset, batch_size: int, *, seed: int, num_workers: int,
+                  **options: object) -> Callable[[int], DataLoader]:
+    """``epoch -> loader`` of :func:`train_loader` (``options`` are its keywords).
+
+    Without random augmentation, one loader serves every epoch: its workers persist (no start-up per
+    epoch) and its sampler moves to each epoch's order. With random augmentation every epoch gets
+    fresh workers seeded by (seed, epoch), so a resumed run draws the same crops as an uninterrupted
+    one (persistent workers would carry their random state over from the epochs before).
+    """
+    persist = num_workers > 0 and not dataset.has_random_augmentation
+    kept: list[DataLoader] = []
+
+    def loader(epoch: int) -> DataLoader:
+        if kept:
+            kept[0].batch_sampler.epoch = epoch  # type: ignore[union-attr]
+            return kept[0]
+        made = train_loader(dataset, batch_size, seed=seed, epoch=epoch, num_workers=num_workers,
+                            persistent_workers=persist, **options)  # type: ignore[arg-type]
+        if persist:
+            kept.append(made)
+        return made
+
+    return loader
 
 
 def eval_loader(

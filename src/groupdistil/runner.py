@@ -13,14 +13,15 @@ import torch
 from torch import nn
 
 from groupdistil import distributed
-from groupdistil.checkpoint import load_checkpoint
+from groupdistil.checkpoint import file_sha256, load_checkpoint
 from groupdistil.config import RunConfig, dump_yaml
 from groupdistil.data import DatasetBundle, load_dataset
 from groupdistil.devices import check_device, cpu_has_native, resolve_device
 from groupdistil.engine import fit, weight_names
 from groupdistil.errors import CheckpointError, UserError, first_line
 from groupdistil.evaluation import evaluate
-from groupdistil.models import create_model
+from groupdistil.loaders import default_workers
+from groupdistil.models import create_model, upgrade_legacy_keys
 from groupdistil.objectives import Objective, build_objective, objective_options
 from groupdistil.outputs import RunWriter
 from groupdistil.teachers import LogitCache, Teacher, TeacherMember, cached_or_computed, teacher_class_weights
@@ -112,6 +113,23 @@ def _check_out(cfg: RunConfig, out: Path) -> bool:
     return False
 
 
+def record_pretrained(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with the SHA-256 of its ``--pretrained`` file in ``model.pretrained_sha256`` (written to
+    config.yaml), so a run names the exact weights it started from; a recorded hash that differs from
+    the file's is an error (the file changed since)."""
+    path = cfg.model.pretrained
+    if path is None:
+        return cfg
+    if not Path(path).is_file():
+        raise CheckpointError(f"`model.pretrained` {path}: file not found")
+    digest = file_sha256(Path(path))
+    expected = cfg.model.pretrained_sha256
+    if expected is not None and expected != digest:
+        raise CheckpointError(f"`model.pretrained` {path}: its SHA-256 {digest} differs from the recorded "
+                              f"model.pretrained_sha256 {expected}")
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained_sha256": digest})})
+
+
 def model_from_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model saved by groupdistil and load its weights (``weights_only=True``)."""
     ck = load_checkpoint(path)
@@ -120,7 +138,7 @@ def model_from_checkpoint(path: Path, device: torch.device | str = "cpu") -> tup
             ck["model_name"], num_classes=int(ck["num_classes"]),
             in_channels=int(ck.get("in_channels", 3)), input_shape=tuple(ck.get("input_shape") or ()) or None,
         )
-        model.load_state_dict(ck["model"])
+        model.load_state_dict(upgrade_legacy_keys(ck["model_name"], ck["model"]))
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: weights do not fit model {ck['model_name']!r}: {first_line(e)}") from None
     return model.to(device).eval(), ck
@@ -197,6 +215,7 @@ def run_experiment(cfg: RunConfig, echo: Echo = print) -> dict[str, Any]:
     # Checked before the run folder is touched: a bad --device writes nothing. Rank 0 alone
     # checks (and with --force empties) the folder; every rank gets its answer or error.
     distributed.on_main(lambda: check_device(cfg.train.device))
+    cfg = record_pretrained(cfg)
     resume = distributed.on_main(lambda: prepare_out(cfg))
     device = resolve_device(cfg.train.device)
     if cfg.train.amp != "none" and device.type == "cpu" and not cpu_has_native(cfg.train.amp):
@@ -213,7 +232,7 @@ def run_experiment(cfg: RunConfig, echo: Echo = print) -> dict[str, Any]:
     in_shape = tuple(bundle.input_shape)
     model = create_model(
         cfg.model.name, num_classes=bundle.n_classes, in_channels=in_shape[0],
-        input_shape=in_shape, weights=cfg.model.weights,
+        input_shape=in_shape, weights=cfg.model.weights, pretrained=cfg.model.pretrained,
     )
     meta = {
         "model_name": cfg.model.name, "num_classes": bundle.n_classes, "in_channels": in_shape[0],
@@ -231,7 +250,8 @@ def run_experiment(cfg: RunConfig, echo: Echo = print) -> dict[str, Any]:
         counts = bundle.group_counts("train")
         splits = {
             name: evaluate(best, bundle.splits[name], bundle.grouping, train_group_counts=counts,
-                           batch_size=max(cfg.train.batch_size, 256), device=device, quiet=cfg.quiet)
+                           batch_size=max(cfg.train.batch_size, 256), device=device, quiet=cfg.quiet,
+                           num_workers=default_workers(bundle.splits[name], cfg.train.num_workers))
             for name in ("train", "val", "test")
         }
         final = {

@@ -23,9 +23,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from groupdistil.checkpoint import atomic_write
+from groupdistil.checkpoint import atomic_write, file_sha256
 from groupdistil.data.base import GroupedDataset
 from groupdistil.errors import UserError
+from groupdistil.loaders import default_workers
 from groupdistil.losses import adjust_logits, adjust_logits_weighted
 from groupdistil.objectives import class_weights_of
 
@@ -51,17 +52,9 @@ def compute_logits(
 ) -> torch.Tensor:
     """(N, C) float32 logits of ``model`` on every sample of ``dataset``, in index order."""
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=default_workers(dataset))
     out = [model(x.to(device)).float().cpu() for x, *_ in loader]
     return torch.cat(out) if out else torch.zeros(0, 0)
-
-
-def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class LogitCache:
@@ -84,7 +77,7 @@ class LogitCache:
             return None
         try:
             meta = json.loads(meta_path.read_text())
-            if tuple(meta["shape"]) != tuple(shape) or meta["sha256"] != _file_sha(npy):
+            if tuple(meta["shape"]) != tuple(shape) or meta["sha256"] != file_sha256(npy):
                 raise ValueError("shape or checksum differs")
             arr = np.load(npy, mmap_mode="r", allow_pickle=False)
             if arr.shape != tuple(shape) or arr.dtype != np.float32:
@@ -100,7 +93,7 @@ class LogitCache:
         npy, meta_path = self.paths(key)
         arr = logits.detach().float().cpu().numpy()
         atomic_write(npy, lambda f: np.save(f, arr, allow_pickle=False))
-        meta = {"shape": list(arr.shape), "dtype": "float32", "sha256": _file_sha(npy)}
+        meta = {"shape": list(arr.shape), "dtype": "float32", "sha256": file_sha256(npy)}
         atomic_write(meta_path, lambda f: f.write(json.dumps(meta).encode()))
         return _readonly_tensor(np.load(npy, mmap_mode="r", allow_pickle=False))
 

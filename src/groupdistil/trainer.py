@@ -12,6 +12,7 @@ gathers the logs.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any, Literal, NamedTuple
 
 import torch
@@ -149,18 +150,24 @@ class Trainer:
         return StepResult("stepped", loss, *done)
 
     def train_epoch(
-        self, bundle: DatasetBundle, epoch: int, writer: RunWriter | None = None, quiet: bool = True
+        self, bundle: DatasetBundle, epoch: int, writer: RunWriter | None = None, quiet: bool = True,
+        loader: Iterable[tuple[torch.Tensor, ...]] | None = None,
     ) -> dict[str, Any]:
-        """Train one epoch on ``bundle.train``; the epoch's training metrics (all ranks together)."""
+        """Train one epoch on ``bundle.train``; the epoch's training metrics (all ranks together).
+
+        ``loader`` yields the epoch's batches (``fit`` keeps one whose workers persist across epochs);
+        by default, a fresh :func:`~groupdistil.loaders.train_loader` of this epoch.
+        """
         self.epoch = epoch
         self.net.train()
         self.objective.train()
         metrics = GroupMetrics(bundle.n_groups, bundle.n_classes)
         tr = self.train
-        loader = train_loader(
-            bundle.train, tr.batch_size, seed=tr.seed, epoch=epoch, sampler=tr.sampler,
-            n_groups=bundle.n_groups, num_workers=tr.num_workers, pin_memory=self.device.type == "cuda",
-        )
+        if loader is None:
+            loader = train_loader(
+                bundle.train, tr.batch_size, seed=tr.seed, epoch=epoch, sampler=tr.sampler,
+                n_groups=bundle.n_groups, num_workers=tr.num_workers, pin_memory=self.device.type == "cuda",
+            )
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tr.epochs}", leave=False,
                    disable=quiet or not distributed.is_main_process())
         for batch in bar:

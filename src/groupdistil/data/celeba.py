@@ -81,15 +81,17 @@ def build_celeba(config: DataConfig) -> DatasetBundle:
     a = (attrs.ints(confounder, {-1, 1}, "-1 or 1") > 0).astype(np.int64)
     split = _partition_codes(attrs, part)
     images = root / "img_align_celeba"
-    files = ImageFiles(resolve_paths(attrs, "image_id", images, allow_outside=config.allow_outside_root))
-    grouping = Grouping.label_attribute((f"not_{target}", target), (f"not_{confounder}", confounder))
     size = config.image_size or DEFAULT_SIZE
+    files = ImageFiles(resolve_paths(attrs, "image_id", images, allow_outside=config.allow_outside_root),
+                       size=size)
+    grouping = Grouping.label_attribute((f"not_{target}", target), (f"not_{confounder}", confounder))
     transform, augmentation = image_pipeline(size, augment=config.augment)
     default = (target, confounder) == ("Blond_Hair", "Male")
     return make_bundle(
         "celeba", grouping, (3, size, size),
         parts_by_split(split, y, grouping.group_ids(torch.from_numpy(y), torch.from_numpy(a)), loader=files),
-        identity={"target": target, "confounder": confounder, "files": file_stamp(attrs.path, part.path)},
+        identity={"target": target, "confounder": confounder, "files": file_stamp(attrs.path, part.path),
+                  "reader": repr(files)},
         transform=transform, augmentation=augmentation,
         published_counts={"train": PUBLISHED_TRAIN} if default else None,
     )

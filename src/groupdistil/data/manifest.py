@@ -117,12 +117,13 @@ def build_manifest(config: DataConfig) -> DatasetBundle:
     grouping, g = _grouping(table, config, y, class_names)
     identity = {"files": file_stamp(path), "group_by": config.group_by, "features": config.features}
     if table.has("path") and not config.features:
-        files = ImageFiles(resolve_paths(table, "path", path.parent, allow_outside=config.allow_outside_root))
         size = config.image_size or DEFAULT_SIZE
+        files = ImageFiles(resolve_paths(table, "path", path.parent, allow_outside=config.allow_outside_root),
+                           size=size)
         transform, augmentation = image_pipeline(size, augment=config.augment)
         parts = parts_by_split(split, y, g, loader=files)
         return make_bundle(
-            "manifest", grouping, (3, size, size), parts, identity=identity,
+            "manifest", grouping, (3, size, size), parts, identity={**identity, "reader": repr(files)},
             transform=transform, augmentation=augmentation,
         )
     x = _features(table, config, split)

@@ -98,6 +98,8 @@ class CineSlices:
     once (gzip cannot seek) and caches all of its samples.
     """
 
+    reads_files = True  # loaders default to worker processes (loaders.default_workers)
+
     def __init__(self, paths: np.ndarray, frames: np.ndarray, slices: np.ndarray, size: int) -> None:
         self.paths, self.frames, self.slices, self.size = paths, frames, slices, size
         self._resize = Compose([Resize(size), CenterCrop(size)])

@@ -32,13 +32,14 @@ def build_waterbirds(config: DataConfig) -> DatasetBundle:
     y = table.ints("y", {0, 1}, "0 (landbird) or 1 (waterbird)")
     place = table.ints("place", {0, 1}, "0 (land) or 1 (water)")
     split = table.ints("split", {0, 1, 2}, "0 (train), 1 (val) or 2 (test)")
-    files = ImageFiles(resolve_paths(table, "img_filename", root, allow_outside=config.allow_outside_root))
     size = config.image_size or DEFAULT_SIZE
+    files = ImageFiles(resolve_paths(table, "img_filename", root, allow_outside=config.allow_outside_root),
+                       size=size)
     transform, augmentation = image_pipeline(size, augment=config.augment)
     g = GROUPING.group_ids(torch.from_numpy(y), torch.from_numpy(place))
     return make_bundle(
         "waterbirds", GROUPING, (3, size, size), parts_by_split(split, y, g, loader=files),
-        identity={"files": file_stamp(meta)}, transform=transform, augmentation=augmentation,
+        identity={"files": file_stamp(meta), "reader": repr(files)}, transform=transform, augmentation=augmentation,
         published_counts=PUBLISHED,
     )
 

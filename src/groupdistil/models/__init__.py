@@ -1,9 +1,11 @@
 """Model factory: ``create_model(name, num_classes, ...)`` from a dict of constructors (timm style).
 
 Names: ``linear``, ``mlp-small``, ``mlp``, ``cnn-small``, ``cnn`` (any input size), CIFAR ResNets
-``resnet8/20/32/56/110`` and ImageNet-style ``resnet18/34/50``; ``tv:<name>`` and ``timm:<name>`` when
-torchvision or timm import. Every model returns logits (B, C), features with ``return_features=True``,
-and exposes its final linear layer as ``classifier``.
+``resnet8/20/32/56/110``, ImageNet-style ``resnet18/34/50/101`` and ``mobilenet_v3_small/large`` with
+torchvision's module names (so torchvision and timm state dicts load, see ``pretrained``); ``tv:<name>``
+and ``timm:<name>`` when torchvision or timm import. Every model returns logits (B, C), features (the
+input of its final linear layer) with ``return_features=True``, and names that layer in ``head``
+(:func:`head_of`).
 """
 
 from __future__ import annotations
@@ -17,10 +19,14 @@ import torch
 from torch import nn
 
 from groupdistil.errors import CheckpointError, UserError, first_line
+from groupdistil.models.mobilenet import MOBILENETS
+from groupdistil.models.pretrained import load_pretrained
 from groupdistil.models.resnet import RESNETS
 from groupdistil.models.simple import Classifier, cnn_builder, mlp_builder
+from groupdistil.models.tv_resnet import DEPTHS, tv_resnet, upgrade_legacy_keys
 
-__all__ = ["MODELS", "Classifier", "create_model", "list_models", "load_weights"]
+__all__ = ["MODELS", "Classifier", "create_model", "head_name", "head_of", "list_models", "load_weights",
+           "upgrade_legacy_keys"]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "linear": mlp_builder(()),
@@ -29,6 +35,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "cnn-small": cnn_builder((16, 32)),
     "cnn": cnn_builder((32, 64, 128)),
     **RESNETS,
+    **{name: tv_resnet(name) for name in DEPTHS},
+    **MOBILENETS,
 }
 
 #: Prefixes of names resolved by optional packages, and the package each needs.
@@ -45,9 +53,15 @@ def create_model(
     in_channels: int = 3,
     input_shape: tuple[int, ...] | None = None,
     weights: str | Path | None = None,
+    pretrained: str | Path | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build a model by name; optionally load weights from a local file (``weights_only=True``)."""
+    """Build a model by name; optionally load weights from a local file (``weights_only=True``).
+
+    ``weights``: the whole model (a groupdistil checkpoint or a state dict of this very model).
+    ``pretrained``: a torchvision/timm-style file for fine-tuning: everything but the final linear
+    layer must fit; that layer is kept from the file only when its shape fits (see ``pretrained.py``).
+    """
     shape = tuple(input_shape) if input_shape else (in_channels, 32, 32)
     prefix = next((p for p in EXTERNAL if name.startswith(p)), None)
     if prefix is not None:
@@ -56,9 +70,24 @@ def create_model(
         model = MODELS[name](num_classes=num_classes, in_channels=in_channels, input_shape=shape, **kwargs)
     else:
         raise UserError(f"`model.name`: unknown name {name!r}; expected one of {', '.join(MODELS)}, tv:NAME, timm:NAME")
+    if pretrained is not None:
+        load_pretrained(model, Path(pretrained), name, head_name(model, name))
     if weights is not None:
-        load_weights(model, Path(weights))
+        load_weights(model, Path(weights), name)
     return model
+
+
+def head_name(model: nn.Module, name: str = "model") -> str:
+    """The dotted name of ``model``'s final linear layer (``classifier``, ``fc``, ``classifier.3``)."""
+    head = getattr(model, "head", None)
+    if not isinstance(head, str) or not isinstance(model.get_submodule(head), nn.Linear):
+        raise UserError(f"`model.name` {name}: has no known final linear layer (only groupdistil's own models do)")
+    return head
+
+
+def head_of(model: nn.Module) -> nn.Linear:
+    """``model``'s final linear layer: features (B, in_features) -> logits (B, C)."""
+    return model.get_submodule(head_name(model))  # type: ignore[return-value]
 
 
 def _external(prefix: str, name: str, num_classes: int) -> nn.Module:
@@ -75,8 +104,9 @@ def _external(prefix: str, name: str, num_classes: int) -> nn.Module:
         raise UserError(f"`model.name` {prefix}{name}: {package} cannot build it ({type(e).__name__})") from None
 
 
-def load_weights(model: nn.Module, path: Path) -> None:
-    """Load a raw state dict or a groupdistil checkpoint's ``model`` entry into ``model``."""
+def load_weights(model: nn.Module, path: Path, name: str = "") -> None:
+    """Load a raw state dict or a groupdistil checkpoint's ``model`` entry into ``model`` (``name``);
+    a state dict of groupdistil's earlier ``resnet18/34/50`` layout is renamed first."""
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file not found")
     try:
@@ -87,6 +117,6 @@ def load_weights(model: nn.Module, path: Path) -> None:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a state dict")
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(upgrade_legacy_keys(name, state))
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit the model: {first_line(e)}") from None

@@ -1,10 +1,9 @@
-"""ResNets: the CIFAR variant of He et al. (2016) and the ImageNet-style ResNet-18/34/50.
+"""CIFAR ResNets of He et al. (2016) (the ImageNet-style ones are in ``tv_resnet.py``).
 
 CIFAR ResNet-(6n+2): a 3x3 stem with 16 channels, three stages of n basic blocks with 16/32/64
 channels, strides 1/2/2, and projection (option B: 1x1 conv + BN) shortcuts where the shape changes.
-ImageNet-style: basic (18, 34) or bottleneck (50) blocks in four stages of 64-512 channels; for
-inputs smaller than 64 px the stem is a 3x3 stride-1 conv without max-pool (as CIFAR ports do), so
-32 px images keep their spatial detail. All end in global average pooling and ``classifier``.
+Names are groupdistil's own (``features.N``, blocks ``body.K``/``shortcut.K``, ``classifier``): there
+are no torchvision CIFAR ResNets to share weights with.
 """
 
 from __future__ import annotations
@@ -34,17 +33,6 @@ class BasicBlock(nn.Module):
         return self.relu(self.body(x) + self.shortcut(x))
 
 
-class Bottleneck(BasicBlock):
-    expansion = 4
-
-    def __init__(self, c_in: int, width: int, stride: int = 1) -> None:
-        super().__init__(c_in, width, stride)
-        c_out = width * self.expansion
-        self.body = nn.Sequential(*_bn_conv(c_in, width, 1), nn.ReLU(inplace=True),
-                                  *_bn_conv(width, width, 3, stride), nn.ReLU(inplace=True),
-                                  *_bn_conv(width, c_out, 1))
-
-
 def _stages(block: type[BasicBlock], c: int, widths: tuple[int, ...], depths: tuple[int, ...],
             strides: tuple[int, ...]) -> tuple[nn.Sequential, int]:
     layers: list[nn.Module] = []
@@ -68,25 +56,4 @@ def cifar_resnet(depth: int):
     return build
 
 
-def imagenet_resnet(block: type[BasicBlock], depths: tuple[int, int, int, int]):
-    """Builder of an ImageNet-style ResNet with ``depths`` blocks per stage."""
-
-    def build(num_classes: int, in_channels: int, input_shape: tuple[int, ...]) -> Classifier:
-        small = min(input_shape[-2:]) < 64 if len(input_shape) == 3 else True
-        stem: list[nn.Module] = (
-            [*_bn_conv(in_channels, 64, 3), nn.ReLU(inplace=True)] if small
-            else [*_bn_conv(in_channels, 64, 7, 2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)]
-        )
-        body, c = _stages(block, 64, (64, 128, 256, 512), depths, (1, 2, 2, 2))
-        features = nn.Sequential(*stem, body, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        return Classifier(features, c, num_classes)
-
-    return build
-
-
-RESNETS = {
-    **{f"resnet{d}": cifar_resnet(d) for d in (8, 20, 32, 56, 110)},
-    "resnet18": imagenet_resnet(BasicBlock, (2, 2, 2, 2)),
-    "resnet34": imagenet_resnet(BasicBlock, (3, 4, 6, 3)),
-    "resnet50": imagenet_resnet(Bottleneck, (3, 4, 6, 3)),
-}
+RESNETS = {f"resnet{d}": cifar_resnet(d) for d in (8, 20, 32, 56, 110)}

@@ -12,6 +12,8 @@ from torch import nn
 class Classifier(nn.Module):
     """A feature extractor followed by ``classifier`` (the final linear layer); returns logits."""
 
+    head = "classifier"
+
     def __init__(self, features: nn.Module, width: int, num_classes: int) -> None:
         super().__init__()
         self.features = features

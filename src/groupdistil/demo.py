@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from groupdistil.config import RunConfig, validate_config
+from groupdistil.rundir import check_location
 from groupdistil.runner import run_experiment
 
 #: Hyper-parameters of the demo; chosen on validation worst-group accuracy (see docs/demo.md).
@@ -69,6 +70,7 @@ def run_demo(
 ) -> dict[str, list[dict[str, Any]]]:
     """Run every demo run for ``seeds`` seeds; returns final.json contents grouped by run name."""
     out = Path(out)
+    check_location(out)  # before the first run: each run's own folder is checked as it starts
     results: dict[str, list[dict[str, Any]]] = {}
     for seed in range(seeds):
         for cfg in demo_plan(out, seed, epochs):

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from groupdistil import distributed, faults
 from groupdistil.batchnorm import convert_global_batchnorm
-from groupdistil.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from groupdistil.checkpoint import check_resumable, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from groupdistil.config import DEVICE_PATTERN, OptimConfig, TrainConfig
 from groupdistil.data.base import DatasetBundle
 from groupdistil.errors import CheckpointError, ConfigError, NumericalError
@@ -146,9 +146,7 @@ def _restore(
     scaler: torch.amp.GradScaler,
 ) -> FitState:
     ck = load_checkpoint(path)
-    for key in ("optimizer", "scheduler", "rng", "objective", "epoch", "step"):
-        if key not in ck:
-            raise CheckpointError(f"{path}: cannot resume: checkpoint lacks {key!r}")
+    check_resumable(path, ck)
     try:
         _unwrap(model).load_state_dict(ck["model"])
         objective.load_state_dict(ck["objective"])
@@ -157,10 +155,10 @@ def _restore(
         # A checkpoint of a run without fp16 has no loss scale: the scaler then starts afresh.
         if scaler.is_enabled() and ck.get("scaler"):
             scaler.load_state_dict(ck["scaler"])
-    except (RuntimeError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0]
+        set_rng_state(ck["rng"])
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"{path}: does not match this run's model or objective: {first}") from None
-    set_rng_state(ck["rng"])
     return FitState(
         epoch=int(ck["epoch"]),
         step=int(ck["step"]),

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from groupdistil.config import RunConfig, validate_config
-from groupdistil.rundir import check_location
+from groupdistil.rundir import RunPaths, check_location
 from groupdistil.runner import run_experiment
 
 #: Hyper-parameters of the demo; chosen on validation worst-group accuracy (see docs/demo.md).
@@ -57,7 +57,7 @@ def demo_plan(out: Path, seed: int, epochs: int) -> list[RunConfig]:
         _config(out, "student-erm", "student", sm, "erm", seed, epochs),
     ]
     for tname in ("teacher-erm", "teacher-group-dro"):
-        ckpt = out / f"{tname}-seed{seed}" / "checkpoints" / "best.pt"
+        ckpt = RunPaths(out / f"{tname}-seed{seed}").best
         short = tname.removeprefix("teacher-")
         runs.append(_config(out, f"kd<-{short}", "student", sm, "kd", seed, epochs, ckpt, alpha=a, temperature=t))
         runs.append(_config(out, f"groupdistil<-{short}", "student", sm, "groupdistil", seed, epochs, ckpt,

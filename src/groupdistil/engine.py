@@ -33,6 +33,7 @@ from groupdistil.metrics import GroupMetrics, is_better
 from groupdistil.objectives import Objective
 from groupdistil.optim import make_optimizer, make_scheduler
 from groupdistil.outputs import RunWriter
+from groupdistil.rundir import RunPaths
 from groupdistil.teachers import Teacher
 
 log = logging.getLogger("groupdistil")
@@ -227,11 +228,11 @@ def fit(
     opt = make_optimizer(model.parameters(), optim)
     sched = make_scheduler(opt, optim, train.epochs)
     scaler = make_scaler(device, train.amp)
-    ckpt_dir = Path(out) / "checkpoints" if out is not None else None
+    paths = RunPaths(out) if out is not None else None
     state = FitState()
-    if resume and ckpt_dir is not None:
-        state = _restore(ckpt_dir / "last.pt", model, objective, opt, sched, scaler)
-        echo(f"resumed from {ckpt_dir / 'last.pt'} after epoch {state.epoch + 1}")
+    if resume and paths is not None:
+        state = _restore(paths.last, model, objective, opt, sched, scaler)
+        echo(f"resumed from {paths.last} after epoch {state.epoch + 1}")
     net: nn.Module = model
     if distributed.is_distributed():
         ids = [device.index] if device.type == "cuda" else None
@@ -243,7 +244,7 @@ def fit(
     for epoch in range(state.epoch + 1, train.epochs):
         train_metrics = _train_epoch(
             net, objective, bundle, teacher, opt, scaler, state, epoch, train, device, writer, quiet,
-            last_good=str(ckpt_dir / "last.pt") if ckpt_dir is not None and state.epoch >= 0 else "none",
+            last_good=str(paths.last) if paths is not None and state.epoch >= 0 else "none",
         )
         with warnings.catch_warnings():
             # An epoch whose steps were all skipped as non-finite still advances the schedule.
@@ -262,10 +263,10 @@ def fit(
         state.epoch = epoch
         if improved:
             state.best_metrics, state.best_epoch = val_metrics, epoch
-            if ckpt_dir is not None and distributed.is_main_process():
-                save_checkpoint(ckpt_dir / "best.pt", _payload(model, objective, state, meta))
-        if ckpt_dir is not None and distributed.is_main_process():
-            save_checkpoint(ckpt_dir / "last.pt", _payload(model, objective, state, meta, opt, sched, scaler))
+            if paths is not None and distributed.is_main_process():
+                save_checkpoint(paths.best, _payload(model, objective, state, meta))
+        if paths is not None and distributed.is_main_process():
+            save_checkpoint(paths.last, _payload(model, objective, state, meta, opt, sched, scaler))
             faults.point(f"epoch:{epoch}")
         if not quiet and distributed.is_main_process():
             echo(_epoch_line(epoch, train.epochs, train_metrics, val_metrics, train.select_on, improved))
@@ -274,7 +275,7 @@ def fit(
         state.best_epoch,
         state.best_metrics,
         state.skipped_steps,
-        ckpt_dir / "best.pt" if ckpt_dir is not None else None,
+        paths.best if paths is not None else None,
     )
 
 

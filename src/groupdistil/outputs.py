@@ -23,9 +23,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from groupdistil import distributed
 from groupdistil.checkpoint import atomic_write
 from groupdistil.errors import UserError
+from groupdistil.metrics import HEADLINE_METRICS
 from groupdistil.rundir import RunPaths
 
-SCALARS = ("loss", "avg_acc", "worst_group_acc", "balanced_acc", "adjusted_avg_acc", "worst_class_acc", "ece")
+#: What TensorBoard plots per split and epoch.
+SCALARS = ("loss", *HEADLINE_METRICS, "ece")
 
 
 class SplitRecord(BaseModel):
@@ -42,12 +44,22 @@ class SplitRecord(BaseModel):
 
 
 class FinalRecord(BaseModel):
-    """final.json: what the run was and its selected checkpoint's metrics per split."""
+    """final.json: what the run was and its selected checkpoint's metrics per split (the runner writes
+    it; fields that older versions did not write may be absent)."""
 
     model_config = ConfigDict(extra="allow")
 
     name: str
     method: str
+    role: str | None = None
+    dataset: str | None = None
+    seed: int | None = None
+    model: str | None = None
+    teacher: str | None = None
+    options: dict[str, Any] = {}
+    selected_epoch: int | None = None
+    selection_metric: str | None = None
+    skipped_steps: int = 0
     splits: dict[str, SplitRecord]
 
 
@@ -164,8 +176,10 @@ class RunWriter:
             self._tb.flush()
 
     def finish(self, final: dict[str, Any]) -> None:
+        """Write final.json (checked against :class:`FinalRecord`: what is written can be read back)."""
         if not self.active:
             return
+        FinalRecord.model_validate(_json_safe(final))
         write_json(self.paths.final, final)
         self.close()
 

@@ -40,10 +40,16 @@ MARKER_TEXT = "groupdistil run folder (--force replaces only folders that hold t
 #: the job's id, so that a restarted attempt knows the folder is its own and continues the run.
 ELASTIC_MARKER = ".torchelastic-run-id"
 
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+WEIGHTS = "group_weights.csv"
+FINAL = "final.json"
+LAST = "last.pt"
+BEST = "best.pt"
+
 #: What a run writes at the top of its folder, and in checkpoints/ and tb/.
-_TOP = {MARKER, ELASTIC_MARKER, "config.yaml", "metrics.jsonl", "group_weights.csv", "final.json",
-        "checkpoints", "tb"}
-_CHECKPOINTS = {"last.pt", "best.pt"}
+_TOP = {MARKER, ELASTIC_MARKER, CONFIG, METRICS, WEIGHTS, FINAL, "checkpoints", "tb"}
+_CHECKPOINTS = {LAST, BEST}
 #: A temporary file of an atomic write (checkpoint.atomic_write) that a kill interrupted.
 _TMP = re.compile(r"\..+\.tmp")
 #: Sections of config.yaml: a folder from before the marker counts as a run only with all of them.
@@ -69,19 +75,19 @@ class RunPaths:
 
     @property
     def config(self) -> Path:
-        return self.root / "config.yaml"
+        return self.root / CONFIG
 
     @property
     def metrics(self) -> Path:
-        return self.root / "metrics.jsonl"
+        return self.root / METRICS
 
     @property
     def weights(self) -> Path:
-        return self.root / "group_weights.csv"
+        return self.root / WEIGHTS
 
     @property
     def final(self) -> Path:
-        return self.root / "final.json"
+        return self.root / FINAL
 
     @property
     def tb(self) -> Path:
@@ -93,11 +99,11 @@ class RunPaths:
 
     @property
     def last(self) -> Path:
-        return self.checkpoints / "last.pt"
+        return self.checkpoints / LAST
 
     @property
     def best(self) -> Path:
-        return self.checkpoints / "best.pt"
+        return self.checkpoints / BEST
 
     @property
     def staging(self) -> Path:
@@ -189,11 +195,14 @@ def plan_out(cfg: RunConfig) -> OutPlan:
     """
     paths = RunPaths(cfg.out)
     check_location(paths.root)
-    _recover_swap(paths)
     job = _elastic_job()
-    plan = _elastic_plan(paths, job[0]) if job is not None and job[1] > 0 else None
-    if plan is None:
-        plan = _force_plan(paths) if cfg.force else _plan(cfg, paths)
+    try:
+        _recover_swap(paths)
+        plan = _elastic_plan(paths, job[0]) if job is not None and job[1] > 0 else None
+        if plan is None:
+            plan = _force_plan(paths) if cfg.force else _plan(cfg, paths)
+    except OSError as e:
+        raise UserError(f"--out {paths.root}: cannot read the folder ({e.strerror or e})") from None
     return replace(plan, job=job[0] if job is not None else None)
 
 

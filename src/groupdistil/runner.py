@@ -130,10 +130,11 @@ def run_experiment(cfg: RunConfig, echo: Echo = print) -> dict[str, Any]:
     is written beside it and swapped in when finished, so a failed one leaves the old run as it was.
     """
     plan = distributed.on_main(lambda: plan_out(cfg))
+    final = distributed.on_main(lambda: read_final(plan.paths.final)) if plan.finished else None
     if plan.notice:
         echo(plan.notice)
-    if plan.finished:
-        return distributed.on_main(lambda: read_final(plan.paths.final))
+    if final is not None:
+        return final
     distributed.on_main(lambda: check_device(cfg.train.device))
     device = resolve_device(cfg.train.device)
     if cfg.train.amp != "none" and device.type == "cpu" and not cpu_has_native(cfg.train.amp):

@@ -185,7 +185,8 @@ class OutPlan:
 
 
 def plan_out(cfg: RunConfig) -> OutPlan:
-    """Decide what the run does with ``cfg.out``; refusals are one UserError line, nothing is written.
+    """Decide what the run does with ``cfg.out``; refusals are one UserError line. Nothing is written,
+    except to finish the swap of a replacing run that a kill interrupted (:func:`_recover_swap`).
 
     A finished run is never replaced without ``force`` (``resume`` then has nothing to do); an
     unfinished one needs ``resume`` or ``force``; ``force`` replaces only a folder of ours; a folder
@@ -299,7 +300,7 @@ def close_out(plan: OutPlan, ok: bool) -> None:
         return
     if ok:
         _swap_in(plan.paths)
-    else:
+    elif plan.job is None:  # a torchrun job that may restart keeps it: the next attempt continues it
         shutil.rmtree(plan.work, ignore_errors=True)
 
 

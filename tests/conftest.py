@@ -7,6 +7,7 @@ import csv
 import socket
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,8 +15,11 @@ import torch
 from hypothesis import HealthCheck, settings
 from PIL import Image
 
+from groupdistil.checkpoint import rng_state
+from groupdistil.config import RunConfig
 from groupdistil.data.base import DatasetBundle, GroupedDataset
 from groupdistil.groups import Grouping
+from groupdistil.models import create_model
 
 # Property tests draw the same examples on every run (a CI result does not depend on luck) and are
 # not failed for being slow to generate data on a loaded machine; each test's @settings adds the rest.
@@ -153,3 +157,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def valid_checkpoint(out: Path) -> dict[str, Any]:
+    """A resumable checkpoint of a linear model on spurious-digits, as a run in ``out`` writes it."""
+    model = create_model("linear", num_classes=2, in_channels=3, input_shape=(3, 8, 8))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    return {
+        "model_name": "linear", "num_classes": 2, "in_channels": 3, "input_shape": [3, 8, 8],
+        "class_names": ["digit0-4", "digit5-9"], "group_names": ["a", "b", "c", "d"], "world_size": 1,
+        "config": RunConfig(out=out, model={"name": "linear"}).model_dump(mode="json"),
+        "model": model.state_dict(), "objective": {}, "epoch": 0, "step": 15, "best_metric": {"avg_acc": 0.5},
+        "best_epoch": 0, "skipped_steps": 0, "overflow_steps": 0, "optimizer": opt.state_dict(),
+        "scheduler": torch.optim.lr_scheduler.StepLR(opt, 30).state_dict(), "rng": rng_state(),
+    }

@@ -2,10 +2,14 @@
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 import yaml
 
+from conftest import valid_checkpoint
+from groupdistil.checkpoint import save_checkpoint
 from groupdistil.cli.app import run_app
 
 CASES = yaml.safe_load((Path(__file__).parent / "corpus" / "cases.yaml").read_text())
@@ -18,13 +22,41 @@ def test_the_corpus_is_large_and_covers_every_reader():
     assert len({c["name"] for c in CASES}) == len(CASES)
 
 
+def _value(v: Any) -> Any:
+    # ``tensor:N`` stands for N float zeros (YAML has no tensors), at any depth.
+    if isinstance(v, dict):
+        return {k: _value(x) for k, x in v.items()}
+    return torch.zeros(int(v[7:])) if isinstance(v, str) and v.startswith("tensor:") else v
+
+
+def write_checkpoint(path: Path, changes: dict[str, Any]) -> None:
+    """A valid checkpoint with ``changes``: a value replaces the field (``DELETE`` removes it); the
+    folder around a ``checkpoints/last.pt`` is made a run folder of groupdistil."""
+    data = valid_checkpoint(path.parent.parent)
+    for key, value in changes.items():
+        if value == "DELETE":
+            del data[key]
+        else:
+            data[key] = _value(value)
+    save_checkpoint(path, data)
+    if path.parent.name == "checkpoints":  # the run folder of a last.pt
+        (path.parent.parent / ".groupdistil-run").write_text("groupdistil run folder\n")
+        (path.parent.parent / "config.yaml").write_text(yaml.safe_dump(data.get("config") or {}))
+
+
+def snapshot(root: Path) -> dict[Path, bytes | None]:
+    return {p.relative_to(root): (p.read_bytes() if p.is_file() else None) for p in root.rglob("*")}
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
 def test_malformed_input(case, tmp_path, capsys):
     for rel, text in case["files"].items():
         path = tmp_path / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text.replace("ROOT", str(tmp_path)))
-    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for rel, changes in case.get("checkpoints", {}).items():
+        write_checkpoint(tmp_path / rel, changes)
+    before = snapshot(tmp_path)
     argv = [a.replace("ROOT", str(tmp_path)) for a in case["argv"]]
     assert run_app(argv) == 2
     captured = capsys.readouterr()
@@ -32,5 +64,5 @@ def test_malformed_input(case, tmp_path, capsys):
     assert err.count("\n") == 0, err
     assert err.startswith("error: ")
     assert re.search(case["expect"], err), f"{err!r} does not match {case['expect']!r}"
-    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before, "nothing is written"
+    assert snapshot(tmp_path) == before, "nothing is written, changed or deleted"
     assert not (tmp_path / "pwned").exists()

@@ -13,7 +13,7 @@ import torch
 from groupdistil.checkpoint import load_checkpoint
 from groupdistil.config import RunConfig
 from groupdistil.errors import UserError
-from groupdistil.runner import ELASTIC_MARKER, prepare_out
+from groupdistil.rundir import ELASTIC_MARKER, MARKER, open_out, plan_out
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 pytestmark = pytest.mark.slow
@@ -80,16 +80,20 @@ def test_killed_three_times_then_resumed_equals_uninterrupted(runs):
     _same_run(root / "full", out)
 
 
-def test_killed_before_the_first_checkpoint_cannot_resume_but_says_how_to_restart(runs):
+def test_killed_before_the_first_checkpoint_resume_starts_again(runs):
     root, student = runs
     out = root / "early"
     assert cli(*student, "--out", str(out), kill_at="step:3").returncode == -signal.SIGKILL
+    # A requeued job always passes --resume: with no epoch ended it starts the run again, and says so.
     r = cli(*student, "--out", str(out), "--resume")
-    assert r.returncode == 2
-    assert "last.pt not found" in r.stderr and "--force" in r.stderr and r.stderr.count("\n") == 1
-    r = cli(*student, "--out", str(out), "--force")
     assert r.returncode == 0, r.stderr
+    assert "no epoch of a run in" in r.stderr and "starting the run from the beginning" in r.stderr
     _same_run(root / "full", out)
+    # Resumed again, the finished run is left as it is: exit 0 and a note.
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    r = cli(*student, "--out", str(out), "--resume")
+    assert r.returncode == 0 and "is finished (final.json); nothing to do" in r.stderr, r.stderr
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 def test_nonfinite_loss_exits_3_naming_step_and_last_good_checkpoint(runs, tmp_path):
@@ -120,6 +124,13 @@ def _unfinished(out: Path, marker: str | None) -> Path:
     return out
 
 
+def prepare_out(cfg: RunConfig) -> bool:
+    """The run folder as run_experiment prepares it; True when the run resumes."""
+    plan = plan_out(cfg)
+    open_out(plan)
+    return plan.resume
+
+
 def _job(monkeypatch, run_id: str, restart: int, max_restarts: int = 3) -> None:
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", run_id)
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", str(restart))
@@ -142,7 +153,7 @@ def test_a_restart_before_the_first_checkpoint_starts_again_in_a_cleared_folder(
     (out / ELASTIC_MARKER).write_text("job-a")
     _job(monkeypatch, "job-a", restart=2)
     assert prepare_out(RunConfig(out=out)) is False
-    assert sorted(p.name for p in out.iterdir()) == [ELASTIC_MARKER]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, ELASTIC_MARKER]
 
 
 @pytest.mark.parametrize("marker,restart,max_restarts", [
@@ -164,4 +175,17 @@ def test_the_first_attempt_of_an_elastic_job_marks_the_folder(tmp_path, monkeypa
     assert (tmp_path / "run" / ELASTIC_MARKER).read_text() == "job-a"
     monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "0")
     assert prepare_out(RunConfig(out=tmp_path / "other")) is False
-    assert not (tmp_path / "other").exists()  # no marker without restarts
+    assert not (tmp_path / "other" / ELASTIC_MARKER).exists()  # no job id without restarts
+
+
+def test_a_restart_continues_the_run_its_job_was_writing_beside_the_one_it_replaces(tmp_path, monkeypatch):
+    # The first attempt had --force on a finished run: it wrote the new run into .run.new, then failed.
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / MARKER).write_text("m")
+    (out / "final.json").write_text("{}")
+    _unfinished(tmp_path / ".run.new", marker="job-a")
+    _job(monkeypatch, "job-a", restart=1)
+    plan = plan_out(RunConfig(out=out, force=True))
+    assert plan.resume and plan.work == tmp_path / ".run.new" and plan.replaces
+    assert (out / "final.json").read_text() == "{}"  # the old run stays until the new one is finished

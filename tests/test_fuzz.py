@@ -1,7 +1,8 @@
-"""Fuzzing the two text inputs a user writes by hand: configs and manifests.
+"""Fuzzing the two text inputs a user writes by hand (configs and manifests) and checkpoints.
 
 Every generated input either loads or fails with one UserError line; any other exception (a traceback
-for the user) fails the test. 300 configs + 250 manifests, derandomised so CI is stable.
+for the user) fails the test. 300 configs + 250 manifests + 200 checkpoints with fields of any type,
+derandomised so CI is stable.
 """
 
 import csv
@@ -11,13 +12,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from groupdistil.config import leaf_fields, load_yaml, set_dotted, validate_config
+from conftest import valid_checkpoint
+from groupdistil.checkpoint import save_checkpoint
+from groupdistil.config import OptimConfig, leaf_fields, load_yaml, set_dotted, validate_config
 from groupdistil.data import DataConfig, load_dataset
+from groupdistil.engine import _restore, make_scaler
 from groupdistil.errors import UserError
+from groupdistil.objectives import build_objective
+from groupdistil.optim import make_optimizer, make_scheduler
+from groupdistil.runner import model_from_checkpoint
 
 
 def fuzz(n: int) -> settings:
@@ -109,3 +117,35 @@ def test_cli_turns_a_fuzzed_failure_into_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "groupdistil", "data", "inspect", "--dataset", "manifest",
                         "--root", str(bad)], capture_output=True, text=True, env={"PYTHONPATH": env_src})
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "m.csv" in r.stderr, r.stderr
+
+
+FIELDS = list(valid_checkpoint(Path("run")))
+junk = st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 10**30), st.floats(allow_nan=True), st.text(max_size=8),
+    st.lists(st.one_of(st.integers(-2, 5), st.text(max_size=3)), max_size=3),
+    st.dictionaries(st.sampled_from(["torch", "state", "param_groups", "dro.q", "avg_acc", "weight", "x"]),
+                    st.one_of(st.none(), st.integers(-2, 3), st.text(max_size=3), st.lists(st.integers(), max_size=2),
+                              st.just(torch.zeros(3)), st.just(torch.zeros(5056, dtype=torch.uint8))), max_size=3),
+    st.just(torch.zeros(2, 2)), st.just(torch.zeros(5056, dtype=torch.uint8)),
+)
+
+
+@fuzz(200)
+@given(changes=st.dictionaries(st.sampled_from(FIELDS), junk, min_size=1, max_size=3),
+       dropped=st.lists(st.sampled_from(FIELDS), max_size=2))
+def test_fuzz_checkpoint_fields(tmp_path_factory, changes, dropped):
+    # evaluate and distill --teacher load the model; --resume restores every state as well.
+    path = tmp_path_factory.mktemp("ck") / "c.pt"
+    data = {**valid_checkpoint(path.parent), **changes}
+    for key in dropped:
+        data.pop(key, None)
+    save_checkpoint(path, data)
+
+    def use():
+        model, _ = model_from_checkpoint(path)
+        opt = make_optimizer(model.parameters(), OptimConfig())
+        objective = build_objective("erm", n_groups=4, n_classes=2)
+        _restore(path, model, objective, opt, make_scheduler(opt, OptimConfig(), 10),
+                 make_scaler(torch.device("cpu"), "fp16"))
+
+    _must_be_clean(use)

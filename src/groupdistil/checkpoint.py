@@ -9,13 +9,15 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import nn
 
 from groupdistil import distributed, faults
@@ -23,6 +25,106 @@ from groupdistil.errors import CheckpointError, first_line
 
 FORMAT = "groupdistil-checkpoint"
 VERSION = 1
+
+#: Fields that a checkpoint to resume from needs (``last.pt``; ``best.pt`` has no optimiser state).
+RESUME_FIELDS = ("optimizer", "scheduler", "rng", "objective", "epoch", "step")
+#: Sections of the recorded configuration that are mappings (a RunConfig dumped as JSON).
+_CONFIG_SECTIONS = ("data", "model", "teacher", "objective", "optim", "train")
+#: Selection metrics of ``best_metric`` that model selection compares (metrics.is_better).
+_SELECTION_METRICS = ("worst_group_acc", "avg_acc", "balanced_acc", "worst_class_acc")
+_Count = Annotated[int, Field(ge=0)]
+_Tensors = dict[str, torch.Tensor]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True, arbitrary_types_allowed=True, protected_namespaces=())
+
+
+class _OptimizerState(_Strict):
+    state: dict[int, dict[str, Any]]
+    param_groups: list[dict[str, Any]]
+
+
+class _SchedulerState(_Strict):
+    last_epoch: int = 0
+    base_lrs: list[float] = Field(default_factory=list)
+
+
+class _RngState(_Strict):
+    torch: torch.Tensor
+    cuda: list[torch.Tensor] | None = None
+
+    @field_validator("torch")
+    @classmethod
+    def _generator_state(cls, v: torch.Tensor) -> torch.Tensor:
+        size = torch.get_rng_state().numel()
+        if v.dtype != torch.uint8 or v.shape != (size,):
+            raise ValueError(f"expected a uint8 tensor of {size} bytes (torch.get_rng_state()), "
+                             f"got {v.dtype} of shape {tuple(v.shape)}")
+        return v
+
+
+class CheckpointSchema(_Strict):
+    """What a groupdistil checkpoint holds, field by field (``engine._payload`` writes it).
+
+    Checked at every load, so a file of the right format with a field of the wrong type is one
+    CheckpointError naming the file and the field, never a traceback deep in the loading code.
+    Fields written by older versions only may be absent; none may have another type.
+    """
+
+    model: _Tensors
+    model_name: str
+    num_classes: int = Field(ge=1, le=1_000_000)
+    in_channels: int = Field(3, ge=1)
+    input_shape: list[Annotated[int, Field(ge=1)]] | None = None
+    class_names: list[str] | None = None
+    group_names: list[str] | None = None
+    config: dict[str, Any] | None = None
+    world_size: int = Field(1, ge=1)
+    objective: _Tensors = Field(default_factory=dict)
+    epoch: int = Field(-1, ge=-1)
+    step: _Count = 0
+    best_metric: dict[str, Any] | None = None
+    best_epoch: int = Field(-1, ge=-1)
+    skipped_steps: _Count = 0
+    overflow_steps: _Count = 0
+    optimizer: _OptimizerState | None = None
+    scheduler: _SchedulerState | None = None
+    rng: _RngState | None = None
+    scaler: dict[str, Any] | None = None
+
+    @field_validator("config")
+    @classmethod
+    def _sections(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        for key in _CONFIG_SECTIONS:
+            if v is not None and key in v and not isinstance(v[key], dict):
+                raise ValueError(f"section {key!r} must be a mapping, got {type(v[key]).__name__}")
+        return v
+
+    @field_validator("best_metric")
+    @classmethod
+    def _selection(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        for key in _SELECTION_METRICS:
+            x = (v or {}).get(key)
+            if x is not None and (isinstance(x, bool) or not isinstance(x, (int, float))):
+                raise ValueError(f"{key} must be a number or null, got {type(x).__name__}")
+        return v
+
+    @model_validator(mode="after")
+    def _names_match(self) -> CheckpointSchema:
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ValueError(f"class_names has {len(self.class_names)} names for {self.num_classes} classes")
+        return self
+
+
+def _schema_error(path: Path, e: ValidationError) -> CheckpointError:
+    err = e.errors()[0]
+    field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    got = err.get("input")
+    shown = repr(got) if isinstance(got, (int, float, str)) and len(repr(got)) <= 40 else type(got).__name__
+    msg = re.sub(r" or instance of \w+", "", err["msg"]).removeprefix("Value error, ")
+    detail = msg if err["type"] in ("missing", "value_error") else f"{msg} (got {shown})"
+    return CheckpointError(f"{path}: checkpoint field {field!r}: {detail}")
 
 
 def file_sha256(path: Path) -> str:
@@ -100,10 +202,18 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path}: not a groupdistil checkpoint (expected format {FORMAT!r})")
     if data.get("version") != VERSION:
         raise CheckpointError(f"{path}: checkpoint version {data.get('version')!r}, expected {VERSION}")
-    missing = [k for k in ("model", "model_name", "num_classes") if k not in data]
-    if missing:
-        raise CheckpointError(f"{path}: checkpoint lacks {missing[0]!r}")
+    try:
+        CheckpointSchema.model_validate(data)
+    except ValidationError as e:
+        raise _schema_error(path, e) from None
     return data
+
+
+def check_resumable(path: Path, data: dict[str, Any]) -> None:
+    """Raise a CheckpointError naming the first field that resuming needs and ``data`` lacks."""
+    for key in RESUME_FIELDS:
+        if key not in data:
+            raise CheckpointError(f"{path}: cannot resume: checkpoint lacks {key!r}")
 
 
 def rng_state() -> dict[str, Any]:
@@ -115,6 +225,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved (a checkpoint's ``rng``, checked by :class:`CheckpointSchema`)."""
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -179,9 +290,7 @@ def restore_training(
         CheckpointError: the file lacks what resuming needs, or does not fit the model or objective.
     """
     ck = load_checkpoint(path)
-    for key in ("optimizer", "scheduler", "rng", "objective", "epoch", "step"):
-        if key not in ck:
-            raise CheckpointError(f"{path}: cannot resume: checkpoint lacks {key!r}")
+    check_resumable(path, ck)
     try:
         # models imports this module (file hashes): imported here, not at the top, to avoid the cycle.
         from groupdistil.models import upgrade_legacy_keys
@@ -193,9 +302,9 @@ def restore_training(
         # A checkpoint of a run without fp16 has no loss scale: the scaler then starts afresh.
         if scaler.is_enabled() and ck.get("scaler"):
             scaler.load_state_dict(ck["scaler"])
-    except (RuntimeError, ValueError, KeyError) as e:
+        set_rng_state(ck["rng"])
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
         raise CheckpointError(f"{path}: does not match this run's model or objective: {first_line(e)}") from None
-    set_rng_state(ck["rng"])
     return FitState(
         epoch=int(ck["epoch"]),
         step=int(ck["step"]),

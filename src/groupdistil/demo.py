@@ -15,6 +15,7 @@ from typing import Any
 
 from groupdistil.config import RunConfig, validate_config
 from groupdistil.report.stats import summarise
+from groupdistil.rundir import RunPaths, check_location
 from groupdistil.runner import run_experiment
 
 #: Hyper-parameters of the demo; chosen on validation worst-group accuracy (README.md, "What the demo shows").
@@ -56,7 +57,7 @@ def demo_plan(out: Path, seed: int, epochs: int) -> list[RunConfig]:
         _config(out, "student-erm", "student", sm, "erm", seed, epochs),
     ]
     for tname in ("teacher-erm", "teacher-group-dro"):
-        ckpt = out / f"{tname}-seed{seed}" / "checkpoints" / "best.pt"
+        ckpt = RunPaths(out / f"{tname}-seed{seed}").best
         short = tname.removeprefix("teacher-")
         runs.append(_config(out, f"kd<-{short}", "student", sm, "kd", seed, epochs, ckpt, alpha=a, temperature=t))
         runs.append(_config(out, f"groupdistil<-{short}", "student", sm, "groupdistil", seed, epochs, ckpt,
@@ -69,6 +70,7 @@ def run_demo(
 ) -> dict[str, list[dict[str, Any]]]:
     """Run every demo run for ``seeds`` seeds; returns final.json contents grouped by run name."""
     out = Path(out)
+    check_location(out)  # before the first run: each run's own folder is checked as it starts
     results: dict[str, list[dict[str, Any]]] = {}
     for seed in range(seeds):
         for cfg in demo_plan(out, seed, epochs):

@@ -31,6 +31,7 @@ from groupdistil.metrics import is_better
 from groupdistil.objectives import Objective
 from groupdistil.optim import make_optimizer, make_scheduler
 from groupdistil.outputs import RunWriter
+from groupdistil.rundir import RunPaths
 from groupdistil.teachers import Teacher
 from groupdistil.trainer import Trainer
 
@@ -88,11 +89,11 @@ def fit(
     meta = dict(meta or {})
     model = _place(model, objective, teacher, train, device, str(meta.get("model_name", "model")))
     opt, sched, scaler = _optimisation(model, optim, train, device)
-    saver = _Saver(Path(out) / "checkpoints" if out is not None else None, meta)
+    saver = _Saver(RunPaths(out) if out is not None else None, meta)
     state = FitState()
-    if resume and saver.folder is not None:
-        state = restore_training(saver.folder / "last.pt", model, objective, opt, sched, scaler)
-        echo(f"resumed from {saver.folder / 'last.pt'} after epoch {state.epoch + 1}")
+    if resume and saver.paths is not None:
+        state = restore_training(saver.paths.last, model, objective, opt, sched, scaler)
+        echo(f"resumed from {saver.paths.last} after epoch {state.epoch + 1}")
     trainer = Trainer(_wrap(model, device, train), objective, opt, scaler, train=train, device=device,
                       state=state, teacher=teacher)
     loaders = _epoch_loaders(bundle, train, device)
@@ -112,7 +113,7 @@ def fit(
         if not quiet and distributed.is_main_process():
             echo(_epoch_line(epoch, train.epochs, train_metrics, val_metrics, train.select_on, improved))
     distributed.barrier()  # the other ranks may read the checkpoints rank 0 has just written
-    best = saver.folder / "best.pt" if saver.folder is not None else None
+    best = saver.paths.best if saver.paths is not None else None
     return FitResult(state.best_epoch, state.best_metrics, state.skipped_steps, best)
 
 
@@ -154,23 +155,23 @@ def _validate(
 class _Saver:
     """The run's checkpoints: ``last.pt`` after every epoch, ``best.pt`` on improvement (rank 0)."""
 
-    folder: Path | None  # None: a run that writes nothing
+    paths: RunPaths | None  # None: a run that writes nothing
     meta: dict[str, Any]
 
     def last_good(self, state: FitState) -> str:
         """The checkpoint a run that fails now can go back to."""
-        return str(self.folder / "last.pt") if self.folder is not None and state.epoch >= 0 else "none"
+        return str(self.paths.last) if self.paths is not None and state.epoch >= 0 else "none"
 
     def save(
         self, state: FitState, improved: bool, model: nn.Module, objective: Objective,
         opt: torch.optim.Optimizer, sched: Any, scaler: torch.amp.GradScaler,
     ) -> None:
-        if self.folder is None or not distributed.is_main_process():
+        if self.paths is None or not distributed.is_main_process():
             return
         if improved:
-            save_checkpoint(self.folder / "best.pt", training_payload(model, objective, state, self.meta))
+            save_checkpoint(self.paths.best, training_payload(model, objective, state, self.meta))
         payload = training_payload(model, objective, state, self.meta, opt, sched, scaler)
-        save_checkpoint(self.folder / "last.pt", payload)
+        save_checkpoint(self.paths.last, payload)
         faults.point(f"epoch:{state.epoch}")
 
 

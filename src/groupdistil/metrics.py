@@ -15,6 +15,10 @@ import torch
 from groupdistil import distributed
 from groupdistil.groups import Grouping
 
+#: The headline metrics of a split (fractions in [0, 1], or None where undefined), in the order every
+#: table shows them: final.json, the report, the sweep index and TensorBoard use this one tuple.
+HEADLINE_METRICS = ("avg_acc", "worst_group_acc", "balanced_acc", "adjusted_avg_acc", "worst_class_acc")
+
 N_BINS = 15  # equal-width confidence bins for ECE (docs/methods.md, "Training and evaluation choices")
 
 

@@ -1,10 +1,11 @@
-"""Everything a run writes into its folder (only the main process writes).
+"""Everything a run writes into its folder (only the main process writes; the layout is
+:class:`groupdistil.rundir.RunPaths`).
 
 - ``config.yaml``: the resolved configuration.
 - ``metrics.jsonl``: a line per epoch and split.
 - ``group_weights.csv``: header ``step,epoch,<group or class names>``, then a row per optimisation step.
 - ``final.json``: the selected checkpoint's metrics per split (written last: its presence marks a
-  finished run).
+  finished run); read back through :class:`FinalRecord`.
 - ``tb/``: TensorBoard events. ``checkpoints/``: ``last.pt`` and ``best.pt``.
 """
 
@@ -17,10 +18,61 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from groupdistil import distributed
 from groupdistil.checkpoint import atomic_write
+from groupdistil.errors import UserError
+from groupdistil.metrics import HEADLINE_METRICS
+from groupdistil.rundir import RunPaths
 
-SCALARS = ("loss", "avg_acc", "worst_group_acc", "balanced_acc", "adjusted_avg_acc", "worst_class_acc", "ece")
+#: What TensorBoard plots per split and epoch.
+SCALARS = ("loss", *HEADLINE_METRICS, "ece")
+
+
+class SplitRecord(BaseModel):
+    """The metrics of one split in final.json (more keys than these are kept as they are)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    avg_acc: float | None
+    worst_group_acc: float | None
+    balanced_acc: float | None
+    adjusted_avg_acc: float | None
+    worst_class_acc: float | None
+    group_acc: dict[str, float | None]
+
+
+class FinalRecord(BaseModel):
+    """final.json: what the run was and its selected checkpoint's metrics per split (the runner writes
+    it; fields that older versions did not write may be absent)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    method: str
+    role: str | None = None
+    dataset: str | None = None
+    seed: int | None = None
+    model: str | None = None
+    teacher: str | None = None
+    options: dict[str, Any] = {}
+    selected_epoch: int | None = None
+    selection_metric: str | None = None
+    skipped_steps: int = 0
+    splits: dict[str, SplitRecord]
+
+
+def read_final(path: Path) -> dict[str, Any]:
+    """final.json as written, checked against :class:`FinalRecord`; one UserError line naming the file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        FinalRecord.model_validate(data)
+    except (OSError, ValueError) as e:
+        first = e.errors()[0] if isinstance(e, ValidationError) else None
+        where = f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}" if first else type(e).__name__
+        raise UserError(f"{path}: not a final.json of a finished run ({where})") from None
+    return data
 
 
 def _json_safe(value: Any) -> Any:
@@ -43,6 +95,7 @@ class RunWriter:
 
     def __init__(self, directory: Path, weight_names: Sequence[str], tensorboard: bool = True) -> None:
         self.dir = Path(directory)
+        self.paths = RunPaths(self.dir)
         self.active = distributed.is_main_process()
         self.weight_names = list(weight_names)
         self._tb = None
@@ -50,26 +103,26 @@ class RunWriter:
         if not self.active:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "checkpoints").mkdir(exist_ok=True)
+        self.paths.checkpoints.mkdir(exist_ok=True)
         if tensorboard:
             # Imported here: it costs about two seconds and only a writing process needs it.
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.dir / "tb"))
+            self._tb = SummaryWriter(str(self.paths.tb))
 
     @property
     def metrics_path(self) -> Path:
-        return self.dir / "metrics.jsonl"
+        return self.paths.metrics
 
     @property
     def weights_path(self) -> Path:
-        return self.dir / "group_weights.csv"
+        return self.paths.weights
 
     def start(self, config_yaml: str, resume_epoch: int | None) -> None:
         """Write config.yaml; on resume drop any line logged after the checkpoint's epoch."""
         if not self.active:
             return
-        atomic_write(self.dir / "config.yaml", lambda f: f.write(config_yaml.encode()))
+        atomic_write(self.paths.config, lambda f: f.write(config_yaml.encode()))
         if resume_epoch is None:
             self.metrics_path.unlink(missing_ok=True)
             atomic_write(self.weights_path, lambda f: f.write(self._header().encode()))
@@ -123,9 +176,11 @@ class RunWriter:
             self._tb.flush()
 
     def finish(self, final: dict[str, Any]) -> None:
+        """Write final.json (checked against :class:`FinalRecord`: what is written can be read back)."""
         if not self.active:
             return
-        write_json(self.dir / "final.json", final)
+        FinalRecord.model_validate(_json_safe(final))
+        write_json(self.paths.final, final)
         self.close()
 
     def close(self) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,12 +17,13 @@ from groupdistil.config import RunConfig, dump_yaml
 from groupdistil.data import DatasetBundle, load_dataset
 from groupdistil.devices import check_device, cpu_has_native, resolve_device
 from groupdistil.engine import fit, weight_names
-from groupdistil.errors import CheckpointError, UserError, first_line
+from groupdistil.errors import CheckpointError, NumericalError, UserError, first_line
 from groupdistil.evaluation import evaluate
 from groupdistil.loaders import default_workers
 from groupdistil.models import create_model, upgrade_legacy_keys
 from groupdistil.objectives import Objective, build_objective, objective_options
-from groupdistil.outputs import RunWriter
+from groupdistil.outputs import RunWriter, read_final
+from groupdistil.rundir import OutPlan, RunPaths, close_out, open_out, plan_out
 from groupdistil.teachers import LogitCache, Teacher, TeacherMember, cached_or_computed, teacher_class_weights
 
 Echo = Callable[[str], None]
@@ -39,78 +39,6 @@ def seed_everything(seed: int) -> None:
 def default_cache_dir() -> Path:
     env = os.environ.get("GROUPDISTIL_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "groupdistil" / "teacher-logits"
-
-
-#: Written into the run folder by a torchrun job that may restart its workers (``--max-restarts``):
-#: the job's id, so that a restarted attempt knows the folder is its own and continues the run.
-ELASTIC_MARKER = ".torchelastic-run-id"
-
-
-def _elastic_job() -> tuple[str, int] | None:
-    """(run id, restart count) under a torchrun launch that may restart its workers, else None."""
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
-    if not run_id or int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) <= 0:
-        return None
-    return run_id, distributed.restart_count()
-
-
-def _refuse_finished(out: Path) -> None:
-    if (out / "final.json").exists():
-        raise UserError(f"`out` {out}: holds a finished run; pass `force` to overwrite it")
-
-
-def _clean_tmp(out: Path) -> None:
-    # Temporary files of a write that a kill interrupted: never renamed, never read; remove them.
-    for tmp in (out / "checkpoints").glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
-
-
-def prepare_out(cfg: RunConfig) -> bool:
-    """Check the output folder; returns True when the run resumes.
-
-    A finished run (final.json present) is never overwritten without ``force``; an unfinished one
-    needs ``resume`` or ``force``. Under DDP only rank 0 calls it (:func:`run_experiment`).
-
-    When torchrun restarts the workers of a job (``--max-restarts``) after a failure, the restarted
-    attempt finds the job's id in the folder (:data:`ELASTIC_MARKER`) and continues from
-    ``last.pt`` as if ``--resume`` had been given, or, when the failed attempt had not saved a
-    checkpoint yet, starts the run again in a cleared folder. A folder of another run or job is
-    treated as usual.
-    """
-    out = Path(cfg.out)
-    job = _elastic_job()
-    marker = out / ELASTIC_MARKER
-    if job is not None and job[1] > 0 and marker.is_file() and marker.read_text() == job[0]:
-        _refuse_finished(out)
-        if (out / "checkpoints" / "last.pt").is_file():
-            _clean_tmp(out)
-            return True
-        shutil.rmtree(out)
-        resume = False
-    else:
-        resume = _check_out(cfg, out)
-    if job is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        marker.write_text(job[0])
-    return resume
-
-
-def _check_out(cfg: RunConfig, out: Path) -> bool:
-    if cfg.force and out.exists():
-        shutil.rmtree(out)
-        return False
-    _refuse_finished(out)
-    if cfg.resume:
-        if not (out / "checkpoints" / "last.pt").is_file():
-            raise UserError(
-                f"`resume`: {out / 'checkpoints' / 'last.pt'} not found (a run killed before its first epoch "
-                "ended has nothing to resume: start it again without `resume`, with `force`)"
-            )
-        _clean_tmp(out)
-        return True
-    if (out / "checkpoints" / "last.pt").exists():
-        raise UserError(f"`out` {out}: holds an unfinished run; pass `resume` to continue or `force`")
-    return False
 
 
 def record_pretrained(cfg: RunConfig) -> RunConfig:
@@ -211,12 +139,21 @@ def build_teacher(
 
 
 def run_experiment(cfg: RunConfig, echo: Echo = print) -> dict[str, Any]:
-    """Run one experiment end to end; returns the contents of final.json."""
-    # Checked before the run folder is touched: a bad --device writes nothing. Rank 0 alone
-    # checks (and with --force empties) the folder; every rank gets its answer or error.
+    """Run one experiment end to end; returns the contents of final.json.
+
+    Every check that can fail comes before the run folder is touched: what the folder holds (rank 0
+    alone looks; every rank gets its answer or error), then the device, data, objective, teacher and
+    model. A bad input so writes nothing and deletes nothing; a run that replaces another (``force``)
+    is written beside it and swapped in when finished, so a failed one leaves the old run as it was.
+    """
+    plan = distributed.on_main(lambda: plan_out(cfg))
+    final = distributed.on_main(lambda: read_final(plan.paths.final)) if plan.finished else None
+    if plan.notice:
+        echo(plan.notice)
+    if final is not None:
+        return final
     distributed.on_main(lambda: check_device(cfg.train.device))
     cfg = record_pretrained(cfg)
-    resume = distributed.on_main(lambda: prepare_out(cfg))
     device = resolve_device(cfg.train.device)
     if cfg.train.amp != "none" and device.type == "cpu" and not cpu_has_native(cfg.train.amp):
         isa = {"bf16": "AVX-512 BF16 or AMX", "fp16": "AVX-512 FP16 or AMX-FP16"}[cfg.train.amp]
@@ -234,19 +171,42 @@ def run_experiment(cfg: RunConfig, echo: Echo = print) -> dict[str, Any]:
         cfg.model.name, num_classes=bundle.n_classes, in_channels=in_shape[0],
         input_shape=in_shape, weights=cfg.model.weights, pretrained=cfg.model.pretrained,
     )
+    distributed.on_main(lambda: open_out(plan))
+    try:
+        final = _fit_and_evaluate(cfg, plan, model, objective, bundle, teacher, device, echo)
+    except BaseException as e:
+        if distributed.is_main_process():
+            close_out(plan, ok=False)
+        if plan.replaces and isinstance(e, NumericalError):
+            message = str(e).replace(str(RunPaths(plan.work).last), "none")
+            raise NumericalError(f"{message} (`force` dropped the new run; {plan.paths.root} is as it was)") from None
+        raise
+    distributed.on_main(lambda: close_out(plan, ok=True))
+    return final
+
+
+def _fit_and_evaluate(
+    cfg: RunConfig, plan: OutPlan, model: nn.Module, objective: Objective, bundle: DatasetBundle,
+    teacher: Teacher | None, device: torch.device, echo: Echo,
+) -> dict[str, Any]:
+    """Train into ``plan.work`` and write final.json there: the selected checkpoint's metrics per split."""
+    work = RunPaths(plan.work)
+    in_shape = tuple(bundle.input_shape)
     meta = {
         "model_name": cfg.model.name, "num_classes": bundle.n_classes, "in_channels": in_shape[0],
         "input_shape": list(in_shape), "class_names": list(bundle.grouping.class_names),
         "group_names": list(bundle.grouping.group_names), "config": cfg.model_dump(mode="json"),
+        "world_size": distributed.world_size(),
     }
-    writer = RunWriter(cfg.out, weight_names(objective, bundle))
+    writer = RunWriter(work.root, weight_names(objective, bundle))
     try:
-        writer.start(dump_yaml(cfg), resume_epoch=_resume_epoch(cfg) if resume else None)
+        resume_epoch = int(load_checkpoint(work.last)["epoch"]) if plan.resume else None
+        writer.start(dump_yaml(cfg), resume_epoch=resume_epoch)
         result = fit(
-            model, objective, bundle, train=cfg.train, optim=cfg.optim, teacher=teacher, out=cfg.out,
-            writer=writer, meta=meta, resume=resume, quiet=cfg.quiet, echo=echo,
+            model, objective, bundle, train=cfg.train, optim=cfg.optim, teacher=teacher, out=work.root,
+            writer=writer, meta=meta, resume=plan.resume, quiet=cfg.quiet, echo=echo,
         )
-        best, _ = model_from_checkpoint(Path(cfg.out) / "checkpoints" / "best.pt", device)
+        best, _ = model_from_checkpoint(work.best, device)
         counts = bundle.group_counts("train")
         splits = {
             name: evaluate(best, bundle.splits[name], bundle.grouping, train_group_counts=counts,
@@ -266,7 +226,3 @@ def run_experiment(cfg: RunConfig, echo: Echo = print) -> dict[str, Any]:
     finally:
         writer.close()
     return final
-
-
-def _resume_epoch(cfg: RunConfig) -> int:
-    return int(load_checkpoint(Path(cfg.out) / "checkpoints" / "last.pt")["epoch"])

@@ -27,8 +27,9 @@ import yaml
 from groupdistil.checkpoint import atomic_write
 from groupdistil.config import RunConfig, leaf_fields, set_dotted, validate_config
 from groupdistil.errors import UserError
-
-HEADLINE = ("avg_acc", "worst_group_acc", "balanced_acc", "worst_class_acc")
+from groupdistil.metrics import HEADLINE_METRICS
+from groupdistil.outputs import read_final
+from groupdistil.rundir import RunPaths
 
 
 @dataclass
@@ -107,17 +108,19 @@ def expand(raw: dict[str, Any], seeds: int, grid: dict[str, list[Any]], source: 
     return runs
 
 
-def _headline(out: Path) -> dict[str, Any]:
-    final = json.loads((out / "final.json").read_text())
-    return {k: final["splits"]["test"].get(k) for k in HEADLINE}
+def _headline(paths: RunPaths) -> dict[str, Any]:
+    final = read_final(paths.final)
+    return {k: final["splits"]["test"].get(k) for k in HEADLINE_METRICS}
 
 
 def _execute(run: SweepRun, threads: int) -> None:
-    out = Path(run.config.out)
-    if (out / "final.json").is_file():
+    out = RunPaths(run.config.out)
+    if out.final.is_file():
         run.status, run.test = "skipped", _headline(out)
         return
-    cfg = run.config.model_copy(update={"resume": (out / "checkpoints" / "last.pt").is_file(), "force": False})
+    # --resume continues an unfinished run, starts one that never ended an epoch, and refuses a
+    # folder whose run was made with other settings (the failure is recorded, the sweep goes on).
+    cfg = run.config.model_copy(update={"resume": True, "force": False})
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump(cfg.model_dump(mode="json"), f)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -126,7 +129,7 @@ def _execute(run: SweepRun, threads: int) -> None:
                               text=True, env=env)
     finally:
         Path(f.name).unlink(missing_ok=True)
-    if proc.returncode == 0 and (out / "final.json").is_file():
+    if proc.returncode == 0 and out.final.is_file():
         run.status, run.test = "finished", _headline(out)
     else:
         lines = [x for x in proc.stderr.strip().splitlines() if x.strip()]

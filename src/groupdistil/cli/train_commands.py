@@ -37,14 +37,18 @@ def _echo(quiet: bool):
 
 def _run(raw: dict[str, Any], source: str) -> dict[str, Any]:
     from groupdistil.distributed import session  # heavy imports only when a command runs
+    from groupdistil.rundir import RunPaths
     from groupdistil.runner import run_experiment
 
     cfg = validate_config(raw, source)
     echo = _echo(cfg.quiet)
+    # --resume of a finished run does nothing (and says so): a requeued job may always pass --resume.
+    done = cfg.resume and not cfg.force and RunPaths(cfg.out).final.is_file()
     with session(cfg.train.device):  # the process group when torchrun launched several processes
         final = run_experiment(cfg, echo=echo)
     echo(format_final(final))
-    echo(f"wrote {cfg.out}")
+    if not done:
+        echo(f"wrote {cfg.out}")
     return final
 
 

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from groupdistil.errors import UserError
-from groupdistil.report.runs import SCALAR_METRICS, Run
+from groupdistil.metrics import HEADLINE_METRICS
+from groupdistil.report.runs import Run
 from groupdistil.report.stats import Summary, bootstrap_mean_ci, summarise
 
 #: Table order: baselines first, then the distillation methods, as in docs/methods.md.
@@ -162,7 +163,7 @@ def _make_row(runs: list[Run]) -> Row:
                 f"runs named {first.name!r} on {first.dataset} disagree on the method: "
                 f"{first.method!r} in {first.path}, {run.method!r} in {run.path}"
             )
-    metrics = {key: summarise([run.test.get(key) for run in runs]) for key in SCALAR_METRICS}
+    metrics = {key: summarise([run.test.get(key) for run in runs]) for key in HEADLINE_METRICS}
     worst = metrics["worst_group_acc"]
     teachers = {run.teacher for run in runs}
     return Row(

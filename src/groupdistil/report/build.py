@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from groupdistil.errors import UserError
+from groupdistil.metrics import HEADLINE_METRICS
 from groupdistil.report import plots
 from groupdistil.report.aggregate import DatasetSummary, Row, aggregate
 from groupdistil.report.compose import FIGURES, compose
 from groupdistil.report.render import to_html, to_markdown
-from groupdistil.report.runs import SCALAR_METRICS, discover_runs, load_run
+from groupdistil.report.runs import discover_runs, load_run
 from groupdistil.report.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE, Summary
 
 DEFAULT_TITLE = "groupdistil report"
@@ -121,7 +122,7 @@ def _row_dict(summary: DatasetSummary, i: int) -> dict[str, Any]:
         "seeds": list(row.seeds),
         "runs": [str(run.path) for run in row.runs],
         "selected_epochs": [run.selected_epoch for run in row.runs],
-        "test": {key: _summary_dict(row.metrics[key]) for key in SCALAR_METRICS},
+        "test": {key: _summary_dict(row.metrics[key]) for key in HEADLINE_METRICS},
         "worst_group_ci": None if row.worst_group_ci is None else list(row.worst_group_ci),
         "pareto_optimal": [metric for metric in summary.tradeoff_metrics if i in summary.pareto[metric]],
         "group_acc": {name: _summary_dict(s) for name, s in row.group_acc.items()},

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from groupdistil.metrics import HEADLINE_METRICS
 from groupdistil.report.aggregate import DatasetSummary, Row
 from groupdistil.report.document import Block, Bullets, Heading, Image, Paragraph, Table
 from groupdistil.report.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE, Summary
@@ -15,7 +16,6 @@ RESULT_HEADER = (
     "run", "role", "method", "seeds", "avg acc", "worst-group acc", f"worst-group {CONFIDENCE:.0%} CI",
     "balanced acc", "adjusted avg acc", "worst-class acc", "Pareto-optimal",
 )
-RESULT_METRICS = ("avg_acc", "worst_group_acc", "balanced_acc", "adjusted_avg_acc", "worst_class_acc")
 #: File-name suffixes of a dataset's figures, by figure kind.
 FIGURES = {
     "group_acc": "group_acc.png",
@@ -131,7 +131,7 @@ def _result_row(summary: DatasetSummary, i: int) -> tuple[str, ...]:
         for metric in summary.tradeoff_metrics
         if i in summary.pareto[metric]
     )
-    metrics = [percent(row.metrics[key]) for key in RESULT_METRICS]
+    metrics = [percent(row.metrics[key]) for key in HEADLINE_METRICS]
     return (row.name, row.role, row.method, str(len(row.runs)), *metrics[:2], ci, *metrics[2:], front)
 
 

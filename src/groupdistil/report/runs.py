@@ -19,13 +19,11 @@ from typing import Any, NoReturn
 import numpy as np
 
 from groupdistil.errors import UserError
+from groupdistil.metrics import HEADLINE_METRICS
+from groupdistil.rundir import CONFIG, FINAL, METRICS, WEIGHTS
 
-FINAL = "final.json"
-WEIGHTS = "group_weights.csv"
 #: Files the engine writes before ``final.json``: a directory with one of them is an unfinished run.
-RUN_MARKERS = ("config.yaml", "metrics.jsonl", WEIGHTS)
-#: Test-split scalars the report aggregates over seeds (fractions in [0, 1], or null).
-SCALAR_METRICS = ("avg_acc", "worst_group_acc", "balanced_acc", "adjusted_avg_acc", "worst_class_acc")
+RUN_MARKERS = (CONFIG, METRICS, WEIGHTS)
 ROLES = ("teacher", "student")
 
 
@@ -61,7 +59,7 @@ class Run:
     options: dict[str, Any]
     selected_epoch: int | None
     selection_metric: str | None
-    #: The test split's metrics: the scalars of SCALAR_METRICS plus group_acc, class_ece, reliability.
+    #: The test split's metrics: the scalars of HEADLINE_METRICS plus group_acc, class_ece, reliability.
     test: dict[str, Any]
     weights: GroupWeights | None = field(default=None, compare=False)
 
@@ -191,7 +189,7 @@ def _raise_first_bad_line(path: Path, columns: int) -> NoReturn:
 def _check_split(check: _Checker, split: Any, where: str) -> dict[str, Any]:
     """Validate the parts of a split's metrics the report reads; return them unchanged."""
     check.kind(split, dict, where, "an object of metrics")
-    for key in SCALAR_METRICS:
+    for key in HEADLINE_METRICS:
         check.fraction(split.get(key), f"{where}.{key}")
     for key in ("group_acc", "class_acc"):
         named = check.kind(split.get(key), dict, f"{where}.{key}", "an object {name: accuracy}")

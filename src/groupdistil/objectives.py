@@ -6,6 +6,7 @@
 - ``balanced``: logit-adjusted cross-entropy ``ce(s + tau log pi, y)``, mean (a balanced teacher).
 - ``robust-teacher``: ``ce(s + tau log pi - log lambda, y)``, mean; lambda from validation (classes).
 - ``kd``: ``(1-alpha) ce + alpha kd``, mean.
+- ``kd-reweight``: ``(1-alpha) ce + alpha kd``, mean weighted by ``1 / n_{g_i}`` (data groups).
 - ``groupdistil``: ``(1-alpha) ce + alpha kd``, online group DRO (data groups).
 - ``class-robust-kd``: per-class risks R_k, weighted standard | balanced | robust | tradeoff (classes).
 
@@ -233,7 +234,7 @@ class Reweight(Objective):
 
     def aggregate(self, losses: torch.Tensor, groups: torch.Tensor | None) -> ObjectiveOutput:
         if groups is None:
-            raise ValueError("groups: Reweight needs a group id per sample, got None")
+            raise ValueError(f"groups: {type(self).__name__} needs a group id per sample, got None")
         r = _logged_risks(losses, groups, self.n_groups)
         loss = _global_mean_parts(losses, self.inv_counts[groups.long().to(self.inv_counts.device)])
         return ObjectiveOutput(loss, r.means, r.counts, None)
@@ -288,6 +289,32 @@ class KD(Objective):
         if teacher_logits is None or self.alpha == 0:
             return ce, None
         return mixed(ce, distillation(student_logits, teacher_logits, self.temperature), self.alpha), None
+
+
+class KDReweight(Reweight):
+    """KD's per-sample term ``(1 - alpha) ce + alpha kd`` with :class:`Reweight`'s aggregation
+    (weights ``1 / n_{g_i}``, normalised over the batch): count-driven group weights, fixed in time.
+
+    The static counterpart of GroupDistil, whose weights are loss-driven (an ablation baseline).
+
+    Args:
+        group_counts: (G,) training samples per group. alpha, temperature: as :class:`KD`.
+        n_groups: G, optional; checked against ``len(group_counts)``.
+    """
+
+    def __init__(
+        self,
+        group_counts: Sequence[float] | torch.Tensor,
+        alpha: float = 0.5,
+        temperature: float = 4.0,
+        n_groups: int | None = None,
+    ) -> None:
+        super().__init__(group_counts, n_groups)
+        self.alpha = check_unit_interval("alpha", alpha)
+        self.temperature = check_temperature(temperature)
+        self.requires_teacher = self.alpha > 0
+
+    per_sample = KD.per_sample
 
 
 DRO_ON = ("both", "kd", "ce")
@@ -548,6 +575,7 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "balanced": LogitAdjusted,
     "robust-teacher": RobustTeacher,
     "kd": KD,
+    "kd-reweight": KDReweight,
     "groupdistil": GroupDistil,
     "class-robust-kd": ClassRobustKD,
 }

@@ -44,6 +44,10 @@ class TeacherConfig(BaseModel):
         json_schema_extra=_flag("--teacher-adjust"))
     adjust_tau: float = Field(1.0, description="tau of the balanced adjustment",
                               json_schema_extra=_flag("--teacher-tau"))
+    calibrate: Literal["none", "undo-adjust", "temperature", "vector"] = Field(
+        "none", description="recalibrate the teacher: undo its training-time logit adjustment (recorded in "
+        "the checkpoint), or temperature / vector scaling fitted on the validation split by NLL",
+        json_schema_extra=_flag("--teacher-calibrate"))
     cache: bool = Field(True, description="cache teacher logits when the training view is not augmented",
                         json_schema_extra=_flag("--teacher-cache"))
     cache_dir: Path | None = Field(None, description="teacher-logit cache folder "

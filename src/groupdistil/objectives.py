@@ -160,6 +160,12 @@ class Objective(nn.Module):
         """Objectives with validation-driven weights override this."""
         raise NotImplementedError(f"{type(self).__name__} has no validation-driven weights")
 
+    def logit_adjustment(self) -> dict[str, Any] | None:
+        """What this objective adds to the logits inside its loss, recorded in checkpoints so that
+        ``--teacher-calibrate undo-adjust`` can remove it from a teacher: ``{"method", "tau",
+        "prior" (C,), "uses_lambda"}`` (lambda is the saved ``dro.q``), or None for no adjustment."""
+        return None
+
 
 class _DROMixin:
     """Aggregation by online group DRO over hard data groups."""
@@ -395,6 +401,9 @@ class LogitAdjusted(Objective):
     ) -> tuple[torch.Tensor, None]:
         return logit_adjusted_cross_entropy(student_logits, y, self.prior, self.tau), None
 
+    def logit_adjustment(self) -> dict[str, Any]:
+        return {"method": "balanced", "tau": self.tau, "prior": self.prior.tolist(), "uses_lambda": False}
+
 
 class RobustTeacher(Objective):
     """Worst-class teacher (Narasimhan & Menon, 2021): mean ``ce(s + tau log pi - log lambda, y)``.
@@ -453,6 +462,9 @@ class RobustTeacher(Objective):
     def update_from_validation(self, per_group_error: torch.Tensor) -> None:
         """EG step on lambda from a (C,) vector of per-class 0-1 validation error."""
         self.dro.update(_check_validation_error(per_group_error, self.dro.n_groups))
+
+    def logit_adjustment(self) -> dict[str, Any]:
+        return {"method": "robust-teacher", "tau": self.tau, "prior": self.prior.tolist(), "uses_lambda": True}
 
 
 CLASS_ROBUST_MODES = ("standard", "balanced", "robust", "tradeoff")

@@ -61,7 +61,7 @@ class ObjectiveConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: str = Field("erm", description="objective: erm, reweight, group-dro, balanced, robust-teacher, "
-                        "kd, groupdistil, class-robust-kd")
+                        "kd, kd-reweight, groupdistil, class-robust-kd")
     alpha: float | None = Field(None, ge=0, le=1, description="teacher weight in [0, 1]")
     temperature: float | None = Field(None, gt=0, description="distillation temperature T")
     step_size: float | None = Field(None, ge=0, description="EG step size eta of q or lambda")

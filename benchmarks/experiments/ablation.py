@@ -1,7 +1,9 @@
 """Tables of the issue-14 studies (study.py ablation / calibrate) from the run folders' final.json:
 
-    python benchmarks/experiments/ablation.py runs/bench/spurious-digits-ablation > benchmarks/results/spurious-digits-ablation/tables.md
-    python benchmarks/experiments/ablation.py runs/bench/digits-lt-calibrate > benchmarks/results/digits-lt-calibrate/tables.md
+    python benchmarks/experiments/ablation.py runs/bench/spurious-digits-ablation \
+        > benchmarks/results/spurious-digits-ablation/tables.md
+    python benchmarks/experiments/ablation.py runs/bench/digits-lt-calibrate \
+        > benchmarks/results/digits-lt-calibrate/tables.md
 
 - the step-size grid: validation worst-group accuracy (mean ± std over seeds) per eta, for GroupDistil
   and for group DRO without a teacher; eta is chosen on the validation mean only;
@@ -56,7 +58,7 @@ def ci(values: dict[int, float]) -> str:
 def grid(runs: dict[str, dict[int, dict[str, Any]]], prefix: str, worst: str) -> tuple[list[str], str | None]:
     """The validation table of a step-size grid and the eta with the best validation mean."""
     lines = [f"| eta | val {worst} | test {worst} | test avg_acc |", "| --- | --- | --- | --- |"]
-    best, best_val = None, -np.inf
+    best, best_val, zero_val = None, -np.inf, -np.inf
     for eta in ETAS:
         r = runs.get(f"{prefix}{eta}")
         if not r:
@@ -64,8 +66,13 @@ def grid(runs: dict[str, dict[int, dict[str, Any]]], prefix: str, worst: str) ->
         val = metric(r, "val", worst)
         lines.append(f"| {eta} | {fmt(val)} | {fmt(metric(r, 'test', worst))} | {fmt(metric(r, 'test', 'avg_acc'))} |")
         mean = float(np.mean(list(val.values())))
-        if float(eta) > 0 and mean > best_val:  # "chosen step size": among eta > 0 (eta = 0 is its own row)
+        if float(eta) == 0:
+            zero_val = mean
+        elif mean > best_val:  # "chosen step size": among eta > 0 (eta = 0 is its own row)
             best, best_val = eta, mean
+    if best is not None:
+        lines += ["", f"Chosen eta (best validation mean among eta > 0): **{best}**"
+                  + ("; eta = 0 has the higher validation mean." if zero_val > best_val else ".")]
     return lines, best
 
 
@@ -96,9 +103,7 @@ def ablation_tables(runs: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
     gd_lines, gd_eta = grid(runs, "groupdistil<-erm-eta=", worst)
     dro_lines, dro_eta = grid(runs, "group-dro-eta=", worst)
     out = ["## Step-size grid, GroupDistil from the ERM teacher (eta chosen on validation mean)", "", *gd_lines,
-           "", f"Chosen eta (eta > 0): **{gd_eta}**.", "",
-           "## Step-size grid, group DRO without a teacher", "", *dro_lines, "",
-           f"Chosen eta (eta > 0): **{dro_eta}**.", ""]
+           "", "## Step-size grid, group DRO without a teacher", "", *dro_lines, ""]
     gd, dro = f"groupdistil<-erm-eta={gd_eta}", f"group-dro-eta={dro_eta}"
     names = [("KD", "kd<-erm"), ("KD x 1/n_g", "kd-reweight<-erm"), ("GroupDistil eta=0", "groupdistil<-erm-eta=0.0"),
              ("GroupDistil chosen eta", gd), ("ERM x 1/n_g (reweight)", "reweight"),
@@ -123,7 +128,8 @@ def ensemble_table(runs: dict[str, dict[int, dict[str, Any]]], worst: str) -> li
     names = [("KD, ERM teacher", "kd<-erm", 1), ("GroupDistil, best single teacher (validation)", single, 1),
              ("KD, ensemble mean", "kd<-ensemble", 4), ("KD, ensemble AGRE-KD", "agre-kd<-ensemble", 5),
              ("GroupDistil, ensemble mean", "groupdistil<-ensemble", 4)]
-    lines = [f"| row | run | teacher passes | test avg_acc | test {worst} | 95% CI |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = [f"| row | run | teacher passes | test avg_acc | test {worst} | 95% CI |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for label, name, passes in names:
         if name in runs:
             w = metric(runs[name], "test", worst)
@@ -147,14 +153,16 @@ def calibrate_tables(runs: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
         reports = [r["teacher_calibration"][0] for r in runs[name[1]].values() if r.get("teacher_calibration")]
         if not reports:
             continue
-
-        def avg(f: Any) -> str:
-            return f"{np.mean([f(r, 'before') for r in reports]):.3f} -> {np.mean([f(r, 'after') for r in reports]):.3f}"
-
-        lines.append(f"| `{name[1]}` | {reports[0]['method']} | {avg(lambda r, k: r['val']['nll'][k])} | "
-                     f"{avg(lambda r, k: np.mean(list(r['test']['class_ece'][k].values())))} | "
-                     f"{avg(lambda r, k: max(r['test']['class_ece'][k].values()))} |")
+        cells = [_before_after(reports, lambda r, k: r["val"]["nll"][k]),
+                 _before_after(reports, lambda r, k: np.mean(list(r["test"]["class_ece"][k].values()))),
+                 _before_after(reports, lambda r, k: max(r["test"]["class_ece"][k].values()))]
+        lines.append(f"| `{name[1]}` | {reports[0]['method']} | " + " | ".join(cells) + " |")
     return [*out, "## The teachers' calibration (mean over the 5 seeds' teachers)", "", *lines, ""]
+
+
+def _before_after(reports: list[dict[str, Any]], f: Any) -> str:
+    """``mean before -> mean after`` over seeds of a statistic ``f(report, "before" | "after")``."""
+    return f"{np.mean([f(r, 'before') for r in reports]):.3f} -> {np.mean([f(r, 'after') for r in reports]):.3f}"
 
 
 def main(root: str) -> str:

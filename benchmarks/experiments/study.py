@@ -119,11 +119,10 @@ def ablation_study(dataset: str, root: Path) -> list[dict[str, Any]]:
 def calibrate_study(dataset: str, root: Path) -> list[dict[str, Any]]:
     """Robust students (class-robust-kd, mode robust) from ERM, balanced and robust teachers, with the
     teacher's probabilities recalibrated by each ``teacher.calibrate`` option."""
-    runs = [r for r in classes_study(dataset, root) if r["role"] == "teacher"]
-    runs.append(config(dataset, root, "robust<-erm", "student", "class-robust-kd", "teacher-erm", mode="robust",
-                       **KD_LT))
-    # "none" is the classes study's robust<-balanced / robust<-robust; temperature is left out for
-    # time (it rescales all classes alike, so it cannot remove a per-class shift).
+    # The references (robust<-erm, and "none": robust<-balanced / robust<-robust) are the classes
+    # study's runs; temperature is left out for time (it rescales all classes alike, so it cannot
+    # remove a per-class shift).
+    runs = [r for r in classes_study(dataset, root) if r["name"] in ("teacher-balanced", "teacher-robust")]
     for calibrate in ("undo-adjust", "vector"):
         for short in ("balanced", "robust"):
             raw = config(dataset, root, f"robust<-{short}-{calibrate}", "student", "class-robust-kd",

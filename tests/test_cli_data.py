@@ -81,7 +81,8 @@ def test_datasets_lists_every_name(capsys):
     assert code == 0
     assert [line.split()[0] for line in out.splitlines()] == list(DATASETS)
     readers = {"waterbirds", "celeba", "cifar10-lt", "cifar100-lt", "mnms", "manifest"}
-    assert readers | {"spurious-digits", "scanner-digits", "digits-lt"} == set(DATASETS)
+    builtin = {"spurious-digits", "scanner-digits", "scanner-digits-reversed", "digits-lt"}
+    assert readers | builtin == set(DATASETS)
 
 
 def test_inspect_table_and_warnings(capsys, waterbirds_root):

@@ -8,9 +8,9 @@ import torch
 
 from groupdistil.data import SPLITS, DataConfig, load_dataset
 from groupdistil.data._splits import long_tail_counts
-from groupdistil.data.digits import BACKGROUNDS, SCANNER_SHARES, _digits
+from groupdistil.data.digits import BACKGROUNDS, REVERSED_SHARES, SCANNER_SHARES, _digits
 
-NAMES = ("spurious-digits", "scanner-digits", "digits-lt")
+NAMES = ("spurious-digits", "scanner-digits", "scanner-digits-reversed", "digits-lt")
 
 
 def build(name: str, seed: int = 0, **kw):
@@ -94,6 +94,25 @@ def test_scanner_shares_and_transforms():
     assert float(x[g == 0].mean()) < 0.4 < float(x[g == 1].mean())
     raw = {tuple(np.round(im.ravel(), 5)) for im in ink}
     assert all(tuple(np.round(im.ravel().numpy(), 5)) in raw for im in x[g == 0][:20])
+    assert not any(tuple(np.round(im.ravel().numpy(), 5)) in raw for im in x[g == 2][:20])
+
+
+def test_scanner_reversed_shares_same_digits_and_scanners():
+    rev, ref = build("scanner-digits-reversed", seed=0), build("scanner-digits", seed=0)
+    assert REVERSED_SHARES == (0.03, 0.07, 0.35, 0.55)
+    train = rev.group_counts("train")
+    n = int(train.sum())
+    assert np.allclose(train.numpy() / n, REVERSED_SHARES, atol=1.0 / n)
+    for split in SPLITS:
+        # The same digits in every split; only which scanner saw each image changes.
+        assert torch.equal(rev.splits[split].y, ref.splits[split].y)
+    for split in ("val", "test"):
+        c = rev.group_counts(split)
+        assert int(c.max()) - int(c.min()) <= 1
+    # Scanner A is still the identity, scanner C still blurs and adds noise.
+    x, g = rev.train.inputs * 0.5 + 0.5, rev.train.g
+    raw = {tuple(np.round(im.ravel(), 5)) for im in _digits()[0]}
+    assert all(tuple(np.round(im.ravel().numpy(), 5)) in raw for im in x[g == 0])
     assert not any(tuple(np.round(im.ravel().numpy(), 5)) in raw for im in x[g == 2][:20])
 
 

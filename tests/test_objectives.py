@@ -55,6 +55,22 @@ def test_reweight_hand_computed_normalised_over_the_batch() -> None:
     assert out.loss.item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_kd_reweight_is_the_mix_weighted_by_inverse_counts() -> None:
+    s, y, groups, t = _batch(3)
+    out = gd.build_objective("kd-reweight", n_groups=G, group_counts=COUNTS, alpha=0.3, temperature=2.0)(
+        s, y, groups, t
+    )
+    w = 1.0 / torch.tensor(COUNTS)[groups]
+    expected = (w * _mix(s, y, t, 0.3, 2.0)).sum() / w.sum()
+    torch.testing.assert_close(out.loss, expected)
+    assert out.loss.item() != pytest.approx(_mix(s, y, t, 0.3, 2.0).mean().item(), rel=1e-3)
+    assert out.weights is None  # static weights: nothing to log as q
+    with pytest.raises(ValueError, match="groups: KDReweight needs a group id per sample"):
+        gd.build_objective("kd-reweight", n_groups=G, group_counts=COUNTS)(s, y, None, t)
+    with pytest.raises(ValueError, match="teacher_logits"):
+        gd.build_objective("kd-reweight", n_groups=G, group_counts=COUNTS)(s, y, groups, None)
+
+
 def test_kd_is_the_mean_mix_and_alpha_zero_needs_no_teacher() -> None:
     s, y, _, t = _batch()
     torch.testing.assert_close(gd.KD(0.3, 2.0)(s, y, teacher_logits=t).loss, _mix(s, y, t, 0.3, 2.0).mean())
@@ -339,6 +355,7 @@ def test_build_objective_by_name_with_options() -> None:
         "balanced": gd.LogitAdjusted,
         "robust-teacher": gd.RobustTeacher,
         "kd": gd.KD,
+        "kd-reweight": gd.KDReweight,
         "groupdistil": gd.GroupDistil,
         "class-robust-kd": gd.ClassRobustKD,
     }

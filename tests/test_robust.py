@@ -325,6 +325,47 @@ def test_fifty_step_trajectory_matches_plain_loop(
     assert max(ref_q) > 0.4  # the trajectory went somewhere: q is far from uniform
 
 
+def _fifty_batches(counts: list[float], dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(50):
+        groups = torch.multinomial(torch.tensor(counts), 6, replacement=True, generator=g)
+        out.append(((3 * torch.rand(6, generator=g) * (1 + groups.float())).to(dtype), groups))
+    return out
+
+
+def test_float64_trajectory_matches_plain_loop_to_float64_precision() -> None:
+    # C / sqrt(n) with sqrt(40) etc. is not exact in float32: after .double() the bonus must be
+    # recomputed in float64, or q drifts ~4e-7 from the float64 reference in 50 steps at eta 1.
+    counts, adjustment = [40.0, 10.0, 5.0, 1.0], [1.0, 0.0, 2.0, 0.5]
+    batches = _fifty_batches(counts, torch.float64)
+    ref_q, ref_losses = _reference_trajectory(
+        [(x.tolist(), y.tolist()) for x, y in batches], 4, 1.0, counts, adjustment, False
+    )
+    dro = gd.GroupDRO(4, step_size=1.0, group_counts=counts, adjustment=adjustment).double()
+    assert dro.bonus is not None and dro.bonus.dtype == torch.float64
+    for (losses, groups), ref_loss in zip(batches, ref_losses, strict=True):
+        assert dro(losses, groups).item() == pytest.approx(ref_loss, rel=1e-12)
+    assert dro.q.dtype == torch.float64
+    torch.testing.assert_close(dro.q, torch.tensor(ref_q, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+    assert max(ref_q) > 0.4
+
+
+def test_half_module_keeps_q_and_counts_float32_and_tiny_weights_alive() -> None:
+    dro = gd.GroupDRO(2, step_size=1.0, group_counts=[70000.0, 3.0], adjustment=1.0).half()
+    assert dro.q.dtype == dro.group_counts.dtype == dro.adjustment.dtype == torch.float32
+    assert dro.group_counts[0].item() == 70000.0  # float16 would make it inf
+    groups = torch.tensor([0, 1])
+    dro(torch.tensor([20.0, 0.0], dtype=torch.float16), groups)
+    tiny = dro.q[1].item()
+    assert 0.0 < tiny < 6e-8  # below float16's smallest subnormal: float16 q would hold 0 here
+    assert dro.q.dtype == torch.float32
+    # The group is not lost: when its loss becomes the larger one, its weight comes back.
+    for _ in range(3):
+        dro(torch.tensor([0.0, 20.0], dtype=torch.float16), groups)
+    assert dro.q[1].item() > 0.5
+
+
 # ---- bad input ---------------------------------------------------------------------------------
 
 

@@ -3,6 +3,8 @@
     python benchmarks/experiments/study.py groups spurious-digits   # students x teachers, data groups
     python benchmarks/experiments/study.py groups scanner-digits
     python benchmarks/experiments/study.py classes digits-lt        # class-robust teachers x students
+    python benchmarks/experiments/study.py ablation spurious-digits  # per-group averaging vs DRO, ensembles
+    python benchmarks/experiments/study.py calibrate digits-lt      # robust students from calibrated teachers
 
 Runs go under runs/bench/<dataset>/ (resumable: finished runs are skipped), then
 `groupdistil report` writes benchmarks/results/<dataset>/. Every method gets the same budget
@@ -17,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from groupdistil.sweep import expand, run_sweep
+from groupdistil.sweep import SweepRun, expand, run_sweep
 
 SEEDS = 5
 BUDGET: dict[str, Any] = {
@@ -64,6 +66,72 @@ def groups_study(dataset: str, root: Path) -> list[dict[str, Any]]:
     return runs
 
 
+#: The step-size grid of the ablation: 0 (q fixed, uniform over groups) and 0.001 .. 1 by decades.
+ETAS = (0.0, 0.001, 0.01, 0.1, 1.0)
+#: Benchmarks where the ablation also trains students from teacher ensembles (issue 14, item 3).
+ENSEMBLE_DATASETS = ("spurious-digits", "scanner-digits")
+
+
+def ensemble_runs(dataset: str, root: Path) -> list[SweepRun]:
+    """Students of a 4-teacher ensemble: for student seed s, the ERM and group-DRO teachers of seeds s
+    and s+1 (mod 5); AGRE-KD's biased reference is the ERM teacher of seed s+2, outside the ensemble."""
+    def ckpt(name: str, seed: int) -> str:
+        return str(root / name / f"seed{seed % SEEDS}" / "checkpoints" / "best.pt")
+
+    runs = []
+    for s in range(SEEDS):
+        members = [ckpt(t, s + k) for t in ("teacher-erm", "teacher-group-dro") for k in (0, 1)]
+        for name, method, combine, extra in (("kd<-ensemble", "kd", "mean", {}),
+                                             ("agre-kd<-ensemble", "kd", "agre-kd", {}),
+                                             ("groupdistil<-ensemble", "groupdistil", "mean", {"step_size": 0.01})):
+            raw = config(dataset, root, name, "student", method, "teacher-erm", **KD, **extra)
+            raw["teacher"].update(checkpoints=members, combine=combine)
+            if combine == "agre-kd":
+                raw["teacher"]["reference"] = ckpt("teacher-erm", s + 2)
+            runs.append(expand(raw, SEEDS, {}, name)[s])
+    return runs
+
+
+def ablation_study(dataset: str, root: Path) -> list[dict[str, Any]]:
+    """Which mechanism carries GroupDistil's gain: per-group averaging (eta = 0, or 1/n_g weights) or
+    the dynamic DRO weights (eta > 0, chosen on validation), with and without a teacher."""
+    runs = [
+        config(dataset, root, "teacher-erm", "teacher", "erm"),
+        config(dataset, root, "reweight", "student", "reweight"),
+        config(dataset, root, "kd<-erm", "student", "kd", "teacher-erm", **KD),
+        config(dataset, root, "kd-reweight<-erm", "student", "kd-reweight", "teacher-erm", **KD),
+    ]
+    for eta in ETAS:
+        runs += [
+            config(dataset, root, f"group-dro-eta={eta}", "student", "group-dro", step_size=eta),
+            config(dataset, root, f"groupdistil<-erm-eta={eta}", "student", "groupdistil", "teacher-erm", **KD,
+                   step_size=eta),
+        ]
+    if dataset in ENSEMBLE_DATASETS:
+        # The group-DRO teacher: an ensemble member, and GroupDistil from it for "the best single
+        # teacher" (chosen on validation).
+        runs.append(config(dataset, root, "teacher-group-dro", "teacher", "group-dro", step_size=0.01))
+        runs.append(config(dataset, root, "groupdistil<-group-dro", "student", "groupdistil", "teacher-group-dro",
+                           **KD, step_size=0.01))
+    return runs
+
+
+def calibrate_study(dataset: str, root: Path) -> list[dict[str, Any]]:
+    """Robust students (class-robust-kd, mode robust) from ERM, balanced and robust teachers, with the
+    teacher's probabilities recalibrated by each ``teacher.calibrate`` option."""
+    # The references (robust<-erm, and "none": robust<-balanced / robust<-robust) are the classes
+    # study's runs; temperature is left out for time (it rescales all classes alike, so it cannot
+    # remove a per-class shift).
+    runs = [r for r in classes_study(dataset, root) if r["name"] in ("teacher-balanced", "teacher-robust")]
+    for calibrate in ("undo-adjust", "vector"):
+        for short in ("balanced", "robust"):
+            raw = config(dataset, root, f"robust<-{short}-{calibrate}", "student", "class-robust-kd",
+                         f"teacher-{short}", mode="robust", **KD_LT)
+            raw["teacher"]["calibrate"] = calibrate
+            runs.append(raw)
+    return runs
+
+
 def classes_study(dataset: str, root: Path) -> list[dict[str, Any]]:
     runs = [
         config(dataset, root, "teacher-erm", "teacher", "erm"),
@@ -84,15 +152,22 @@ def classes_study(dataset: str, root: Path) -> list[dict[str, Any]]:
     return runs
 
 
+STUDIES = {"groups": groups_study, "classes": classes_study, "ablation": ablation_study,
+           "calibrate": calibrate_study}
+
+
 def main(kind: str, dataset: str, jobs: int = 2) -> int:
-    root = Path("runs/bench") / dataset
-    plan = groups_study(dataset, root) if kind == "groups" else classes_study(dataset, root)
+    suffix = "" if kind in ("groups", "classes") else f"-{kind}"
+    root = Path("runs/bench") / f"{dataset}{suffix}"
+    plan = STUDIES[kind](dataset, root)
     failed = 0
     # Teachers first (students read their checkpoints), then everything else.
     for stage in (("teacher",), ("student",)):
         runs = [r for raw in plan if raw["role"] in stage for r in expand(raw, SEEDS, {}, raw["name"])]
+        if stage == ("student",) and kind == "ablation" and dataset in ENSEMBLE_DATASETS:
+            runs += ensemble_runs(dataset, root)
         failed += sum(r.status == "failed" for r in run_sweep(runs, root / f"index-{stage[0]}.json", jobs=jobs))
-    out = Path("benchmarks/results") / dataset
+    out = Path("benchmarks/results") / f"{dataset}{suffix}"
     subprocess.run([sys.executable, "-m", "groupdistil", "report", str(root), "--out", str(out),
                     "--title", f"{dataset}: {SEEDS} seeds"], check=True)
     return 1 if failed else 0

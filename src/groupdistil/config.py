@@ -50,6 +50,10 @@ class TeacherConfig(BaseModel):
         json_schema_extra=_flag("--teacher-adjust"))
     adjust_tau: float = Field(1.0, description="tau of the balanced adjustment",
                               json_schema_extra=_flag("--teacher-tau"))
+    calibrate: Literal["none", "undo-adjust", "temperature", "vector"] = Field(
+        "none", description="recalibrate the teacher: undo its training-time logit adjustment (recorded in "
+        "the checkpoint), or temperature / vector scaling fitted on the validation split by NLL",
+        json_schema_extra=_flag("--teacher-calibrate"))
     cache: bool = Field(True, description="cache teacher logits when the training view is not augmented",
                         json_schema_extra=_flag("--teacher-cache"))
     cache_dir: Path | None = Field(None, description="teacher-logit cache folder "
@@ -63,7 +67,7 @@ class ObjectiveConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: str = Field("erm", description="objective: erm, reweight, group-dro, balanced, robust-teacher, "
-                        "kd, groupdistil, class-robust-kd")
+                        "kd, kd-reweight, groupdistil, class-robust-kd")
     alpha: float | None = Field(None, ge=0, le=1, description="teacher weight in [0, 1]")
     temperature: float | None = Field(None, gt=0, description="distillation temperature T")
     step_size: float | None = Field(None, ge=0, description="EG step size eta of q or lambda")

@@ -6,6 +6,7 @@
 - ``balanced``: logit-adjusted cross-entropy ``ce(s + tau log pi, y)``, mean (a balanced teacher).
 - ``robust-teacher``: ``ce(s + tau log pi - log lambda, y)``, mean; lambda from validation (classes).
 - ``kd``: ``(1-alpha) ce + alpha kd``, mean.
+- ``kd-reweight``: ``(1-alpha) ce + alpha kd``, mean weighted by ``1 / n_{g_i}`` (data groups).
 - ``groupdistil``: ``(1-alpha) ce + alpha kd``, online group DRO (data groups).
 - ``class-robust-kd``: per-class risks R_k, weighted standard | balanced | robust | tradeoff (classes).
 
@@ -183,6 +184,12 @@ class Objective(nn.Module):
         """Objectives with validation-driven weights override this."""
         raise NotImplementedError(f"{type(self).__name__} has no validation-driven weights")
 
+    def logit_adjustment(self) -> dict[str, Any] | None:
+        """What this objective adds to the logits inside its loss, recorded in checkpoints so that
+        ``--teacher-calibrate undo-adjust`` can remove it from a teacher: ``{"method", "tau",
+        "prior" (C,), "uses_lambda"}`` (lambda is the saved ``dro.q``), or None for no adjustment."""
+        return None
+
 
 class _CrossEntropyTerm:
     """The per-sample term of the objectives without a teacher: cross-entropy."""
@@ -280,7 +287,7 @@ class Reweight(_CrossEntropyTerm, Objective):
 
     def aggregate(self, losses: torch.Tensor, groups: torch.Tensor | None) -> ObjectiveOutput:
         if groups is None:
-            raise ValueError("groups: Reweight needs a group id per sample, got None")
+            raise ValueError(f"groups: {type(self).__name__} needs a group id per sample, got None")
         r = _logged_risks(losses, groups, self.n_groups)
         loss = _global_mean(losses, self.inv_counts[groups.long().to(self.inv_counts.device)])
         return ObjectiveOutput(loss, r.means, r.counts, None)
@@ -325,6 +332,32 @@ class KD(Objective):
             return Terms(ce, ce=(1 - self.alpha) * ce)
         kd = distillation(student_logits, teacher_logits, self.temperature)
         return Terms(mixed(ce, kd, self.alpha), ce=(1 - self.alpha) * ce, kd=self.alpha * kd)
+
+
+class KDReweight(Reweight):
+    """KD's per-sample term ``(1 - alpha) ce + alpha kd`` with :class:`Reweight`'s aggregation
+    (weights ``1 / n_{g_i}``, normalised over the batch): count-driven group weights, fixed in time.
+
+    The static counterpart of GroupDistil, whose weights are loss-driven (an ablation baseline).
+
+    Args:
+        group_counts: (G,) training samples per group. alpha, temperature: as :class:`KD`.
+        n_groups: G, optional; checked against ``len(group_counts)``.
+    """
+
+    def __init__(
+        self,
+        group_counts: Sequence[float] | torch.Tensor,
+        alpha: float = 0.5,
+        temperature: float = 4.0,
+        n_groups: int | None = None,
+    ) -> None:
+        super().__init__(group_counts, n_groups)
+        self.alpha = check_unit_interval("alpha", alpha)
+        self.temperature = check_temperature(temperature)
+        self.requires_teacher = self.alpha > 0
+
+    per_sample = KD.per_sample
 
 
 DRO_ON = ("both", "kd", "ce")
@@ -400,6 +433,9 @@ class LogitAdjusted(Objective):
         ce = logit_adjusted_cross_entropy(student_logits, y, self.prior, self.tau, check=False)
         return Terms(ce, ce=ce)
 
+    def logit_adjustment(self) -> dict[str, Any]:
+        return {"method": "balanced", "tau": self.tau, "prior": self.prior.tolist(), "uses_lambda": False}
+
 
 class RobustTeacher(_ClassWeightsMixin, Objective):
     """Worst-class teacher (Narasimhan & Menon, 2021): mean ``ce(s + tau log pi - log lambda, y)``.
@@ -446,6 +482,9 @@ class RobustTeacher(_ClassWeightsMixin, Objective):
         """Plain mean (as :class:`Objective`), reported with lambda as the weights."""
         out = super().aggregate(losses, groups)
         return out._replace(weights=self.lam.q.detach().clone())
+
+    def logit_adjustment(self) -> dict[str, Any]:
+        return {"method": "robust-teacher", "tau": self.tau, "prior": self.prior.tolist(), "uses_lambda": True}
 
 
 CLASS_ROBUST_MODES = ("standard", "balanced", "robust", "tradeoff")
@@ -554,6 +593,7 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "balanced": LogitAdjusted,
     "robust-teacher": RobustTeacher,
     "kd": KD,
+    "kd-reweight": KDReweight,
     "groupdistil": GroupDistil,
     "class-robust-kd": ClassRobustKD,
 }

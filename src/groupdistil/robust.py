@@ -6,7 +6,7 @@ vector ``q`` on the simplex (a buffer: it is checkpointed and, under DDP, identi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -228,6 +228,23 @@ class GroupDRO(SimplexWeights):
     @staticmethod
     def _refresh_bonus(module: nn.Module, incompatible_keys: object) -> None:
         module.bonus = module._bonus()  # type: ignore[operator]
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> GroupDRO:
+        """Casts and moves as ``nn.Module``, but the persistent buffers stay float32 or wider, and
+        the bonus is recomputed from the cast buffers (not cast from its float32 value).
+
+        Why: after ``.half()`` a float16 q rounds weights under 6e-8 to 0, and they stay 0 forever;
+        after ``.double()`` a bonus cast from float32 carries float32's rounding into every update.
+        """
+        before = {k: getattr(self, k) for k in ("q", "adjustment", "group_counts")}
+        super()._apply(fn, recurse)
+        for name, old in before.items():
+            new = getattr(self, name)
+            if new.is_floating_point() and compute_dtype(new.dtype) != new.dtype:
+                # Re-derive from the value before the cast, so nothing is rounded through float16.
+                setattr(self, name, old.to(device=new.device, dtype=compute_dtype(new.dtype)))
+        self.bonus = self._bonus()
+        return self
 
     def _adjusted(self, means: torch.Tensor) -> torch.Tensor:
         """(G,) ``a = L + C / sqrt(n)`` (C_g = 0 or n_g = 0: no bonus), optionally normalised."""

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from groupdistil import distributed
+from groupdistil.calibration import Calibration, calibration_report, fit_calibration
 from groupdistil.checkpoint import file_sha256, load_checkpoint
 from groupdistil.config import RunConfig, dump_yaml
 from groupdistil.data import DatasetBundle, load_dataset
@@ -24,7 +25,14 @@ from groupdistil.models import create_model, upgrade_legacy_keys
 from groupdistil.objectives import Objective, build_objective, objective_options
 from groupdistil.outputs import RunWriter, read_final
 from groupdistil.rundir import OutPlan, RunPaths, close_out, open_out, plan_out
-from groupdistil.teachers import LogitCache, Teacher, TeacherMember, cached_or_computed, teacher_class_weights
+from groupdistil.teachers import (
+    LogitCache,
+    Teacher,
+    TeacherMember,
+    cached_or_computed,
+    compute_logits,
+    teacher_class_weights,
+)
 
 Echo = Callable[[str], None]
 
@@ -107,6 +115,7 @@ def build_teacher(
         raise UserError(f"`teacher.checkpoints`: method {cfg.objective.method} needs a teacher checkpoint")
     use_cache = tc.cache and not bundle.train.has_random_augmentation
     cache = LogitCache(tc.cache_dir or default_cache_dir())
+    reports: list[dict[str, Any]] = []
 
     def member(path: Path, adjust: str) -> TeacherMember:
         model, ck = model_from_checkpoint(path, device)
@@ -118,6 +127,11 @@ def build_teacher(
         if adjust == "weighted" and lam is None:
             raise UserError(f"`teacher.adjust` weighted: {path} has no class weights (not a robust teacher)")
         m = TeacherMember(model, adjust, tc.adjust_tau, lam)
+        if tc.calibrate != "none":
+            m.calibration, info = _calibrate(tc.calibrate, model, ck, path, bundle, device)
+            reports.append(info)
+            echo(f"teacher {path}: calibrated by {tc.calibrate}; validation NLL "
+                 f"{info['val']['nll']['before']:.4f} -> {info['val']['nll']['after']:.4f}")
         if use_cache:
             # Rank 0 fills the cache, then the other ranks read the same file.
             m.cached, status = distributed.main_first(lambda: cached_or_computed(
@@ -132,10 +146,26 @@ def build_teacher(
     if not use_cache:
         why = "the training view has random augmentation" if tc.cache else "`teacher.cache` is off"
         echo(f"teacher logits: computed online ({why})")
-    return Teacher(
+    teacher = Teacher(
         members, bundle.class_prior(), combine=tc.combine, reference=reference,
         temperature=getattr(objective, "temperature", 1.0),
     ).to(device)
+    teacher.calibration_report = reports
+    return teacher
+
+
+def _calibrate(
+    method: str, model: nn.Module, ck: dict[str, Any], path: Path, bundle: DatasetBundle, device: torch.device
+) -> tuple[Calibration, dict[str, Any]]:
+    """A teacher's calibration (fitted on the validation split) and its before/after report.
+
+    The teacher's raw logits on validation and test are computed here, once; the training logits
+    (cached or online) stay raw and are calibrated when read, so the cache key is unaffected.
+    """
+    logits = {name: compute_logits(model, bundle.splits[name], device=device) for name in ("val", "test")}
+    cal = fit_calibration(method, logits["val"], bundle.splits["val"].y, ck.get("logit_adjustment"),
+                          teacher_class_weights(ck), path)
+    return cal, calibration_report(cal, path, logits, bundle.splits, bundle.grouping)
 
 
 def run_experiment(cfg: RunConfig, echo: Echo = print) -> dict[str, Any]:
@@ -197,6 +227,7 @@ def _fit_and_evaluate(
         "input_shape": list(in_shape), "class_names": list(bundle.grouping.class_names),
         "group_names": list(bundle.grouping.group_names), "config": cfg.model_dump(mode="json"),
         "world_size": distributed.world_size(),
+        "logit_adjustment": objective.logit_adjustment(),
     }
     writer = RunWriter(work.root, weight_names(objective, bundle))
     try:
@@ -220,6 +251,7 @@ def _fit_and_evaluate(
             "teacher": ",".join(str(p) for p in cfg.teacher.checkpoints) if teacher is not None else None,
             "options": cfg.objective.options(), "selected_epoch": result.best_epoch,
             "selection_metric": cfg.train.select_on, "skipped_steps": result.skipped_steps,
+            "teacher_calibration": teacher.calibration_report if teacher is not None else [],
             "splits": splits,
         }
         writer.finish(final)

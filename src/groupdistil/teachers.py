@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from groupdistil.calibration import Calibration
 from groupdistil.checkpoint import atomic_write, file_sha256
 from groupdistil.data.base import GroupedDataset
 from groupdistil.errors import UserError
@@ -135,6 +136,7 @@ class TeacherMember:
     tau: float = 1.0
     class_weights: torch.Tensor | None = None  # lambda of a robust teacher, for adjust="weighted"
     cached: torch.Tensor | None = None  # (N, C) logits on the training split, indexed by sample index
+    calibration: Calibration | None = None  # applied to the raw (cached) logits, before ``adjust``
 
     def __post_init__(self) -> None:
         if self.adjust not in ADJUST:
@@ -178,6 +180,8 @@ class Teacher(nn.Module):
         if combine == "agre-kd" and reference is None:
             raise UserError("`teacher.reference`: AGRE-KD needs a biased reference model checkpoint")
         self.members = list(members)
+        #: One entry per calibrated member (:func:`groupdistil.calibration.calibration_report`).
+        self.calibration_report: list[dict[str, Any]] = []
         self.reference = reference
         self.combine = combine
         self.temperature = float(temperature)
@@ -199,6 +203,8 @@ class Teacher(nn.Module):
 
     def _member_logits(self, member: TeacherMember, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         t = member.raw_logits(x, index)
+        if member.calibration is not None:
+            t = member.calibration(t)
         if member.adjust == "balanced":
             t = adjust_logits(t, self.class_prior, member.tau)
         elif member.adjust == "weighted":

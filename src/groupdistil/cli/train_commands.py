@@ -15,7 +15,7 @@ from groupdistil.config import load_yaml, set_dotted, validate_config
 from groupdistil.errors import ConfigError, UserError, first_line
 
 #: Methods that distill a teacher (the rest train without one).
-STUDENT_METHODS = ("kd", "groupdistil", "class-robust-kd")
+STUDENT_METHODS = ("kd", "kd-reweight", "groupdistil", "class-robust-kd")
 
 
 def _echo(quiet: bool):

@@ -2,9 +2,10 @@
 
 ``spurious-digits`` (spurious background colour), ``scanner-digits`` (four acquisition "scanners")
 and ``digits-lt`` (long-tailed classes), exactly as the project's format specification fixes them
-(docs/datasets.md). Everything is deterministic given ``DataConfig.data_seed``; the parameters the
-specification leaves open are module constants below, documented in ``docs/datasets.md``: do not
-tune them.
+(docs/datasets.md), and ``scanner-digits-reversed`` (ours: the same scanners with the training shares
+reversed, so the degraded scanners are the common ones; ``docs/datasets.md``). Everything is
+deterministic given ``DataConfig.data_seed``; the parameters the specification leaves open are module
+constants below, documented in ``docs/datasets.md``: do not tune them.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ BACKGROUNDS = np.array([[0.85, 0.55, 0.15], [0.15, 0.35, 0.85]], dtype=np.float3
 #: scanner-digits: training shares of scanners A, B, C, D.
 SCANNER_SHARES = (0.55, 0.35, 0.07, 0.03)
 SCANNER_NAMES = ("scanner_A", "scanner_B", "scanner_C", "scanner_D")
+#: scanner-digits-reversed: the same shares in reverse order, fixed before any run (docs/datasets.md).
+REVERSED_SHARES = SCANNER_SHARES[::-1]
 GAMMA_B = 2.0  # scanner B: x = (1 - v) ** GAMMA_B
 NOISE_C = 0.1  # scanner C: std of the Gaussian noise added after the blur
 BLUR_C = np.outer([1.0, 2.0, 1.0], [1.0, 2.0, 1.0]).astype(np.float32) / 16.0  # 3x3 binomial kernel
@@ -134,12 +137,12 @@ def _quota(shares: tuple[float, ...], n: int) -> np.ndarray:
     return counts
 
 
-def scanner_assignment(n: int, train: bool, rng: np.random.Generator) -> np.ndarray:
+def scanner_assignment(
+    n: int, train: bool, rng: np.random.Generator, shares: tuple[float, ...] = SCANNER_SHARES
+) -> np.ndarray:
     """(n,) scanner ids: exact training quotas, or an even round-robin over a shuffled val/test."""
-    if train:
-        ids = np.repeat(np.arange(len(SCANNER_SHARES)), _quota(SCANNER_SHARES, n))
-    else:
-        ids = np.arange(n) % len(SCANNER_SHARES)
+    n_scanners = len(shares)
+    ids = np.repeat(np.arange(n_scanners), _quota(shares, n)) if train else np.arange(n) % n_scanners
     return ids[rng.permutation(n)]
 
 
@@ -160,21 +163,32 @@ def scan(ink: np.ndarray, scanner: np.ndarray, rng: np.random.Generator) -> np.n
     return out
 
 
-def build_scanner_digits(config: DataConfig) -> DatasetBundle:
-    """10-class digits seen through four scanners; train is dominated by A and B, val/test balanced."""
+def _build_scanner(config: DataConfig, name: str, shares: tuple[float, ...]) -> DatasetBundle:
+    """10-class digits seen through four scanners with the given training shares; val/test balanced."""
     ink, digit, index, rng = _split(config)
     grouping = Grouping.explicit(DIGIT_NAMES, SCANNER_NAMES)
     parts = {}
     for split, ix in index.items():
-        scanner = scanner_assignment(len(ix), split == "train", rng)
+        scanner = scanner_assignment(len(ix), split == "train", rng, shares)
         x = scan(ink[ix], scanner, rng)[:, None]
         y = torch.from_numpy(digit[ix])
         g = grouping.group_ids(y, torch.from_numpy(scanner))
         parts[split] = SplitData(y, g, inputs=_to_unit_range(x))
     return make_bundle(
-        "scanner-digits", grouping, (1, 8, 8), parts,
+        name, grouping, (1, 8, 8), parts,
         identity=_identity(config), augmentation=_augmentation(config),
     )
+
+
+def build_scanner_digits(config: DataConfig) -> DatasetBundle:
+    """10-class digits seen through four scanners; train is dominated by A and B, val/test balanced."""
+    return _build_scanner(config, "scanner-digits", SCANNER_SHARES)
+
+
+def build_scanner_digits_reversed(config: DataConfig) -> DatasetBundle:
+    """As scanner-digits with the training shares reversed: the degraded scanners C and D are common
+    (35% and 55%), the clean A and B rare (3% and 7%): group size and difficulty disagree."""
+    return _build_scanner(config, "scanner-digits-reversed", REVERSED_SHARES)
 
 
 # --- digits-lt ------------------------------------------------------------------------------------
@@ -206,6 +220,9 @@ DATASETS["spurious-digits"] = DatasetSpec(
 )
 DATASETS["scanner-digits"] = DatasetSpec(
     build_scanner_digits, "built-in: 10 digits through 4 scanner transforms, train shares 55/35/7/3", False
+)
+DATASETS["scanner-digits-reversed"] = DatasetSpec(
+    build_scanner_digits_reversed, "built-in: scanner-digits with train shares reversed, 3/7/35/55", False
 )
 DATASETS["digits-lt"] = DatasetSpec(
     build_digits_lt, "built-in: 10 digits, long-tailed train (imbalance ratio 10)", False

@@ -23,7 +23,8 @@ from groupdistil.report.stats import Summary, bootstrap_mean_ci, summarise
 
 #: Table order: baselines first, then the distillation methods, as in docs/methods.md.
 METHOD_ORDER = (
-    "erm", "reweight", "group-dro", "balanced", "robust-teacher", "kd", "groupdistil", "class-robust-kd",
+    "erm", "reweight", "group-dro", "balanced", "robust-teacher", "kd", "kd-reweight", "groupdistil",
+    "class-robust-kd",
 )
 #: Objectives whose robust weights are over classes: their datasets get a worst-class Pareto panel.
 CLASS_LEVEL_METHODS = frozenset({"class-robust-kd", "balanced", "robust-teacher"})

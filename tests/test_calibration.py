@@ -20,8 +20,8 @@ LAMBDA = torch.tensor([0.1, 0.2, 0.3, 0.4])
 
 def test_undo_adjust_inverts_the_robust_teachers_adjustment_exactly() -> None:
     obj = gd.RobustTeacher(PRIOR, tau=1.5)
-    obj.dro.q.copy_(LAMBDA)
-    cal = undo_adjustment(obj.logit_adjustment(), obj.dro.q, Path("t.pt"))
+    obj.lam.q.copy_(LAMBDA)
+    cal = undo_adjustment(obj.logit_adjustment(), obj.lam.q, Path("t.pt"))
     g = torch.Generator().manual_seed(0)
     z = 3 * torch.randn(20, 4, generator=g, dtype=torch.float64)  # the class-probability logits
     shift = 1.5 * PRIOR.double().log() - LAMBDA.double().log()

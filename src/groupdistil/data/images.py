@@ -39,6 +39,10 @@ class ImageFiles:
     def __call__(self, i: int) -> torch.Tensor:
         return decode_image(str(self.paths[i]), self.mode)
 
+    def name(self, i: int) -> str:
+        """The file of item i, for messages."""
+        return str(self.paths[i])
+
     def subset(self, index: np.ndarray) -> ImageFiles:
         return ImageFiles(self.paths[index], self.mode)
 

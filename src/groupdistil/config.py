@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from groupdistil.data.options import DataConfig
 from groupdistil.errors import ConfigError
 
-
 #: Every section refuses inf and NaN for any float option (pydantic's allow_inf_nan): a learning rate
 #: of inf would otherwise pass ``gt=0`` and fail at the second step after writing a run folder.
 FINITE = ConfigDict(extra="forbid", allow_inf_nan=False)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections.abc import Sequence
@@ -77,27 +78,26 @@ class RunWriter:
         self._truncate(resume_epoch)
 
     def _header(self) -> str:
-        return ",".join(["step", "epoch", *self.weight_names]) + "\n"
+        # csv quoting: a group name may hold a comma, a quote or a line break.
+        return _csv_line(["step", "epoch", *self.weight_names])
 
     def _truncate(self, last_epoch: int) -> None:
         # A kill mid-epoch leaves lines of an epoch the resumed run will redo: keep what the
-        # checkpoint covers, drop the rest (including a half-written last line).
+        # checkpoint covers, drop the rest (including a half-written or non-UTF-8 last line).
         kept = []
-        if self.metrics_path.is_file():
-            for line in self.metrics_path.read_text().splitlines():
-                try:
-                    if json.loads(line)["epoch"] <= last_epoch:
-                        kept.append(line)
-                except (ValueError, KeyError, TypeError):
-                    continue
+        for line in _utf8_lines(self.metrics_path):
+            try:
+                if json.loads(line)["epoch"] <= last_epoch:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue
         atomic_write(self.metrics_path, lambda f: f.write("".join(x + "\n" for x in kept).encode()))
         rows = [self._header()]
-        if self.weights_path.is_file():
-            with open(self.weights_path, newline="") as f:
-                for row in list(csv.reader(f))[1:]:
-                    epoch = _int(row[1]) if len(row) == len(self.weight_names) + 2 else None
-                    if epoch is not None and epoch <= last_epoch:
-                        rows.append(",".join(row) + "\n")
+        # Line breaks restored: csv needs them inside a quoted group name that holds one.
+        for row in list(csv.reader(x + "\n" for x in _utf8_lines(self.weights_path)))[1:]:
+            epoch = _int(row[1]) if len(row) == len(self.weight_names) + 2 else None
+            if epoch is not None and epoch <= last_epoch:
+                rows.append(_csv_line(row))
         atomic_write(self.weights_path, lambda f: f.write("".join(rows).encode()))
 
     def log_weights(self, step: int, epoch: int, weights: Sequence[float] | None) -> None:
@@ -109,11 +109,11 @@ class RunWriter:
         if not self.active:
             return
         if self._rows:
-            with open(self.weights_path, "a", newline="") as f:
+            with open(self.weights_path, "a", newline="", encoding="utf-8") as f:
                 csv.writer(f, lineterminator="\n").writerows(self._rows)
             self._rows = []
         line = {"epoch": epoch, "split": split, **metrics}
-        with open(self.metrics_path, "a") as f:
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(_json_safe(line)) + "\n")
         if self._tb is not None:
             for k in SCALARS:
@@ -132,6 +132,27 @@ class RunWriter:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def _csv_line(row: Sequence[Any]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(row)
+    return buf.getvalue()
+
+
+def _utf8_lines(path: Path) -> list[str]:
+    """The file's lines that are UTF-8 text (none when it is absent): bytes a kill or another program
+    left behind are dropped like a truncated line."""
+    if not path.is_file():
+        return []
+    lines = []
+    data = path.read_bytes()
+    for raw in data.removesuffix(b"\n").split(b"\n") if data else []:
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            continue
+    return lines
 
 
 def _int(s: str) -> int | None:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from groupdistil import distributed
+from groupdistil._validate import check_writable_folder
 from groupdistil.checkpoint import load_checkpoint
 from groupdistil.config import RunConfig, dump_yaml
 from groupdistil.data import DatasetBundle, load_dataset
@@ -37,6 +38,13 @@ def seed_everything(seed: int) -> None:
 def default_cache_dir() -> Path:
     env = os.environ.get("GROUPDISTIL_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "groupdistil" / "teacher-logits"
+
+
+def check_output_folders(cfg: RunConfig) -> None:
+    """The folders a run writes (``--out``, the teacher-logit cache) can be written: one line if not."""
+    check_writable_folder(cfg.out, "--out")
+    if cfg.teacher.checkpoints and cfg.teacher.cache:
+        check_writable_folder(cfg.teacher.cache_dir or default_cache_dir(), "--teacher-cache-dir")
 
 
 #: Written into the run folder by a torchrun job that may restart its workers (``--max-restarts``):
@@ -198,6 +206,7 @@ def run_experiment(cfg: RunConfig, echo: Echo = print) -> dict[str, Any]:
     # Checked before the run folder is touched: a bad --device writes nothing. Rank 0 alone
     # checks (and with --force empties) the folder; every rank gets its answer or error.
     distributed.on_main(lambda: check_device(cfg.train.device))
+    distributed.on_main(lambda: check_output_folders(cfg))
     resume = distributed.on_main(lambda: prepare_out(cfg))
     device = resolve_device(cfg.train.device)
     if cfg.train.amp != "none" and device.type == "cpu" and not cpu_has_native(cfg.train.amp):

@@ -164,7 +164,7 @@ class Table:
         """(N,) int64; each value must be an integer (``3`` or ``3.0``) and in ``allowed`` if given."""
         col = self.values(name)
         out = np.empty(len(col), dtype=np.int64)
-        what = expected or (f"one of {sorted(allowed)}" if allowed is not None else "a 64-bit integer")
+        what = expected or (f"one of {sorted(allowed)}" if allowed is not None else "an integer (64-bit)")
         for i, v in enumerate(col):
             n = as_int(v)
             if n is None or not _INT64_MIN <= n <= _INT64_MAX or (allowed is not None and n not in allowed):

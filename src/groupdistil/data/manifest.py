@@ -41,7 +41,7 @@ def encode(table: Table, column: str) -> tuple[np.ndarray, tuple[str, ...]]:
         # make a model with 10**9 outputs.
         bad = next((i for i, n in enumerate(ints) if not 0 <= n < MAX_IDS), None)
         if bad is not None:
-            raise table.error(bad, column, f"an integer in [0, {MAX_IDS}) (or text)", values[bad])
+            raise table.error(bad, column, f"an integer >= 0 and < {MAX_IDS} (or text)", values[bad])
         codes = np.asarray(ints, dtype=np.int64)
         return codes, tuple(str(c) for c in range(int(codes.max()) + 1 if codes.size else 0))
     names = tuple(sorted(set(values)))

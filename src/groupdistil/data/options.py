@@ -7,7 +7,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-
 #: The largest --image-size: a 4096 x 4096 RGB float image is 200 MB, a batch of them many GB.
 MAX_IMAGE_SIZE = 4096
 

@@ -113,6 +113,8 @@ class TrainConfig(BaseModel):
     compile: bool = Field(False, description="torch.compile the student")
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto, cpu, cuda or cuda:N")
     num_workers: int = Field(0, ge=0, le=1024, description="data-loader workers")
+    threads: int | None = Field(None, ge=1, le=1024, description="CPU threads of torch's kernels "
+                                "(default: torch's choice, one per core; 1 on a busy shared machine)")
     select_on: Literal["worst_group_acc", "avg_acc", "balanced_acc", "worst_class_acc"] = Field(
         "worst_group_acc", description="validation metric for model selection")
     skip_nonfinite: bool = Field(False, description="skip steps with a non-finite loss instead of stopping")

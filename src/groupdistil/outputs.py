@@ -19,8 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from groupdistil import distributed
-from groupdistil.checkpoint import atomic_write
+from groupdistil.checkpoint import atomic_write, remove_stale_tmp
 
+#: The files a run writes with atomic_write, in its folder and in checkpoints/.
+RUN_FILES = ("config.yaml", "metrics.jsonl", "group_weights.csv", "final.json")
+CHECKPOINT_FILES = ("last.pt", "best.pt")
 SCALARS = ("loss", "avg_acc", "worst_group_acc", "balanced_acc", "adjusted_avg_acc", "worst_class_acc", "ece")
 
 
@@ -70,6 +73,9 @@ class RunWriter:
         """Write config.yaml; on resume drop any line logged after the checkpoint's epoch."""
         if not self.active:
             return
+        # A kill during an atomic write (final.json, the first best.pt) leaves a temporary file.
+        remove_stale_tmp(self.dir, RUN_FILES)
+        remove_stale_tmp(self.dir / "checkpoints", CHECKPOINT_FILES)
         atomic_write(self.dir / "config.yaml", lambda f: f.write(config_yaml.encode()))
         if resume_epoch is None:
             self.metrics_path.unlink(missing_ok=True)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from groupdistil.checkpoint import state_dict_mismatch
 from groupdistil.errors import CheckpointError, UserError
 from groupdistil.models.resnet import RESNETS
 from groupdistil.models.simple import Classifier, cnn_builder, mlp_builder
@@ -86,6 +87,9 @@ def load_weights(model: nn.Module, path: Path) -> None:
     state = data.get("model", data) if isinstance(data, dict) else None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a state dict")
+    mismatch = state_dict_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise CheckpointError(f"{path}: weights do not fit the model: {mismatch}")
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

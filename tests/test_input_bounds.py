@@ -13,7 +13,7 @@ import torch
 import yaml
 from PIL import Image
 
-from groupdistil.checkpoint import remove_stale_tmp, save_checkpoint
+from groupdistil import checkpoint as ckpt
 from groupdistil.cli.app import run_app
 from groupdistil.config import leaf_fields, load_yaml, set_dotted, validate_config
 from groupdistil.data import DataConfig, load_dataset, transforms
@@ -335,7 +335,7 @@ def test_stale_temporary_files_of_our_writes_are_removed_at_start(tmp_path):
     RunWriter(tmp_path, [], tensorboard=False).start("x: 1\n", resume_epoch=None)
     assert not any(p.exists() for p in ours)
     assert all(p.exists() for p in theirs)
-    assert remove_stale_tmp(tmp_path, ["final.json"]) == []
+    assert ckpt.remove_stale_tmp(tmp_path, ["final.json"]) == []
 
 
 def features_manifest(tmp_path: Path, n_features: int = 1) -> Path:
@@ -348,7 +348,7 @@ def features_manifest(tmp_path: Path, n_features: int = 1) -> Path:
 
 def checkpoint(path: Path, model_name: str, shape: tuple[int, ...], classes: int = 2, state=None) -> Path:
     model = create_model(model_name, classes, in_channels=shape[0], input_shape=shape)
-    save_checkpoint(path, {"model": state if state is not None else model.state_dict(), "model_name": model_name,
+    ckpt.save_checkpoint(path, {"model": state if state is not None else model.state_dict(), "model_name": model_name,
                            "num_classes": classes, "in_channels": shape[0], "input_shape": list(shape)})
     return path
 

@@ -99,12 +99,21 @@ class RunWriter:
                 continue
         atomic_write(self.metrics_path, lambda f: f.write("".join(x + "\n" for x in kept).encode()))
         rows = [self._header()]
-        # Line breaks restored: csv needs them inside a quoted group name that holds one.
-        for row in list(csv.reader(x + "\n" for x in _utf8_lines(self.weights_path)))[1:]:
-            epoch = _int(row[1]) if len(row) == len(self.weight_names) + 2 else None
-            if epoch is not None and epoch <= last_epoch:
-                rows.append(_csv_line(row))
+        # The header is this run's own (its names may hold line breaks); each data row is one line of
+        # numbers, parsed on its own so that damage stays within its line.
+        for line in _utf8_lines(self.weights_path)[self._header().count("\n"):]:
+            if self._kept_row(line, last_epoch):
+                rows.append(line + "\n")
         atomic_write(self.weights_path, lambda f: f.write("".join(rows).encode()))
+
+    def _kept_row(self, line: str, last_epoch: int) -> bool:
+        """Whether a group_weights.csv line is a whole row (step, epoch, one number per weight) of an
+        epoch the checkpoint covers."""
+        row = line.split(",")
+        if len(row) != len(self.weight_names) + 2 or _int(row[0]) is None:
+            return False
+        epoch = _int(row[1])
+        return epoch is not None and epoch <= last_epoch and all(_float(v) is not None for v in row[2:])
 
     def log_weights(self, step: int, epoch: int, weights: Sequence[float] | None) -> None:
         if self.active and weights is not None and self.weight_names:
@@ -164,5 +173,12 @@ def _utf8_lines(path: Path) -> list[str]:
 def _int(s: str) -> int | None:
     try:
         return int(s)
+    except ValueError:
+        return None
+
+
+def _float(s: str) -> float | None:
+    try:
+        return float(s)
     except ValueError:
         return None

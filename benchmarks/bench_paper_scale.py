@@ -19,15 +19,17 @@ import torch
 from PIL import Image
 
 from groupdistil import ERM
+from groupdistil.checkpoint import FitState
 from groupdistil.config import TrainConfig
 from groupdistil.data import DataConfig, load_dataset
 from groupdistil.data.base import DatasetBundle, GroupedDataset
-from groupdistil.engine import FitState, _train_epoch, make_scaler
+from groupdistil.devices import make_scaler
 from groupdistil.groups import Grouping
 from groupdistil.loaders import train_loader
 from groupdistil.models import create_model
 from groupdistil.objectives import build_objective
 from groupdistil.teachers import Teacher, TeacherMember
+from groupdistil.trainer import Trainer
 
 READER_TARGET = 1.2
 CACHE_TARGET = 1.10
@@ -99,8 +101,8 @@ def _cache_row(repeats: int, timer, n: int = 16, batch: int = 8) -> dict[str, An
 
     def epoch(objective, t):
         def go():
-            _train_epoch(student, objective, bundle, t, opt, scaler, FitState(), 0, cfg, torch.device("cpu"), None,
-                         True, "none", loader=train_loader(ds, batch, seed=0, epoch=0))
+            Trainer(student, objective, opt, scaler, train=cfg, device=torch.device("cpu"), state=FitState(),
+                    teacher=t).train_epoch(bundle, 0, loader=train_loader(ds, batch, seed=0, epoch=0))
         return go
 
     med = timer({"no_teacher": epoch(ERM(), None), "cached": epoch(groupdistil, teacher)},

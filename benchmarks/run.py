@@ -1,7 +1,7 @@
 """`make bench`: every performance figure as a ratio measured within one run, written to
 benchmarks/results/perf.json and perf.md with a description of the machine.
 
-    python benchmarks/run.py [--only objectives|train_step|cache|e2e|ddp|layout|paper_scale|gpu] [--quick]
+    python benchmarks/run.py [--only objectives|train_step|cache|e2e|ddp|layout|paper_scale|load|gpu] [--quick]
         [--threads N] [--out DIR]
 
 The GPU benchmark runs by default only where CUDA is available; record it with
@@ -27,15 +27,17 @@ import bench_ddp
 import bench_e2e
 import bench_gpu
 import bench_layout
+import bench_load
 import bench_objectives
 import bench_paper_scale
 import bench_train_step
 from timing import interleaved
 
 BENCHES = {"objectives": bench_objectives, "train_step": bench_train_step, "cache": bench_cache, "e2e": bench_e2e,
-           "ddp": bench_ddp, "layout": bench_layout, "paper_scale": bench_paper_scale, "gpu": bench_gpu}
+           "ddp": bench_ddp, "layout": bench_layout, "paper_scale": bench_paper_scale, "load": bench_load,
+           "gpu": bench_gpu}
 #: What a plain `make bench` runs: the GPU benchmark only where there is a GPU.
-DEFAULT = ["objectives", "train_step", "cache", "e2e", "ddp", "layout", "paper_scale"] + (
+DEFAULT = ["objectives", "train_step", "cache", "e2e", "ddp", "layout", "paper_scale", "load"] + (
     ["gpu"] if torch.cuda.is_available() else [])
 
 

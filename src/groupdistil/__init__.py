@@ -4,6 +4,8 @@ The public API: per-sample loss terms, the group-risk aggregation, the online gr
 the objectives built from them. Data, models, the engine and reports live in submodules.
 """
 
+# First: sets OpenMP's wait policy for the command line before anything imports torch.
+import groupdistil._omp  # noqa: F401
 from groupdistil.errors import CheckpointError, ConfigError, DataError, UserError
 from groupdistil.losses import (
     adjust_logits,

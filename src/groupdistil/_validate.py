@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
+
+from groupdistil.errors import UserError
 
 
 def _is_real(value: object) -> bool:
@@ -111,3 +116,22 @@ def check_distribution(name: str, value: Sequence[float] | torch.Tensor, n: int)
             f"{float(t.sum()):.6g} with min {float(t.min()):.6g}"
         )
     return (t / t.sum()).float()
+
+
+def check_writable_folder(path: Path | str, option: str) -> None:
+    """Refuse, as one :class:`UserError` line naming ``option``, a folder we could not create or write:
+    an existing file, a path under a file (``/dev/null/x``), a location this process may not write.
+
+    Writability is probed by creating and removing an empty folder in the nearest existing ancestor:
+    ``os.access`` says yes to root even on /sys or a read-only mount. Nothing is left behind.
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{option} {p}: is an existing file; expected a folder")
+    base = next(a for a in (p, *p.absolute().parents) if a.exists() or a.is_symlink())
+    if not base.is_dir():
+        raise UserError(f"{option} {p}: {base} is not a folder; expected a path under a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".groupdistil-probe-", dir=base))
+    except OSError as e:
+        raise UserError(f"{option} {p}: cannot write in {base} ({e.strerror or e})") from None

@@ -6,12 +6,14 @@ A checkpoint is a plain dict of tensors and primitives (no pickled classes), tag
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import pickle
 import re
 import tempfile
 import zipfile
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -157,6 +159,22 @@ def atomic_write(path: Path, write: Any) -> None:
     _fsync_dir(path.parent)
 
 
+def remove_stale_tmp(folder: Path, names: Iterable[str]) -> list[Path]:
+    """Remove the temporary files :func:`atomic_write` left in ``folder`` for files called ``names``
+    (a kill between mkstemp and the rename); returns them.
+
+    Only our own pattern matches: ``.<name>.<mkstemp's 8 characters>.tmp``, so a user's file is never touched.
+    """
+    removed = []
+    for name in names:
+        pattern = re.compile(rf"\.{re.escape(name)}\.[a-z0-9_]{{8}}\.tmp")
+        for tmp in Path(folder).glob(f".{glob.escape(name)}.*.tmp"):
+            if pattern.fullmatch(tmp.name) and tmp.is_file():
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+    return removed
+
+
 def _fsync_dir(folder: Path) -> None:
     # Makes the rename itself durable; not every file system allows opening a directory.
     try:
@@ -214,6 +232,29 @@ def check_resumable(path: Path, data: dict[str, Any]) -> None:
     for key in RESUME_FIELDS:
         if key not in data:
             raise CheckpointError(f"{path}: cannot resume: checkpoint lacks {key!r}")
+def state_dict_mismatch(expected: Mapping[str, torch.Tensor], got: Any, limit: int = 3) -> str | None:
+    """Why the weights ``got`` (a checkpoint's state dict) do not fit a model whose state dict is
+    ``expected``: the first mismatched tensors with both shapes, then missing and unexpected names;
+    None when they fit (or ``got`` is not a mapping of tensors: ``load_state_dict`` reports that)."""
+    if not isinstance(got, Mapping) or not all(isinstance(v, torch.Tensor) for v in got.values()):
+        return None
+
+    def first(names: list[str]) -> str:
+        more = f" (and {len(names) - limit} more)" if len(names) > limit else ""
+        return "; ".join(names[:limit]) + more
+
+    parts = []
+    sizes = [f"{k} is {tuple(got[k].shape)} in the file, {tuple(v.shape)} in the model"
+             for k, v in expected.items() if k in got and got[k].shape != v.shape]
+    if sizes:
+        parts.append("size mismatch: " + first(sizes))
+    missing = [k for k in expected if k not in got]
+    if missing:
+        parts.append("missing from the file: " + first(missing))
+    unexpected = [k for k in got if k not in expected]
+    if unexpected:
+        parts.append("not in the model: " + first(unexpected))
+    return ", ".join(parts) or None
 
 
 def rng_state() -> dict[str, Any]:

@@ -17,13 +17,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from groupdistil.data.options import DataConfig
 from groupdistil.errors import ConfigError
 
+#: Every section refuses inf and NaN for any float option (pydantic's allow_inf_nan): a learning rate
+#: of inf would otherwise pass ``gt=0`` and fail at the second step after writing a run folder.
+FINITE = ConfigDict(extra="forbid", allow_inf_nan=False)
+#: Bounds of the integer options: far beyond any real use, small enough that the number fits the
+#: int64 tensors and seeds it ends up in (``--seed 10**30`` would fail deep inside torch).
+MAX_SEED = 2**32 - 1
+MAX_BATCH = 1 << 20
+MAX_COUNT = 10**6
+
 
 def _flag(name: str, *aliases: str) -> dict[str, Any]:
     return {"flag": [name, *aliases]}
 
 
 class ModelConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, protected_namespaces=())
 
     name: str = Field("cnn-small", description="model name (see create_model)",
                       json_schema_extra=_flag("--model", "--student"))
@@ -37,7 +46,7 @@ class ModelConfig(BaseModel):
 
 
 class TeacherConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = FINITE
 
     checkpoints: list[Path] = Field(default_factory=list, description="teacher checkpoint(s)",
                                     json_schema_extra=_flag("--teacher"))
@@ -64,7 +73,7 @@ class TeacherConfig(BaseModel):
 class ObjectiveConfig(BaseModel):
     """The objective and its options; an option left unset takes the objective's default."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = FINITE
 
     method: str = Field("erm", description="objective: erm, reweight, group-dro, balanced, robust-teacher, "
                         "kd, kd-reweight, groupdistil, class-robust-kd")
@@ -79,7 +88,7 @@ class ObjectiveConfig(BaseModel):
     beta: float | None = Field(None, ge=0, le=1, description="class-robust-kd tradeoff beta")
     tau: float | None = Field(None, description="balanced / robust-teacher logit adjustment tau")
     lambda_source: Literal["train", "val"] | None = Field(None, description="class-robust-kd lambda from")
-    validation_every: int | None = Field(None, ge=1, description="K: validation-driven lambda every K steps")
+    validation_every: int | None = Field(None, ge=1, le=10**9, description="K: validation-driven lambda every K steps")
 
     def options(self) -> dict[str, Any]:
         """The options the user set (not None), without the method name."""
@@ -87,14 +96,14 @@ class ObjectiveConfig(BaseModel):
 
 
 class OptimConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = FINITE
 
     optimizer: Literal["sgd", "adamw"] = Field("sgd", description="optimiser")
     lr: float = Field(0.05, gt=0, description="learning rate")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     weight_decay: float = Field(5e-4, ge=0, description="weight decay")
     schedule: Literal["cosine", "step", "constant"] = Field("cosine", description="learning-rate schedule")
-    lr_step: int = Field(30, ge=1, description="step schedule: epochs between decays")
+    lr_step: int = Field(30, ge=1, le=MAX_COUNT, description="step schedule: epochs between decays")
     lr_gamma: float = Field(0.1, gt=0, le=1, description="step schedule: decay factor")
     head_lr: float | None = Field(None, gt=0, description="learning rate of the final linear layer "
                                   "(default: --lr)")
@@ -105,21 +114,23 @@ DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"
 
 
 class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = FINITE
 
-    epochs: int = Field(10, ge=1, description="epochs")
-    batch_size: int = Field(64, ge=1, description="batch size per process")
-    seed: int = Field(0, description="training seed (initialisation, order, augmentation)")
+    epochs: int = Field(10, ge=1, le=MAX_COUNT, description="epochs")
+    batch_size: int = Field(64, ge=1, le=MAX_BATCH, description="batch size per process")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="training seed (initialisation, order, augmentation)")
     sampler: Literal["shuffle", "group-balanced"] = Field("shuffle", description="training sampler")
     amp: Literal["none", "bf16", "fp16"] = Field(
         "none", description="mixed precision: bf16, or fp16 with a grad scaler (CUDA; CPU too, slowly)")
     compile: bool = Field(False, description="torch.compile the student")
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto, cpu, cuda or cuda:N")
-    num_workers: int | None = Field(None, ge=0, description="data-loader workers (default: the machine's "
+    num_workers: int | None = Field(None, ge=0, le=1024, description="data-loader workers (default: the machine's "
                                     "cores for image files, shared by the local ranks; 0 for in-memory data)")
     freeze: Literal["none", "backbone"] = Field(
         "none", description="backbone: train the final linear layer only (a linear probe; frozen BatchNorm "
         "stays in eval mode)")
+    threads: int | None = Field(None, ge=1, le=1024, description="CPU threads of torch's kernels "
+                                "(default: torch's choice, one per core; 1 on a busy shared machine)")
     select_on: Literal["worst_group_acc", "avg_acc", "balanced_acc", "worst_class_acc"] = Field(
         "worst_group_acc", description="validation metric for model selection")
     skip_nonfinite: bool = Field(False, description="skip steps with a non-finite loss instead of stopping")
@@ -132,7 +143,7 @@ class TrainConfig(BaseModel):
 class RunConfig(BaseModel):
     """One experiment: data, student (or teacher) model, optional teacher, objective, training."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = FINITE
 
     name: str | None = Field(None, description="label of the run (default: the method)")
     role: Literal["teacher", "student"] = Field("student", description="recorded in the outputs")
@@ -189,13 +200,76 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
         raise ConfigError(_one_line(e, source)) from None
 
 
+#: Bounds on a YAML document (a config, a --set or --grid value). Configs are a few hundred bytes; the
+#: bounds stop an alias bomb (nine levels of nine aliases: 9**9 nodes) or 50,000 nested brackets
+#: (a RecursionError in PyYAML's composer) before anything is built.
+MAX_YAML_CHARS = 1 << 20
+MAX_YAML_DEPTH = 64
+MAX_YAML_NODES = 100_000
+
+_OPEN = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
+_CLOSE = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+
+
+def _check_yaml_shape(text: str, source: str) -> None:
+    """Refuse a document over the bounds, from PyYAML's event stream (iterative, so no recursion).
+
+    Counts every node as it would be after alias expansion: an anchored node's expanded size is
+    remembered and an alias adds it again.
+    """
+    if len(text) > MAX_YAML_CHARS:
+        raise ConfigError(f"{source}: {len(text)} characters; expected a YAML document of at most {MAX_YAML_CHARS}")
+    sizes: dict[str, int] = {}
+    stack: list[list[Any]] = [[0, None]]  # per open collection: [expanded nodes so far, its anchor]
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, _OPEN):
+            if len(stack) > MAX_YAML_DEPTH:
+                raise ConfigError(f"{source}: line {event.start_mark.line + 1}: nested more than "
+                                  f"{MAX_YAML_DEPTH} levels deep; expected a shallow mapping")
+            stack.append([1, event.anchor])
+            continue
+        if isinstance(event, _CLOSE):
+            n, anchor = stack.pop()
+        elif isinstance(event, yaml.ScalarEvent):
+            n, anchor = 1, event.anchor
+        elif isinstance(event, yaml.AliasEvent):
+            n, anchor = sizes.get(event.anchor, 1), None
+        else:
+            continue
+        if anchor is not None:
+            sizes[anchor] = n
+        stack[-1][0] += n
+        if stack[-1][0] > MAX_YAML_NODES:
+            raise ConfigError(f"{source}: more than {MAX_YAML_NODES} values once aliases are expanded; "
+                              "expected a plain configuration (an alias bomb?)")
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load`` of a document within the size, depth and alias-expansion bounds.
+
+    Raises:
+        ConfigError: naming ``source``, for a document over the bounds.
+        yaml.YAMLError: for text that is not YAML (callers word that message themselves).
+    """
+    _check_yaml_shape(text, source)
+    try:
+        return yaml.safe_load(text)
+    except ValueError as e:
+        # PyYAML's constructors raise plain ValueErrors: an integer of over 4300 digits (Python's
+        # int-conversion limit), a date such as 2020-13-45.
+        raise ConfigError(f"{source}: a value YAML cannot read ({e})") from None
+
+
 def load_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping with ``yaml.safe_load`` (no Python objects are ever constructed)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
+    if path.stat().st_size > 4 * MAX_YAML_CHARS:  # not even read: a character is at most 4 bytes
+        raise ConfigError(f"{path}: {path.stat().st_size} bytes; expected a YAML document of at most "
+                          f"{MAX_YAML_CHARS} characters")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = parse_yaml(path.read_text(encoding="utf-8"), str(path))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         where = getattr(e, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
@@ -216,7 +290,7 @@ def set_dotted(raw: dict[str, Any], assignment: str) -> None:
     if not all(parts):
         raise ConfigError(f"`set` {assignment}: empty key")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = parse_yaml(value, f"--set {key}") if value.strip() else None
     except yaml.YAMLError:
         parsed = value
     node = raw

@@ -16,7 +16,20 @@ class UserError(ValueError):
     """
 
     def __init__(self, message: object = "") -> None:
-        super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"))
+        super().__init__(_worker_message(str(message)).replace("\r", "\\r").replace("\n", "\\n"))
+
+
+def _worker_message(text: str) -> str:
+    """The original message of an error re-raised from a DataLoader worker, else ``text``.
+
+    torch re-raises a worker's exception as ``type("Caught <type> in DataLoader worker process k.\n
+    Original Traceback ...")`` (``torch._utils.ExceptionWrapper``); its last line is
+    ``<module>.<type>: <message>``, and a UserError message is one line, so that line holds it whole.
+    """
+    if not (text.startswith("Caught ") and "\nOriginal Traceback" in text):
+        return text
+    last = text.rstrip("\n").rsplit("\n", 1)[-1]
+    return last.split(": ", 1)[1] if ": " in last else last
 
 
 def first_line(e: BaseException) -> str:

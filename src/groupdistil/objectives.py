@@ -187,7 +187,8 @@ class Objective(nn.Module):
     def logit_adjustment(self) -> dict[str, Any] | None:
         """What this objective adds to the logits inside its loss, recorded in checkpoints so that
         ``--teacher-calibrate undo-adjust`` can remove it from a teacher: ``{"method", "tau",
-        "prior" (C,), "uses_lambda"}`` (lambda is the saved ``lam.q``, read by ``class_weights_of``), or None for no adjustment."""
+        "prior" (C,), "uses_lambda"}`` (lambda is the saved ``lam.q``, read by ``class_weights_of``), or
+        None for no adjustment."""
         return None
 
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections.abc import Sequence
@@ -21,10 +22,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from groupdistil import distributed
-from groupdistil.checkpoint import atomic_write
+from groupdistil.checkpoint import atomic_write, remove_stale_tmp
 from groupdistil.errors import UserError
 from groupdistil.metrics import HEADLINE_METRICS
-from groupdistil.rundir import RunPaths
+from groupdistil.rundir import CHECKPOINT_FILES, RUN_FILES, RunPaths
 
 #: What TensorBoard plots per split and epoch.
 SCALARS = ("loss", *HEADLINE_METRICS, "ece")
@@ -122,6 +123,9 @@ class RunWriter:
         """Write config.yaml; on resume drop any line logged after the checkpoint's epoch."""
         if not self.active:
             return
+        # A kill during an atomic write (final.json, the first best.pt) leaves a temporary file.
+        remove_stale_tmp(self.paths.root, RUN_FILES)
+        remove_stale_tmp(self.paths.checkpoints, CHECKPOINT_FILES)
         atomic_write(self.paths.config, lambda f: f.write(config_yaml.encode()))
         if resume_epoch is None:
             self.metrics_path.unlink(missing_ok=True)
@@ -130,28 +134,36 @@ class RunWriter:
         self._truncate(resume_epoch)
 
     def _header(self) -> str:
-        return ",".join(["step", "epoch", *self.weight_names]) + "\n"
+        # csv quoting: a group name may hold a comma, a quote or a line break.
+        return _csv_line(["step", "epoch", *self.weight_names])
 
     def _truncate(self, last_epoch: int) -> None:
         # A kill mid-epoch leaves lines of an epoch the resumed run will redo: keep what the
-        # checkpoint covers, drop the rest (including a half-written last line).
+        # checkpoint covers, drop the rest (including a half-written or non-UTF-8 last line).
         kept = []
-        if self.metrics_path.is_file():
-            for line in self.metrics_path.read_text().splitlines():
-                try:
-                    if json.loads(line)["epoch"] <= last_epoch:
-                        kept.append(line)
-                except (ValueError, KeyError, TypeError):
-                    continue
+        for line in _utf8_lines(self.metrics_path):
+            try:
+                if json.loads(line)["epoch"] <= last_epoch:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue
         atomic_write(self.metrics_path, lambda f: f.write("".join(x + "\n" for x in kept).encode()))
         rows = [self._header()]
-        if self.weights_path.is_file():
-            with open(self.weights_path, newline="") as f:
-                for row in list(csv.reader(f))[1:]:
-                    epoch = _int(row[1]) if len(row) == len(self.weight_names) + 2 else None
-                    if epoch is not None and epoch <= last_epoch:
-                        rows.append(",".join(row) + "\n")
+        # The header is this run's own (its names may hold line breaks); each data row is one line of
+        # numbers, parsed on its own so that damage stays within its line.
+        for line in _utf8_lines(self.weights_path)[self._header().count("\n"):]:
+            if self._kept_row(line, last_epoch):
+                rows.append(line + "\n")
         atomic_write(self.weights_path, lambda f: f.write("".join(rows).encode()))
+
+    def _kept_row(self, line: str, last_epoch: int) -> bool:
+        """Whether a group_weights.csv line is a whole row (step, epoch, one number per weight) of an
+        epoch the checkpoint covers."""
+        row = line.split(",")
+        if len(row) != len(self.weight_names) + 2 or _int(row[0]) is None:
+            return False
+        epoch = _int(row[1])
+        return epoch is not None and epoch <= last_epoch and all(_float(v) is not None for v in row[2:])
 
     def log_weights(self, step: int, epoch: int, weights: Sequence[float] | None) -> None:
         if self.active and weights is not None and self.weight_names:
@@ -162,11 +174,11 @@ class RunWriter:
         if not self.active:
             return
         if self._rows:
-            with open(self.weights_path, "a", newline="") as f:
+            with open(self.weights_path, "a", newline="", encoding="utf-8") as f:
                 csv.writer(f, lineterminator="\n").writerows(self._rows)
             self._rows = []
         line = {"epoch": epoch, "split": split, **metrics}
-        with open(self.metrics_path, "a") as f:
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(_json_safe(line)) + "\n")
         if self._tb is not None:
             for k in SCALARS:
@@ -189,8 +201,36 @@ class RunWriter:
             self._tb = None
 
 
+def _csv_line(row: Sequence[Any]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(row)
+    return buf.getvalue()
+
+
+def _utf8_lines(path: Path) -> list[str]:
+    """The file's lines that are UTF-8 text (none when it is absent): bytes a kill or another program
+    left behind are dropped like a truncated line."""
+    if not path.is_file():
+        return []
+    lines = []
+    data = path.read_bytes()
+    for raw in data.removesuffix(b"\n").split(b"\n") if data else []:
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            continue
+    return lines
+
+
 def _int(s: str) -> int | None:
     try:
         return int(s)
+    except ValueError:
+        return None
+
+
+def _float(s: str) -> float | None:
+    try:
+        return float(s)
     except ValueError:
         return None

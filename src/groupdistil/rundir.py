@@ -47,6 +47,9 @@ FINAL = "final.json"
 LAST = "last.pt"
 BEST = "best.pt"
 
+#: The files a run writes with checkpoint.atomic_write, at the top of its folder and in checkpoints/.
+RUN_FILES = (CONFIG, METRICS, WEIGHTS, FINAL)
+CHECKPOINT_FILES = (LAST, BEST)
 #: What a run writes at the top of its folder, and in checkpoints/ and tb/.
 _TOP = {MARKER, ELASTIC_MARKER, CONFIG, METRICS, WEIGHTS, FINAL, "checkpoints", "tb"}
 _CHECKPOINTS = {LAST, BEST}
@@ -286,10 +289,6 @@ def open_out(plan: OutPlan) -> None:
         work.write_marker()
         if plan.job is not None:
             work.elastic.write_text(plan.job)
-        if plan.resume:
-            # Temporary files of a write that a kill interrupted: never renamed, never read.
-            for tmp in work.checkpoints.glob(".*.tmp"):
-                tmp.unlink(missing_ok=True)
     except OSError as e:
         raise UserError(f"`out` {plan.paths.root}: cannot write the run folder ({e.strerror or e})") from None
 

@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from groupdistil import distributed
+from groupdistil._validate import check_writable_folder
 from groupdistil.calibration import Calibration, calibration_report, fit_calibration
-from groupdistil.checkpoint import file_sha256, load_checkpoint
+from groupdistil.checkpoint import file_sha256, load_checkpoint, state_dict_mismatch
 from groupdistil.config import RunConfig, dump_yaml
 from groupdistil.data import DatasetBundle, load_dataset
 from groupdistil.devices import check_device, cpu_has_native, resolve_device
@@ -66,6 +67,13 @@ def record_pretrained(cfg: RunConfig) -> RunConfig:
     return cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained_sha256": digest})})
 
 
+def check_output_folders(cfg: RunConfig) -> None:
+    """The folders a run writes (``out``, the teacher-logit cache) can be written: one line if not."""
+    check_writable_folder(cfg.out, "`out`")
+    if cfg.teacher.checkpoints and cfg.teacher.cache:
+        check_writable_folder(cfg.teacher.cache_dir or default_cache_dir(), "`teacher.cache_dir`")
+
+
 def model_from_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model saved by groupdistil and load its weights (``weights_only=True``)."""
     ck = load_checkpoint(path)
@@ -74,10 +82,28 @@ def model_from_checkpoint(path: Path, device: torch.device | str = "cpu") -> tup
             ck["model_name"], num_classes=int(ck["num_classes"]),
             in_channels=int(ck.get("in_channels", 3)), input_shape=tuple(ck.get("input_shape") or ()) or None,
         )
-        model.load_state_dict(upgrade_legacy_keys(ck["model_name"], ck["model"]))
+        state = upgrade_legacy_keys(ck["model_name"], ck["model"])
+        mismatch = state_dict_mismatch(model.state_dict(), state)
+        if mismatch:  # torch's own message puts the tensors after a line break, where one line ends
+            raise ValueError(mismatch)
+        model.load_state_dict(state)
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: weights do not fit model {ck['model_name']!r}: {first_line(e)}") from None
     return model.to(device).eval(), ck
+
+
+def check_fits_inputs(model: nn.Module, ck: dict[str, Any], shape: tuple[int, ...], path: Path) -> None:
+    """One forward pass of a zero input of the dataset's ``shape`` (C, H, W) or (F,): a checkpoint
+    made for other inputs is one CheckpointError line naming both shapes, not a RuntimeError later."""
+    device = next(model.parameters(), torch.empty(0)).device
+    try:
+        with torch.no_grad():
+            model(torch.zeros((1, *shape), device=device))
+    except RuntimeError as e:
+        made = tuple(ck.get("input_shape") or ()) or "unrecorded"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: made for inputs of shape {made}, the dataset's are {tuple(shape)} "
+                              f"({first})") from None
 
 
 def build_objective_for(cfg: RunConfig, bundle: DatasetBundle) -> Objective:
@@ -123,6 +149,7 @@ def build_teacher(
             raise UserError(
                 f"`teacher.checkpoints` {path}: has {ck['num_classes']} classes, the dataset has {bundle.n_classes}"
             )
+        check_fits_inputs(model, ck, tuple(bundle.input_shape), path)
         lam = teacher_class_weights(ck)
         if adjust == "weighted" and lam is None:
             raise UserError(f"`teacher.adjust` weighted: {path} has no class weights (not a robust teacher)")
@@ -183,12 +210,15 @@ def run_experiment(cfg: RunConfig, echo: Echo = print) -> dict[str, Any]:
     if final is not None:
         return final
     distributed.on_main(lambda: check_device(cfg.train.device))
+    distributed.on_main(lambda: check_output_folders(cfg))
     cfg = record_pretrained(cfg)
     device = resolve_device(cfg.train.device)
     if cfg.train.amp != "none" and device.type == "cpu" and not cpu_has_native(cfg.train.amp):
         isa = {"bf16": "AVX-512 BF16 or AMX", "fp16": "AVX-512 FP16 or AMX-FP16"}[cfg.train.amp]
         echo(f"warning: `train.amp` {cfg.train.amp} on a CPU without {cfg.train.amp} instructions ({isa}) runs "
              "many times slower than float32; use none here")
+    if cfg.train.threads is not None:
+        torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
     bundle = load_dataset(cfg.data)
     for w in bundle.warnings:

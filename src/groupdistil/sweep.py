@@ -25,11 +25,14 @@ from typing import Any
 import yaml
 
 from groupdistil.checkpoint import atomic_write
-from groupdistil.config import RunConfig, leaf_fields, set_dotted, validate_config
+from groupdistil.config import RunConfig, leaf_fields, parse_yaml, set_dotted, validate_config
 from groupdistil.errors import UserError
 from groupdistil.metrics import HEADLINE_METRICS
 from groupdistil.outputs import read_final
 from groupdistil.rundir import RunPaths
+
+#: More seeds per combination than anyone runs; 10**30 would build runs until memory ran out.
+MAX_SEEDS = 1000
 
 
 @dataclass
@@ -60,7 +63,10 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
             raise UserError(f"`grid` {item}: unknown config key {key!r}")
         if key in ("train.seed", "out"):
             raise UserError(f"`grid` {item}: {key} is set by the sweep itself")
-        parsed = [yaml.safe_load(v) for v in values.split(",") if v.strip()]
+        try:
+            parsed = [parse_yaml(v, f"`grid` {key}") for v in values.split(",") if v.strip()]
+        except yaml.YAMLError:
+            raise UserError(f"`grid` {item}: a value is not valid YAML; expected key=v1,v2,...") from None
         if not parsed:
             raise UserError(f"`grid` {item}: no values")
         grid[key] = parsed
@@ -71,8 +77,9 @@ def _fill(value: Any, fields: dict[str, Any]) -> Any:
     if isinstance(value, str):
         try:
             return value.format(**fields)
-        except (KeyError, IndexError, ValueError) as e:
-            raise UserError(f"placeholder in {value!r}: {e} is not seed or a grid key") from None
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError) as e:
+            # {seed.nope} and {seed[0]} fail with AttributeError / TypeError: the same user mistake.
+            raise UserError(f"placeholder in {value!r}: {e}; expected {{seed}} or {{<grid key>}}") from None
     if isinstance(value, dict):
         return {k: _fill(v, fields) for k, v in value.items()}
     if isinstance(value, list):
@@ -86,8 +93,8 @@ def _slug(value: Any) -> str:
 
 def expand(raw: dict[str, Any], seeds: int, grid: dict[str, list[Any]], source: str = "sweep") -> list[SweepRun]:
     """Every (grid combination, seed) as a validated run; problems are one UserError line."""
-    if seeds < 1:
-        raise UserError(f"`seeds`: expected an integer >= 1, got {seeds}")
+    if not 1 <= seeds <= MAX_SEEDS:
+        raise UserError(f"`seeds`: expected an integer in [1, {MAX_SEEDS}], got {seeds}")
     base = validate_config(raw, source)
     base_out, label = Path(base.out), base.label
     runs = []

@@ -94,7 +94,7 @@ def evaluate_body(
 ) -> None:
     from groupdistil.data import DataConfig, load_dataset
     from groupdistil.evaluation import evaluate
-    from groupdistil.runner import model_from_checkpoint
+    from groupdistil.runner import check_fits_inputs, model_from_checkpoint
 
     if split not in ("train", "val", "test", "all"):
         raise UserError(f"--split: expected train, val, test or all, got {split!r}")
@@ -107,6 +107,7 @@ def evaluate_body(
     bundle = load_dataset(data_cfg)
     if bundle.n_classes != int(ck["num_classes"]):
         raise UserError(f"{checkpoint}: has {ck['num_classes']} classes, the dataset has {bundle.n_classes}")
+    check_fits_inputs(model, ck, tuple(bundle.input_shape), checkpoint)
     names = ("train", "val", "test") if split == "all" else (split,)
     counts = bundle.group_counts("train")
     result = {n: evaluate(model, bundle.splits[n], bundle.grouping, train_group_counts=counts) for n in names}
@@ -158,9 +159,16 @@ def demo_command(
     out: Annotated[Path, typer.Option("--out", help="folder for every run of the demo")] = Path("demo-out"),
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="seeds per model")] = 3,
     epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="epochs per run")] = None,  # noqa: UP045
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, max=1024,  # noqa: UP045
+                                                   help="CPU threads of torch's kernels")] = None,
 ) -> None:
     """The end-to-end demo on spurious-digits: teachers, then ERM, KD and GroupDistil students."""
+    import torch
+
     from groupdistil.demo import DEMO, run_demo
+
+    if threads is not None:
+        torch.set_num_threads(threads)
 
     run_demo(out, seeds=seeds, epochs=epochs or DEMO["epochs"], echo=typer.echo)
     typer.echo(f"runs written under {out}")

@@ -164,10 +164,10 @@ class Table:
         """(N,) int64; each value must be an integer (``3`` or ``3.0``) and in ``allowed`` if given."""
         col = self.values(name)
         out = np.empty(len(col), dtype=np.int64)
-        what = expected or (f"one of {sorted(allowed)}" if allowed is not None else "an integer")
+        what = expected or (f"one of {sorted(allowed)}" if allowed is not None else "an integer (64-bit)")
         for i, v in enumerate(col):
             n = as_int(v)
-            if n is None or (allowed is not None and n not in allowed):
+            if n is None or not _INT64_MIN <= n <= _INT64_MAX or (allowed is not None and n not in allowed):
                 raise self.error(i, name, what, v)
             out[i] = n
         return out
@@ -203,6 +203,9 @@ class Table:
             if v in seen:
                 raise DataError(f"{self.where(i, name)}: duplicate id {v!r} (first at {self.where(seen[v])})")
             seen[v] = i
+
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def as_int(v: Any) -> int | None:

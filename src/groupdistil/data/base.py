@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from groupdistil.errors import DataError
 from groupdistil.groups import Grouping
 
 SPLITS = ("train", "val", "test")
@@ -68,7 +69,11 @@ class GroupedDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int, int]:
         x = self.inputs[i] if self.inputs is not None else self.loader(i)  # type: ignore[misc]
         if self.transform is not None:
-            x = self.transform(x)
+            try:
+                x = self.transform(x)
+            except DataError as e:  # a transform's refusal (too many pixels after a resize): name the input
+                name = getattr(self.loader, "name", None)
+                raise DataError(f"{name(i) if name else f'sample {i}'}: {e}") from None
         if self.augmentation is not None:
             x = self.augmentation(x)
         return x, int(self.y[i]), int(self.g[i]), int(i)

@@ -54,6 +54,10 @@ class ImageFiles:
                 return x
         return decode_image(path, self.mode)
 
+    def name(self, i: int) -> str:
+        """The file of item i, for messages."""
+        return str(self.paths[i])
+
     def subset(self, index: np.ndarray) -> ImageFiles:
         return ImageFiles(self.paths[index], self.mode, self.size)
 

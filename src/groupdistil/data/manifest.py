@@ -27,6 +27,8 @@ SPLIT_CODES = {name: code for code, name in enumerate(SPLITS)}
 #: Columns with a meaning of their own, never taken as features.
 RESERVED = ("label", "split", "group", "path", "id")
 DEFAULT_SIZE = 224
+#: Integer labels and groups are their own ids, so the largest one sets the number of classes (groups).
+MAX_IDS = 100_000
 
 
 def encode(table: Table, column: str) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -35,12 +37,16 @@ def encode(table: Table, column: str) -> tuple[np.ndarray, tuple[str, ...]]:
     values = table.strings(column)
     ints = map_distinct(values, as_int)
     if all(n is not None for n in ints):
+        # Checked before the int64 array exists: 10**23 would overflow it, and an id of 10**9 would
+        # make a model with 10**9 outputs.
+        bad = next((i for i, n in enumerate(ints) if not 0 <= n < MAX_IDS), None)
+        if bad is not None:
+            raise table.error(bad, column, f"an integer >= 0 and < {MAX_IDS} (or text)", values[bad])
         codes = np.asarray(ints, dtype=np.int64)
-        if codes.size and codes.min() < 0:
-            i = int(np.argmin(codes))
-            raise table.error(i, column, "an integer >= 0 (or text)", values[i])
         return codes, tuple(str(c) for c in range(int(codes.max()) + 1 if codes.size else 0))
     names = tuple(sorted(set(values)))
+    if len(names) > MAX_IDS:
+        raise DataError(f"{table.path}: column {column!r}: {len(names)} distinct values; expected at most {MAX_IDS}")
     index = {name: k for k, name in enumerate(names)}
     return np.fromiter((index[v] for v in values), dtype=np.int64, count=len(values)), names
 
@@ -97,9 +103,17 @@ def _features(table: Table, config: DataConfig, split: np.ndarray) -> torch.Tens
             )
     x = np.stack([table.floats(c) for c in names], axis=1)
     train = x[split == 0]  # not empty: build_manifest has checked every label has training rows
-    mean, std = train.mean(axis=0), train.std(axis=0)
-    std[std == 0] = 1.0  # a constant column stays constant (zero) instead of dividing by zero
-    return torch.from_numpy((x - mean) / std).float()
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked just below, by column
+        mean, std = train.mean(axis=0), train.std(axis=0)
+        std[std == 0] = 1.0  # a constant column stays constant (zero) instead of dividing by zero
+        z = (x - mean) / std
+    bad = ~np.isfinite(mean) | ~np.isfinite(std) | ~np.isfinite(z).all(axis=0)
+    if bad.any():
+        # Values near 1e308 pass as numbers but their sum or square overflows: training would see NaN.
+        c = names[int(np.argmax(bad))]
+        raise DataError(f"{table.path}: column {c!r}: values too large to standardise (their mean or std "
+                        f"overflows float64); expected magnitudes below about 1e150, e.g. rescaled units")
+    return torch.from_numpy(z).float()
 
 
 def build_manifest(config: DataConfig) -> DatasetBundle:

@@ -7,15 +7,19 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+#: The largest --image-size: a 4096 x 4096 RGB float image is 200 MB, a batch of them many GB.
+MAX_IMAGE_SIZE = 4096
+
 
 class DataConfig(BaseModel):
     """Which dataset to read and how. Options a dataset does not use are ignored by it."""
 
-    model_config = ConfigDict(extra="forbid")
+    # No inf or NaN for any float option; integers bounded so that they fit the seeds and sizes they set.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     dataset: str = Field("spurious-digits", description="dataset name (see `groupdistil datasets`)")
     root: Path | None = Field(None, description="local copy of the data (manifest: the manifest file)")
-    data_seed: int = Field(0, description="seed of the built-in benchmarks and of derived splits")
+    data_seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the built-in benchmarks and of derived splits")
     group_by: list[str] | None = Field(None, description="manifest: attribute columns forming groups")
     group_with_label: bool = Field(True, description="manifest `data.group_by`: combine with the label")
     features: list[str] | None = Field(None, description="manifest: numeric feature columns")
@@ -25,6 +29,7 @@ class DataConfig(BaseModel):
     task: Literal["pathology", "phase"] | None = Field(None, description="mnms: pathology or phase")
     group_attr: Literal["vendor", "centre"] = Field("vendor", description="mnms: groups")
     slices: Literal["central", "all"] = Field("central", description="mnms: which short-axis slices")
-    image_size: int | None = Field(None, gt=0, description="image datasets: side length after resize")
+    image_size: int | None = Field(None, gt=0, le=MAX_IMAGE_SIZE,
+                                   description="image datasets: side length after resize")
     augment: bool = Field(False, description="random crop and flip on the training split")
     allow_outside_root: bool = Field(False, description="manifest: allow paths outside its folder")

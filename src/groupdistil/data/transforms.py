@@ -21,15 +21,35 @@ from groupdistil.errors import DataError
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
+#: Most pixels of one image, decoded or after the resize (2**25: 400 MB as float32 RGB). Pillow's own
+#: bound (89M pixels) is higher, and a 1 x 6000 image resized to a 224 shorter side has 301M.
+MAX_PIXELS = 1 << 25
+#: Pillow's high-bit-depth greyscale modes (16-bit PNG and TIFF: X-ray and MRI exports), read as 16-bit
+#: values: ``convert("L")`` would clip them to 0..255, which keeps 2 of 64 distinct values.
+HIGH_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+
+
 def decode_image(path: str | Path, mode: str = "RGB") -> torch.Tensor:
     """Decode an image file to a float32 tensor (C, H, W) in [0, 1] (C = 3 for RGB, 1 for L).
 
+    8-bit images are divided by 255; 16-bit greyscale (:data:`HIGH_BIT_MODES`) by 65535 at full
+    precision, repeated over the channels for RGB.
+
     Raises:
-        DataError: naming the file when it is missing or does not decode.
+        DataError: naming the file when it is missing, does not decode, or has more than
+            :data:`MAX_PIXELS` pixels.
     """
     try:
         with Image.open(path) as im:
+            w, h = im.size
+            if w * h > MAX_PIXELS:
+                raise DataError(f"{path}: image of {h} x {w} pixels; expected at most {MAX_PIXELS} pixels")
+            if im.mode in HIGH_BIT_MODES:
+                x = torch.from_numpy(np.clip(np.asarray(im, dtype=np.float32) / 65535.0, 0.0, 1.0))[None]
+                return x.expand(3 if mode == "RGB" else 1, h, w).contiguous()
             arr = np.asarray(im.convert(mode))
+    except DataError:  # ours (too many pixels), already naming the file; a ValueError, so caught first
+        raise
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -76,6 +96,10 @@ class Resize:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         target = self._target(x.shape[-2], x.shape[-1])
+        if target[0] * target[1] > MAX_PIXELS:
+            # An extreme aspect ratio (1 x 6000) would allocate gigabytes; the dataset adds the file name.
+            raise DataError(f"image of {x.shape[-2]} x {x.shape[-1]} pixels would resize to {target[0]} x "
+                            f"{target[1]}; expected at most {MAX_PIXELS} pixels (an aspect ratio nearer 1)")
         if target == tuple(x.shape[-2:]):
             return x
         return F.interpolate(x[None], size=target, mode="bilinear", align_corners=False, antialias=True)[0]

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from groupdistil._validate import check_writable_folder
 from groupdistil.errors import UserError
 from groupdistil.metrics import HEADLINE_METRICS
 from groupdistil.report import plots
@@ -45,6 +46,7 @@ def build_report(paths: Sequence[Path], out_dir: Path, title: str | None = None)
         UserError: a path is missing, a final.json or group_weights.csv is malformed, or no run is finished.
     """
     title = title or DEFAULT_TITLE
+    check_writable_folder(out_dir, "`out`")
     discovery = discover_runs(list(paths))
     if not discovery.finished:
         searched = ", ".join(str(p) for p in paths)

@@ -8,13 +8,12 @@ Everything downstream trusts the :class:`Run` objects it returns.
 from __future__ import annotations
 
 import csv
+import io
 import json
-import math
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 
@@ -113,7 +112,7 @@ def load_run(path: Path) -> Run:
         data = json.loads(final_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{final_path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError) as e:  # ValueError: JSONDecodeError, or over 4300 digits
         raise UserError(f"{final_path}: not valid JSON ({e})") from None
     check = _Checker(final_path)
     check.kind(data, dict, "the top level", "an object")
@@ -152,38 +151,40 @@ def load_group_weights(path: Path) -> GroupWeights | None:
     """
     if not path.is_file():
         return None
-    with path.open(newline="", encoding="utf-8") as f:
-        header = next(csv.reader(f), [])
-    if not header:
+    rows = _csv_rows(path)
+    if not rows:
         return None
+    header = rows[0][1]
     if header[:2] != ["step", "epoch"]:
         raise UserError(f"{path}: expected a header 'step,epoch,<weight names...>', got {','.join(header)!r}")
-    if len(header) == 2:
+    if len(header) == 2 or len(rows) == 1:
         return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # numpy warns about a header-only file
-            table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2, dtype=np.float64, encoding="utf-8")
-    except ValueError:
-        _raise_first_bad_line(path, len(header))
-    if table.shape[0] == 0:
-        return None
+    values = []
+    for number, row in rows[1:]:
+        if len(row) != len(header):
+            raise UserError(f"{path}: line {number}: expected {len(header)} columns, got {len(row)}")
+        try:
+            values.append([float(v) for v in row])
+        except ValueError:
+            raise UserError(f"{path}: line {number}: expected numbers, got {','.join(row)!r}") from None
+    table = np.asarray(values, dtype=np.float64)
     return GroupWeights(names=tuple(header[2:]), step=table[:, 0], epoch=table[:, 1], values=table[:, 2:])
 
 
-def _raise_first_bad_line(path: Path, columns: int) -> NoReturn:
-    """Find the line numpy could not read and name it (numpy's own message does not say which file)."""
-    with path.open(newline="", encoding="utf-8") as f:
-        for number, row in enumerate(csv.reader(f), start=1):
-            if number == 1 or not row:
-                continue
-            if len(row) != columns:
-                raise UserError(f"{path}: line {number}: expected {columns} columns, got {len(row)}")
-            try:
-                [float(v) for v in row]
-            except ValueError:
-                raise UserError(f"{path}: line {number}: expected numbers, got {','.join(row)!r}") from None
-    raise UserError(f"{path}: not a CSV of numbers")
+def _csv_rows(path: Path) -> list[tuple[int, list[str]]]:
+    """(line number, fields) of each non-empty row, read with the csv module (group names may hold
+    commas, quotes and line breaks); bytes that are not UTF-8 are an error naming their line."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise UserError(f"{path}: line {line}: expected UTF-8 text, got byte {data[e.start]:#04x}") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        return [(reader.line_num, row) for row in reader if row]
+    except csv.Error as e:
+        raise UserError(f"{path}: line {reader.line_num}: not a CSV row ({e})") from None
 
 
 def _check_split(check: _Checker, split: Any, where: str) -> dict[str, Any]:
@@ -235,8 +236,9 @@ class _Checker:
         return None if value is None else self.kind(value, kind, where, expected)
 
     def integer(self, value: Any, where: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.fail(where, "an integer", value)
+        # Bounded: a count of 10**400 is a valid JSON integer that no float (or int64) holds.
+        if isinstance(value, bool) or not isinstance(value, int) or not -(2**63) <= value < 2**63:
+            self.fail(where, "an integer (64-bit)", _short(value))
         return value
 
     def optional_integer(self, value: Any, where: str) -> int | None:
@@ -245,6 +247,14 @@ class _Checker:
     def fraction(self, value: Any, where: str) -> None:
         if value is None:
             return
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if not ok or not 0.0 <= value <= 1.0:
-            self.fail(where, "a number in [0, 1] or null", value)
+        # Compared before any float conversion: math.isfinite(10**400) raises OverflowError.
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+        if not ok:
+            self.fail(where, "a number in [0, 1] or null", _short(value))
+
+
+def _short(value: Any) -> Any:
+    """``value`` for a message: a huge integer by its digit count, not its 400 digits."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**30:
+        return f"an integer of {len(str(abs(value)))} digits"  # json.loads stops at 4300 digits
+    return value

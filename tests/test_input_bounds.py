@@ -114,14 +114,14 @@ def test_every_float_option_refuses_inf_and_nan():
 
 
 def test_sweep_grid_and_placeholders_are_one_line(tmp_path):
-    with pytest.raises(UserError, match=r"--grid objective.alpha=\[,1: a value is not valid YAML"):
+    with pytest.raises(UserError, match=r"`grid` objective.alpha=\[,1: a value is not valid YAML"):
         parse_grid(["objective.alpha=[,1"])
-    with pytest.raises(UserError, match=r"--grid objective.alpha: line 1: nested more than 64"):
+    with pytest.raises(UserError, match=r"`grid` objective.alpha: line 1: nested more than 64"):
         parse_grid(["objective.alpha=" + "[" * 100 + "]" * 100])
     for placeholder in ("{seed.nope}", "{seed[0]}", "{seed!z}"):
         with pytest.raises(UserError, match="placeholder in"):
             expand({"name": f"x{placeholder}", "out": str(tmp_path)}, 1, {})
-    with pytest.raises(UserError, match=r"--seeds: expected an integer in \[1, 1000\]"):
+    with pytest.raises(UserError, match=r"`seeds`: expected an integer in \[1, 1000\]"):
         expand({"out": str(tmp_path)}, 10**21, {})
 
 

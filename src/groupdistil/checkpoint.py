@@ -344,7 +344,7 @@ def restore_training(
         if scaler.is_enabled() and ck.get("scaler"):
             scaler.load_state_dict(ck["scaler"])
         set_rng_state(ck["rng"])
-    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
         raise CheckpointError(f"{path}: does not match this run's model or objective: {first_line(e)}") from None
     return FitState(
         epoch=int(ck["epoch"]),

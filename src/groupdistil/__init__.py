@@ -17,6 +17,7 @@ from groupdistil.losses import (
 from groupdistil.objectives import (
     DRO,
     ERM,
+    JTT,
     KD,
     OBJECTIVES,
     ClassRobustKD,
@@ -29,6 +30,7 @@ from groupdistil.objectives import (
     build_objective,
     objective_options,
 )
+from groupdistil.pseudogroups import InferredGroups, infer_groups
 from groupdistil.robust import GroupDRO, GroupRisks, group_risks
 
 __version__ = "0.1.0"
@@ -36,6 +38,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DRO",
     "ERM",
+    "JTT",
     "KD",
     "OBJECTIVES",
     "CheckpointError",
@@ -45,6 +48,7 @@ __all__ = [
     "GroupDRO",
     "GroupDistil",
     "GroupRisks",
+    "InferredGroups",
     "LogitAdjusted",
     "Objective",
     "ObjectiveOutput",
@@ -58,6 +62,7 @@ __all__ = [
     "cross_entropy",
     "distillation",
     "group_risks",
+    "infer_groups",
     "logit_adjusted_cross_entropy",
     "mixed",
     "objective_options",

@@ -176,7 +176,7 @@ def weight_names(objective: Objective, bundle: DatasetBundle) -> list[str]:
     if objective.weights_over == "classes":
         return list(bundle.grouping.class_names)
     if objective.weights_over == "groups":
-        return list(bundle.grouping.group_names)
+        return list(bundle.fit_grouping.group_names)
     return []
 
 
@@ -297,10 +297,13 @@ def _train_epoch(
 ) -> dict[str, Any]:
     net.train()
     objective.train()
-    metrics = GroupMetrics(bundle.n_groups, bundle.n_classes)
+    # Training sees the training groups (inferred ones when data.train_groups says so); validation
+    # and test keep the data's groups.
+    grouping = bundle.fit_grouping
+    metrics = GroupMetrics(grouping.n_groups, bundle.n_classes)
     loader = train_loader(
-        bundle.train, train.batch_size, seed=train.seed, epoch=epoch, sampler=train.sampler,
-        n_groups=bundle.n_groups, num_workers=train.num_workers, pin_memory=device.type == "cuda",
+        bundle.fit_train, train.batch_size, seed=train.seed, epoch=epoch, sampler=train.sampler,
+        n_groups=grouping.n_groups, num_workers=train.num_workers, pin_memory=device.type == "cuda",
     )
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{train.epochs}", leave=False,
                disable=quiet or not distributed.is_main_process())
@@ -362,7 +365,7 @@ def _train_epoch(
             )
             objective.update_from_validation(err)
     metrics.all_reduce()
-    summary = metrics.summary(bundle.grouping, bundle.group_counts("train"))
+    summary = metrics.summary(grouping, bundle.fit_group_counts())
     summary["skipped_steps"] = state.skipped_steps
     summary["overflow_steps"] = state.overflow_steps
     return summary

@@ -14,7 +14,7 @@ from torch import nn
 
 from groupdistil import distributed
 from groupdistil.checkpoint import load_checkpoint
-from groupdistil.config import RunConfig, dump_yaml
+from groupdistil.config import RunConfig, TrainConfig, dump_yaml
 from groupdistil.data import DatasetBundle, load_dataset
 from groupdistil.engine import check_device, cpu_has_native, fit, resolve_device, weight_names
 from groupdistil.errors import CheckpointError, UserError
@@ -22,6 +22,14 @@ from groupdistil.evaluation import evaluate
 from groupdistil.models import create_model
 from groupdistil.objectives import Objective, build_objective, objective_options
 from groupdistil.outputs import RunWriter
+from groupdistil.pseudogroups import (
+    PSEUDO_GROUPS_CSV,
+    InferredGroups,
+    agreement,
+    groups_from_model,
+    single_group,
+    write_assignment,
+)
 from groupdistil.teachers import LogitCache, Teacher, TeacherMember, cached_or_computed, teacher_class_weights
 
 Echo = Callable[[str], None]
@@ -139,14 +147,81 @@ def build_objective_for(cfg: RunConfig, bundle: DatasetBundle) -> Objective:
             flag = "--" + key.replace("_", "-")
             takes = f"its options: {', '.join(allowed)}" if allowed else "it takes no options"
             raise UserError(f"{flag}: does not apply to method {method} ({takes})")
-    counts = bundle.group_counts("train")
+    counts = bundle.fit_group_counts()
     try:
         return build_objective(
-            method, n_groups=bundle.n_groups, n_classes=bundle.n_classes,
+            method, n_groups=bundle.fit_grouping.n_groups, n_classes=bundle.n_classes,
             group_counts=counts.float(), class_prior=bundle.class_prior(), **options,
         )
     except ValueError as e:
         raise UserError(f"objective {method}: {e}") from None
+
+
+#: Objectives whose aggregation uses the training groups.
+GROUP_METHODS = ("reweight", "jtt", "group-dro", "groupdistil")
+
+
+def _group_model(cfg: RunConfig) -> Path:
+    """The checkpoint whose outputs define inferred groups: --group-reference, else the one teacher."""
+    source = cfg.data.train_groups
+    if cfg.data.group_reference is not None:
+        return cfg.data.group_reference
+    if len(cfg.teacher.checkpoints) == 1:
+        return cfg.teacher.checkpoints[0]
+    if not cfg.teacher.checkpoints:
+        raise UserError(f"--train-groups {source}: needs a teacher (--teacher) or --group-reference CKPT")
+    raise UserError(f"--train-groups {source}: with {len(cfg.teacher.checkpoints)} teachers, name the model "
+                    "that defines the groups with --group-reference")
+
+
+def training_groups(
+    cfg: RunConfig, bundle: DatasetBundle, device: torch.device, echo: Echo
+) -> tuple[DatasetBundle, InferredGroups | None]:
+    """The bundle with the training groups of ``data.train_groups``, and the inferred groups (None
+    for ``labels``). Rank 0 infers them (through the cache) and every rank receives the same ids."""
+    source, method = cfg.data.train_groups, cfg.objective.method
+    if method == "jtt" and source != "teacher-errors":
+        raise UserError("--method jtt: needs --train-groups teacher-errors (the error set of --group-reference)")
+    if source == "labels":
+        return bundle, None
+    names = bundle.grouping.class_names
+    if source == "none":
+        if method in GROUP_METHODS:
+            raise UserError(f"--train-groups none: method {method} needs training groups "
+                            "(labels, teacher-errors or teacher-clusters)")
+        inferred, status, path = single_group(bundle.train.y, names), "off", None
+    else:
+        path = _group_model(cfg)
+
+        def infer() -> tuple[InferredGroups, str]:
+            model, ck = model_from_checkpoint(path, device)
+            if int(ck["num_classes"]) != bundle.n_classes:
+                raise UserError(f"--group-reference {path}: has {ck['num_classes']} classes, the dataset has "
+                                f"{bundle.n_classes}")
+            cache = LogitCache(cfg.teacher.cache_dir or default_cache_dir()) if cfg.teacher.cache else None
+            return groups_from_model(model, bundle.train, source, names, cache=cache, clusters=cfg.data.clusters,
+                                     seed=cfg.train.seed, device=device)
+
+        inferred, status = distributed.on_main(infer)
+    echo(f"training groups: {inferred.description}" + (f" (from {path}, cache {status})" if path else ""))
+    return bundle.with_train_groups(inferred.grouping, inferred.ids), inferred
+
+
+def group_report(out: Path, bundle: DatasetBundle, inferred: InferredGroups) -> dict[str, Any]:
+    """Write ``pseudo_groups.csv`` and return final.json's ``train_groups``: what the groups are and,
+    where the data has groups of its own, how they agree with them."""
+    y = bundle.train.y
+    write_assignment(out / PSEUDO_GROUPS_CSV, inferred, y)
+    g = bundle.grouping
+    info: dict[str, Any] = {
+        "source": inferred.source, "description": inferred.description,
+        "group_names": list(inferred.grouping.group_names),
+        "counts": torch.bincount(inferred.ids, minlength=inferred.grouping.n_groups).tolist(),
+    }
+    if g.group_names != g.class_names:  # the data knows groups beyond the classes
+        info["true_group_names"] = list(g.group_names)
+        info.update(agreement(inferred.ids, bundle.train.g, inferred.grouping.n_groups, g.n_groups))
+    return info
 
 
 def build_teacher(
@@ -208,8 +283,10 @@ def run_experiment(cfg: RunConfig, echo: Echo = print) -> dict[str, Any]:
     bundle = load_dataset(cfg.data)
     for w in bundle.warnings:
         echo(f"warning: {w}")
+    bundle, inferred = training_groups(cfg, bundle, device, echo)
     objective = build_objective_for(cfg, bundle)
     teacher = build_teacher(cfg, bundle, objective, device, echo)
+    train_cfg = selection_settings(cfg, echo)
     seed_everything(cfg.train.seed)  # the model's initialisation does not depend on teacher loading
     in_shape = tuple(bundle.input_shape)
     model = create_model(
@@ -224,8 +301,10 @@ def run_experiment(cfg: RunConfig, echo: Echo = print) -> dict[str, Any]:
     writer = RunWriter(cfg.out, weight_names(objective, bundle))
     try:
         writer.start(dump_yaml(cfg), resume_epoch=_resume_epoch(cfg) if resume else None)
+        groups_info = (distributed.on_main(lambda: group_report(Path(cfg.out), bundle, inferred))
+                       if inferred is not None else None)
         result = fit(
-            model, objective, bundle, train=cfg.train, optim=cfg.optim, teacher=teacher, out=cfg.out,
+            model, objective, bundle, train=train_cfg, optim=cfg.optim, teacher=teacher, out=cfg.out,
             writer=writer, meta=meta, resume=resume, quiet=cfg.quiet, echo=echo,
         )
         best, _ = model_from_checkpoint(Path(cfg.out) / "checkpoints" / "best.pt", device)
@@ -240,13 +319,24 @@ def run_experiment(cfg: RunConfig, echo: Echo = print) -> dict[str, Any]:
             "dataset": cfg.data.dataset, "seed": cfg.train.seed, "model": cfg.model.name,
             "teacher": ",".join(str(p) for p in cfg.teacher.checkpoints) if teacher is not None else None,
             "options": cfg.objective.options(), "selected_epoch": result.best_epoch,
-            "selection_metric": cfg.train.select_on, "skipped_steps": result.skipped_steps,
-            "splits": splits,
+            "selection_metric": train_cfg.select_on, "skipped_steps": result.skipped_steps,
+            "splits": splits, "val_groups": cfg.data.val_groups,
         }
+        if groups_info is not None:
+            final["train_groups"] = groups_info
         writer.finish(final)
     finally:
         writer.close()
     return final
+
+
+def selection_settings(cfg: RunConfig, echo: Echo) -> TrainConfig:
+    """The training settings with the selection rule: ``--val-groups none`` selects on worst-class
+    accuracy instead of worst-group accuracy (SubpopBench's rule without attributes)."""
+    if cfg.data.val_groups == "none" and cfg.train.select_on == "worst_group_acc":
+        echo("validation groups not used (--val-groups none): selecting on validation worst-class accuracy")
+        return cfg.train.model_copy(update={"select_on": "worst_class_acc"})
+    return cfg.train
 
 
 def _resume_epoch(cfg: RunConfig) -> int:

@@ -310,3 +310,20 @@ def test_an_error_on_rank_0_stops_every_rank_with_one_line(env, runs, teacher):
     assert set(codes.values()) <= {"2", "-15"} and "2" in codes.values(), r.stderr[-3000:]
     root = re.search(r"Root Cause.*?exitcode\s*:\s*(-?\d+)", r.stderr, re.S)
     assert root is not None and root.group(1) == "2", r.stderr[-3000:]
+
+
+@pytest.mark.slow  # each launch starts fresh interpreters that import torch
+@needs_torchrun
+def test_inferred_groups_are_the_same_on_every_rank(env, teacher, tmp_path):
+    # Rank 0 infers the groups (here without a cache) and every rank trains on its ids: two ranks then
+    # follow the one-process run (which infers them through the cache) step for step, q included.
+    args = [*STUDENT, "--teacher", str(teacher), "--epochs", "1", "--train-groups", "teacher-clusters", "--quiet"]
+    _ok(_launch(env, [*args, "--batch-size", str(BATCH), "--no-teacher-cache", "--out",
+                            str(tmp_path / "two")], ranks=RANKS))
+    _ok(_launch(env, [*args, "--batch-size", str(RANKS * BATCH), "--teacher-cache-dir", str(tmp_path / "cache"),
+                      "--out", str(tmp_path / "one")]))
+    _assert_same_training(tmp_path / "two", tmp_path / "one")
+    assert (tmp_path / "two" / "pseudo_groups.csv").read_text() == (tmp_path / "one" / "pseudo_groups.csv").read_text()
+    two_final, one_final = (json.loads((tmp_path / k / "final.json").read_text()) for k in ("two", "one"))
+    assert two_final["train_groups"] == one_final["train_groups"]
+    assert len(two_final["train_groups"]["group_names"]) == 4

@@ -321,9 +321,8 @@ def run_experiment(cfg: RunConfig, echo: Echo = print) -> dict[str, Any]:
             "options": cfg.objective.options(), "selected_epoch": result.best_epoch,
             "selection_metric": train_cfg.select_on, "skipped_steps": result.skipped_steps,
             "splits": splits, "val_groups": cfg.data.val_groups,
+            **({"train_groups": groups_info} if groups_info is not None else {}),
         }
-        if groups_info is not None:
-            final["train_groups"] = groups_info
         writer.finish(final)
     finally:
         writer.close()

@@ -71,9 +71,10 @@ def best_pt(root: Path, run: str) -> str:
 
 def nolabels_study(dataset: str, root: Path) -> list[dict[str, Any]]:
     """Training group labels withheld: GroupDistil on groups inferred from the ERM teacher (its errors,
-    or k-means clusters with k in {2, 3}) against KD, JTT (lambda_up in {5, 20, 50}, the ERM student as
-    identification model) and GroupDistil with the true groups. Validation groups select checkpoints
-    and hyper-parameters (k, lambda_up), as in JTT and GEORGE; they are never trained on."""
+    or k-means clusters with k in {2, 3}) or from the ERM student's errors (JTT's error set), against
+    KD, JTT (lambda_up in {5, 20, 50}, the ERM student as identification model) and GroupDistil with
+    the true groups. Validation groups select checkpoints and hyper-parameters (the group source, k,
+    lambda_up), as in JTT and GEORGE; they are never trained on."""
     eta = {"step_size": 0.01}
     runs = [
         config(dataset, root, "teacher-erm", "teacher", "erm"),
@@ -83,6 +84,8 @@ def nolabels_study(dataset: str, root: Path) -> list[dict[str, Any]]:
         config(dataset, root, "groupdistil-errors<-erm", "student", "groupdistil", "teacher-erm",
                data={"train_groups": "teacher-errors"}, **KD, **eta),
     ]
+    runs.append(config(dataset, root, "groupdistil-erm-errors<-erm", "student", "groupdistil", "teacher-erm",
+                       data={"train_groups": "teacher-errors", "group_reference": best_pt(root, "erm")}, **KD, **eta))
     for k in (2, 3):
         runs.append(config(dataset, root, f"groupdistil-clusters{k}<-erm", "student", "groupdistil", "teacher-erm",
                            data={"train_groups": "teacher-clusters", "clusters": k}, **KD, **eta))

@@ -52,3 +52,22 @@ def test_ddp_batchnorm_benchmark_writes_ratios(tmp_path):
     for row in rows:
         for key in ("global_over_plain", "compute_over_plain", "allreduce_us"):
             assert row[key] > 0, key
+
+
+def test_study_without_group_labels_plans_valid_runs(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks" / "experiments"))
+    try:
+        import study
+    finally:
+        sys.path.pop(0)
+    from groupdistil.sweep import expand
+
+    plan = study.nolabels_study("spurious-digits", tmp_path)
+    runs = {raw["name"]: expand(raw, 2, {}, raw["name"]) for raw in plan}
+    jtt = runs["jtt-up20"][1].config
+    assert jtt.data.train_groups == "teacher-errors" and jtt.objective.upweight == 20.0
+    assert jtt.data.group_reference == tmp_path / "erm" / "seed1" / "checkpoints" / "best.pt"
+    assert runs["groupdistil-clusters3<-erm"][0].config.data.clusters == 3
+    # The comparison rows use the same budget and the data's groups.
+    assert runs["groupdistil<-erm"][0].config.data.train_groups == "labels"
+    assert {r[0].config.train.epochs for r in runs.values()} == {study.BUDGET["train"]["epochs"]}

@@ -332,3 +332,18 @@ def test_a_frozen_backbone_with_a_head_lr_on_two_ranks_equals_one_process(env, t
     last = _last(tmp_path / "two")
     changed = {k for k in init if not torch.equal(init[k], last[k])}
     assert changed == {"classifier.weight", "classifier.bias"}
+
+
+def test_inferred_groups_are_the_same_on_every_rank(env, teacher, tmp_path):
+    # Rank 0 infers the groups (here without a cache) and every rank trains on its ids: two ranks then
+    # follow the one-process run (which infers them through the cache) step for step, q included.
+    args = [*STUDENT, "--teacher", str(teacher), "--epochs", "1", "--train-groups", "teacher-clusters", "--quiet"]
+    _ok(_launch(env, [*args, "--batch-size", str(BATCH), "--no-teacher-cache", "--out",
+                            str(tmp_path / "two")], ranks=RANKS))
+    _ok(_launch(env, [*args, "--batch-size", str(RANKS * BATCH), "--teacher-cache-dir", str(tmp_path / "cache"),
+                      "--out", str(tmp_path / "one")]))
+    _assert_same_training(tmp_path / "two", tmp_path / "one")
+    assert (tmp_path / "two" / "pseudo_groups.csv").read_text() == (tmp_path / "one" / "pseudo_groups.csv").read_text()
+    two_final, one_final = (json.loads((tmp_path / k / "final.json").read_text()) for k in ("two", "one"))
+    assert two_final["train_groups"] == one_final["train_groups"]
+    assert len(two_final["train_groups"]["group_names"]) == 4

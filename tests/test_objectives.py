@@ -351,6 +351,7 @@ def test_build_objective_by_name_with_options() -> None:
     assert classes == {
         "erm": gd.ERM,
         "reweight": gd.Reweight,
+        "jtt": gd.JTT,
         "group-dro": gd.DRO,
         "balanced": gd.LogitAdjusted,
         "robust-teacher": gd.RobustTeacher,

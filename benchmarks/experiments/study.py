@@ -5,6 +5,7 @@
     python benchmarks/experiments/study.py classes digits-lt        # class-robust teachers x students
     python benchmarks/experiments/study.py ablation spurious-digits  # per-group averaging vs DRO, ensembles
     python benchmarks/experiments/study.py calibrate digits-lt      # robust students from calibrated teachers
+    python benchmarks/experiments/study.py nolabels spurious-digits # training group labels withheld
 
 Runs go under runs/bench/<dataset>/ (resumable: finished runs are skipped), then
 `groupdistil report` writes benchmarks/results/<dataset>/. Every method gets the same budget
@@ -34,10 +35,10 @@ KD_LT = {"alpha": 0.5, "temperature": 2.0}
 
 
 def config(dataset: str, root: Path, name: str, role: str, method: str, teacher: str | None = None,
-           teacher_adjust: str = "none", **objective: Any) -> dict[str, Any]:
+           teacher_adjust: str = "none", data: dict[str, Any] | None = None, **objective: Any) -> dict[str, Any]:
     raw: dict[str, Any] = {
         "name": name, "role": role, "out": str(root),
-        "data": {"dataset": dataset},
+        "data": {"dataset": dataset, **(data or {})},
         "model": {"name": TEACHER_MODEL if role == "teacher" else STUDENT_MODEL},
         "objective": {"method": method, **objective}, **BUDGET,
     }
@@ -129,6 +130,35 @@ def calibrate_study(dataset: str, root: Path) -> list[dict[str, Any]]:
                          f"teacher-{short}", mode="robust", **KD_LT)
             raw["teacher"]["calibrate"] = calibrate
             runs.append(raw)
+
+
+def best_pt(root: Path, run: str) -> str:
+    return str(root / run / "seed{seed}" / "checkpoints" / "best.pt")
+
+
+def nolabels_study(dataset: str, root: Path) -> list[dict[str, Any]]:
+    """Training group labels withheld: GroupDistil on groups inferred from the ERM teacher (its errors,
+    or k-means clusters with k in {2, 3}) or from the ERM student's errors (JTT's error set), against
+    KD, JTT (lambda_up in {5, 20, 50}, the ERM student as identification model) and GroupDistil with
+    the true groups. Validation groups select checkpoints and hyper-parameters (the group source, k,
+    lambda_up), as in JTT and GEORGE; they are never trained on."""
+    eta = {"step_size": 0.01}
+    runs = [
+        config(dataset, root, "teacher-erm", "teacher", "erm"),
+        config(dataset, root, "erm", "student", "erm"),
+        config(dataset, root, "kd<-erm", "student", "kd", "teacher-erm", **KD),
+        config(dataset, root, "groupdistil<-erm", "student", "groupdistil", "teacher-erm", **KD, **eta),
+        config(dataset, root, "groupdistil-errors<-erm", "student", "groupdistil", "teacher-erm",
+               data={"train_groups": "teacher-errors"}, **KD, **eta),
+    ]
+    runs.append(config(dataset, root, "groupdistil-erm-errors<-erm", "student", "groupdistil", "teacher-erm",
+                       data={"train_groups": "teacher-errors", "group_reference": best_pt(root, "erm")}, **KD, **eta))
+    for k in (2, 3):
+        runs.append(config(dataset, root, f"groupdistil-clusters{k}<-erm", "student", "groupdistil", "teacher-erm",
+                           data={"train_groups": "teacher-clusters", "clusters": k}, **KD, **eta))
+    for up in (5, 20, 50):
+        runs.append(config(dataset, root, f"jtt-up{up}", "student", "jtt", upweight=float(up),
+                           data={"train_groups": "teacher-errors", "group_reference": best_pt(root, "erm")}))
     return runs
 
 
@@ -153,7 +183,7 @@ def classes_study(dataset: str, root: Path) -> list[dict[str, Any]]:
 
 
 STUDIES = {"groups": groups_study, "classes": classes_study, "ablation": ablation_study,
-           "calibrate": calibrate_study}
+           "calibrate": calibrate_study, "nolabels": nolabels_study}
 
 
 def main(kind: str, dataset: str, jobs: int = 2) -> int:
@@ -161,15 +191,18 @@ def main(kind: str, dataset: str, jobs: int = 2) -> int:
     root = Path("runs/bench") / f"{dataset}{suffix}"
     plan = STUDIES[kind](dataset, root)
     failed = 0
-    # Teachers first (students read their checkpoints), then everything else.
-    for stage in (("teacher",), ("student",)):
-        runs = [r for raw in plan if raw["role"] in stage for r in expand(raw, SEEDS, {}, raw["name"])]
-        if stage == ("student",) and kind == "ablation" and dataset in ENSEMBLE_DATASETS:
+    # Teachers first (students read their checkpoints), then the ERM student (JTT's identification
+    # model), then everything else.
+    stages = {"teacher": lambda r: r["role"] == "teacher", "erm": lambda r: r["name"] == "erm",
+              "student": lambda r: r["role"] == "student" and r["name"] != "erm"}
+    for stage, member in stages.items():
+        runs = [r for raw in plan if member(raw) for r in expand(raw, SEEDS, {}, raw["name"])]
+        if stage == "student" and kind == "ablation" and dataset in ENSEMBLE_DATASETS:
             runs += ensemble_runs(dataset, root)
-        failed += sum(r.status == "failed" for r in run_sweep(runs, root / f"index-{stage[0]}.json", jobs=jobs))
+        failed += sum(r.status == "failed" for r in run_sweep(runs, root / f"index-{stage}.json", jobs=jobs))
     out = Path("benchmarks/results") / f"{dataset}{suffix}"
     subprocess.run([sys.executable, "-m", "groupdistil", "report", str(root), "--out", str(out),
-                    "--title", f"{dataset}: {SEEDS} seeds"], check=True)
+                    "--title", f"{dataset}{suffix}: {SEEDS} seeds"], check=True)
     return 1 if failed else 0
 
 

@@ -19,6 +19,7 @@ from groupdistil.losses import (
 from groupdistil.objectives import (
     DRO,
     ERM,
+    JTT,
     KD,
     OBJECTIVES,
     ClassRobustKD,
@@ -32,6 +33,7 @@ from groupdistil.objectives import (
     build_objective,
     objective_options,
 )
+from groupdistil.pseudogroups import InferredGroups, infer_groups
 from groupdistil.robust import GroupDRO, GroupRisks, group_risks
 
 __version__ = "0.1.0"
@@ -39,6 +41,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DRO",
     "ERM",
+    "JTT",
     "KD",
     "OBJECTIVES",
     "CheckpointError",
@@ -48,6 +51,7 @@ __all__ = [
     "GroupDRO",
     "GroupDistil",
     "GroupRisks",
+    "InferredGroups",
     "KDReweight",
     "LogitAdjusted",
     "Objective",
@@ -62,6 +66,7 @@ __all__ = [
     "cross_entropy",
     "distillation",
     "group_risks",
+    "infer_groups",
     "logit_adjusted_cross_entropy",
     "mixed",
     "objective_options",

@@ -75,7 +75,7 @@ class ObjectiveConfig(BaseModel):
 
     model_config = FINITE
 
-    method: str = Field("erm", description="objective: erm, reweight, group-dro, balanced, robust-teacher, "
+    method: str = Field("erm", description="objective: erm, reweight, jtt, group-dro, balanced, robust-teacher, "
                         "kd, kd-reweight, groupdistil, class-robust-kd")
     alpha: float | None = Field(None, ge=0, le=1, description="teacher weight in [0, 1]")
     temperature: float | None = Field(None, gt=0, description="distillation temperature T")
@@ -89,6 +89,7 @@ class ObjectiveConfig(BaseModel):
     tau: float | None = Field(None, description="balanced / robust-teacher logit adjustment tau")
     lambda_source: Literal["train", "val"] | None = Field(None, description="class-robust-kd lambda from")
     validation_every: int | None = Field(None, ge=1, le=10**9, description="K: validation-driven lambda every K steps")
+    upweight: float | None = Field(None, ge=1, le=1e6, description="jtt: weight of the error set (lambda_up)")
 
     def options(self) -> dict[str, Any]:
         """The options the user set (not None), without the method name."""

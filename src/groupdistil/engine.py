@@ -51,7 +51,7 @@ def weight_names(objective: Objective, bundle: DatasetBundle) -> list[str]:
     if objective.weights_over == "classes":
         return list(bundle.grouping.class_names)
     if objective.weights_over == "groups":
-        return list(bundle.grouping.group_names)
+        return list(bundle.fit_grouping.group_names)
     return []
 
 
@@ -127,9 +127,10 @@ def _optimisation(
 
 def _epoch_loaders(bundle: DatasetBundle, train: TrainConfig, device: torch.device) -> Any:
     """``epoch -> training loader`` (workers persist across epochs where the data allows it)."""
-    return epoch_loaders(bundle.train, train.batch_size, seed=train.seed,
-                         num_workers=default_workers(bundle.train, train.num_workers), sampler=train.sampler,
-                         n_groups=bundle.n_groups, pin_memory=device.type == "cuda")
+    # Training sees the training groups (inferred ones when data.train_groups says so).
+    return epoch_loaders(bundle.fit_train, train.batch_size, seed=train.seed,
+                         num_workers=default_workers(bundle.fit_train, train.num_workers), sampler=train.sampler,
+                         n_groups=bundle.fit_grouping.n_groups, pin_memory=device.type == "cuda")
 
 
 def _step_schedule(sched: Any) -> None:

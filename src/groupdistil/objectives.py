@@ -2,6 +2,7 @@
 
 - ``erm``: cross-entropy, mean.
 - ``reweight``: cross-entropy, mean weighted by ``1 / n_{g_i}`` (data groups).
+- ``jtt``: cross-entropy, mean weighted by ``upweight`` on an ERM model's error set (teacher-errors groups).
 - ``group-dro``: cross-entropy, online group DRO (data groups).
 - ``balanced``: logit-adjusted cross-entropy ``ce(s + tau log pi, y)``, mean (a balanced teacher).
 - ``robust-teacher``: ``ce(s + tau log pi - log lambda, y)``, mean; lambda from validation (classes).
@@ -289,9 +290,49 @@ class Reweight(_CrossEntropyTerm, Objective):
     def aggregate(self, losses: torch.Tensor, groups: torch.Tensor | None) -> ObjectiveOutput:
         if groups is None:
             raise ValueError(f"groups: {type(self).__name__} needs a group id per sample, got None")
-        r = _logged_risks(losses, groups, self.n_groups)
-        loss = _global_mean(losses, self.inv_counts[groups.long().to(self.inv_counts.device)])
-        return ObjectiveOutput(loss, r.means, r.counts, None)
+        return _group_weighted_mean(losses, groups, self.inv_counts, self.n_groups)
+
+
+def _group_weighted_mean(
+    losses: torch.Tensor, groups: torch.Tensor, weights: torch.Tensor, n_groups: int | None
+) -> ObjectiveOutput:
+    """``sum_i w_{g_i} l_i / sum_i w_{g_i}`` over the (global) batch, for (B,) losses and (G,) weights."""
+    r = _logged_risks(losses, groups, n_groups)
+    loss = _global_mean(losses, weights[groups.long().to(weights.device)])
+    return ObjectiveOutput(loss, r.means, r.counts, None)
+
+
+class JTT(_CrossEntropyTerm, Objective):
+    """Just Train Twice (Liu et al., 2021) as an aggregation: cross-entropy, mean weighted by
+    ``upweight`` on the identification model's error set.
+
+    The groups are ``teacher-errors`` ids ``g = 2 y + wrong`` from the identification model
+    (``--group-reference``): odd groups are its error set. ``loss = sum_i w_i ce_i / sum_i w_i`` with
+    ``w_i = upweight`` on the error set and 1 elsewhere, normalised over the batch as :class:`Reweight`
+    (the expected loss of JTT's up-sampled training set). No teacher.
+
+    Args:
+        n_groups: G = 2C (teacher-errors groups). upweight: lambda_up >= 1.
+    """
+
+    group_weight: torch.Tensor
+
+    def __init__(self, n_groups: int, upweight: float = 20.0) -> None:
+        super().__init__(n_groups=n_groups)
+        if n_groups % 2:
+            raise ValueError(f"n_groups: expected teacher-errors groups (right, wrong per class), got {n_groups}")
+        upweight = check_finite("upweight", upweight)
+        if upweight < 1:
+            raise ValueError(f"upweight: expected a weight >= 1, got {upweight}")
+        self.upweight = upweight
+        w = torch.ones(n_groups)
+        w[1::2] = upweight
+        self.register_buffer("group_weight", w)
+
+    def aggregate(self, losses: torch.Tensor, groups: torch.Tensor | None) -> ObjectiveOutput:
+        if groups is None:
+            raise ValueError("groups: JTT needs a group id per sample, got None")
+        return _group_weighted_mean(losses, groups, self.group_weight, self.n_groups)
 
 
 class DRO(_CrossEntropyTerm, _DROMixin, Objective):
@@ -590,6 +631,7 @@ class ClassRobustKD(_ClassWeightsMixin, Objective):
 OBJECTIVES: dict[str, type[Objective]] = {
     "erm": ERM,
     "reweight": Reweight,
+    "jtt": JTT,
     "group-dro": DRO,
     "balanced": LogitAdjusted,
     "robust-teacher": RobustTeacher,

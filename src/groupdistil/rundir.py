@@ -44,14 +44,15 @@ CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 WEIGHTS = "group_weights.csv"
 FINAL = "final.json"
+PSEUDO_GROUPS = "pseudo_groups.csv"
 LAST = "last.pt"
 BEST = "best.pt"
 
 #: The files a run writes with checkpoint.atomic_write, at the top of its folder and in checkpoints/.
-RUN_FILES = (CONFIG, METRICS, WEIGHTS, FINAL)
+RUN_FILES = (CONFIG, METRICS, WEIGHTS, FINAL, PSEUDO_GROUPS)
 CHECKPOINT_FILES = (LAST, BEST)
 #: What a run writes at the top of its folder, and in checkpoints/ and tb/.
-_TOP = {MARKER, ELASTIC_MARKER, CONFIG, METRICS, WEIGHTS, FINAL, "checkpoints", "tb"}
+_TOP = {MARKER, ELASTIC_MARKER, CONFIG, METRICS, WEIGHTS, FINAL, PSEUDO_GROUPS, "checkpoints", "tb"}
 _CHECKPOINTS = {LAST, BEST}
 #: A temporary file of an atomic write (checkpoint.atomic_write) that a kill interrupted.
 _TMP = re.compile(r"\..+\.tmp")
@@ -91,6 +92,11 @@ class RunPaths:
     @property
     def final(self) -> Path:
         return self.root / FINAL
+
+    @property
+    def pseudo_groups(self) -> Path:
+        """The inferred training group of every training sample (``data.train_groups``)."""
+        return self.root / PSEUDO_GROUPS
 
     @property
     def tb(self) -> Path:

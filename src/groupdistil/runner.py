@@ -15,7 +15,7 @@ from groupdistil import distributed
 from groupdistil._validate import check_writable_folder
 from groupdistil.calibration import Calibration, calibration_report, fit_calibration
 from groupdistil.checkpoint import file_sha256, load_checkpoint, state_dict_mismatch
-from groupdistil.config import RunConfig, dump_yaml
+from groupdistil.config import RunConfig, TrainConfig, dump_yaml
 from groupdistil.data import DatasetBundle, load_dataset
 from groupdistil.devices import check_device, cpu_has_native, resolve_device
 from groupdistil.engine import fit, weight_names
@@ -25,6 +25,13 @@ from groupdistil.loaders import default_workers
 from groupdistil.models import create_model, upgrade_legacy_keys
 from groupdistil.objectives import Objective, build_objective, objective_options
 from groupdistil.outputs import RunWriter, read_final
+from groupdistil.pseudogroups import (
+    InferredGroups,
+    agreement,
+    groups_from_model,
+    single_group,
+    write_assignment,
+)
 from groupdistil.rundir import OutPlan, RunPaths, close_out, open_out, plan_out
 from groupdistil.teachers import (
     LogitCache,
@@ -118,14 +125,83 @@ def build_objective_for(cfg: RunConfig, bundle: DatasetBundle) -> Objective:
         if key not in allowed:
             takes = f"its options: {', '.join(allowed)}" if allowed else "it takes no options"
             raise UserError(f"`objective.{key}`: does not apply to method {method} ({takes})")
-    counts = bundle.group_counts("train")
+    counts = bundle.fit_group_counts()
     try:
         return build_objective(
-            method, n_groups=bundle.n_groups, n_classes=bundle.n_classes,
+            method, n_groups=bundle.fit_grouping.n_groups, n_classes=bundle.n_classes,
             group_counts=counts.float(), class_prior=bundle.class_prior(), **options,
         )
     except ValueError as e:
         raise UserError(f"objective {method}: {e}") from None
+
+
+#: Objectives whose aggregation uses the training groups.
+GROUP_METHODS = ("reweight", "jtt", "group-dro", "groupdistil")
+
+
+def _group_model(cfg: RunConfig) -> Path:
+    """The checkpoint whose outputs define inferred groups: `data.group_reference`, else the one teacher."""
+    source = cfg.data.train_groups
+    if cfg.data.group_reference is not None:
+        return cfg.data.group_reference
+    if len(cfg.teacher.checkpoints) == 1:
+        return cfg.teacher.checkpoints[0]
+    if not cfg.teacher.checkpoints:
+        raise UserError(f"`data.train_groups` {source}: needs a teacher (`teacher.checkpoints`) or "
+                        "`data.group_reference` CKPT")
+    raise UserError(f"`data.train_groups` {source}: with {len(cfg.teacher.checkpoints)} teachers, name the model "
+                    "that defines the groups with `data.group_reference`")
+
+
+def training_groups(
+    cfg: RunConfig, bundle: DatasetBundle, device: torch.device, echo: Echo
+) -> tuple[DatasetBundle, InferredGroups | None]:
+    """The bundle with the training groups of ``data.train_groups``, and the inferred groups (None
+    for ``labels``). Rank 0 infers them (through the cache) and every rank receives the same ids."""
+    source, method = cfg.data.train_groups, cfg.objective.method
+    if method == "jtt" and source != "teacher-errors":
+        raise UserError("`objective.method` jtt: needs `data.train_groups` teacher-errors (the error set of "
+                        "`data.group_reference`)")
+    if source == "labels":
+        return bundle, None
+    names = bundle.grouping.class_names
+    if source == "none":
+        if method in GROUP_METHODS:
+            raise UserError(f"`data.train_groups` none: method {method} needs training groups "
+                            "(labels, teacher-errors or teacher-clusters)")
+        inferred, status, path = single_group(bundle.train.y, names), "off", None
+    else:
+        path = _group_model(cfg)
+
+        def infer() -> tuple[InferredGroups, str]:
+            model, ck = model_from_checkpoint(path, device)
+            if int(ck["num_classes"]) != bundle.n_classes:
+                raise UserError(f"`data.group_reference` {path}: has {ck['num_classes']} classes, the dataset has "
+                                f"{bundle.n_classes}")
+            cache = LogitCache(cfg.teacher.cache_dir or default_cache_dir()) if cfg.teacher.cache else None
+            return groups_from_model(model, bundle.train, source, names, cache=cache, clusters=cfg.data.clusters,
+                                     seed=cfg.train.seed, device=device)
+
+        inferred, status = distributed.on_main(infer)
+    echo(f"training groups: {inferred.description}" + (f" (from {path}, cache {status})" if path else ""))
+    return bundle.with_train_groups(inferred.grouping, inferred.ids), inferred
+
+
+def group_report(paths: RunPaths, bundle: DatasetBundle, inferred: InferredGroups) -> dict[str, Any]:
+    """Write ``pseudo_groups.csv`` and return final.json's ``train_groups``: what the groups are and,
+    where the data has groups of its own, how they agree with them."""
+    y = bundle.train.y
+    write_assignment(paths.pseudo_groups, inferred, y)
+    g = bundle.grouping
+    info: dict[str, Any] = {
+        "source": inferred.source, "description": inferred.description,
+        "group_names": list(inferred.grouping.group_names),
+        "counts": torch.bincount(inferred.ids, minlength=inferred.grouping.n_groups).tolist(),
+    }
+    if g.group_names != g.class_names:  # the data knows groups beyond the classes
+        info["true_group_names"] = list(g.group_names)
+        info.update(agreement(inferred.ids, bundle.train.g, inferred.grouping.n_groups, g.n_groups))
+    return info
 
 
 def build_teacher(
@@ -223,8 +299,10 @@ def run_experiment(cfg: RunConfig, echo: Echo = print) -> dict[str, Any]:
     bundle = load_dataset(cfg.data)
     for w in bundle.warnings:
         echo(f"warning: {w}")
+    bundle, inferred = training_groups(cfg, bundle, device, echo)
     objective = build_objective_for(cfg, bundle)
     teacher = build_teacher(cfg, bundle, objective, device, echo)
+    train_cfg = selection_settings(cfg, echo)
     seed_everything(cfg.train.seed)  # the model's initialisation does not depend on teacher loading
     in_shape = tuple(bundle.input_shape)
     model = create_model(
@@ -233,7 +311,7 @@ def run_experiment(cfg: RunConfig, echo: Echo = print) -> dict[str, Any]:
     )
     distributed.on_main(lambda: open_out(plan))
     try:
-        final = _fit_and_evaluate(cfg, plan, model, objective, bundle, teacher, device, echo)
+        final = _fit_and_evaluate(cfg, plan, model, objective, bundle, teacher, device, echo, train_cfg, inferred)
     except BaseException as e:
         if distributed.is_main_process():
             close_out(plan, ok=False)
@@ -247,9 +325,14 @@ def run_experiment(cfg: RunConfig, echo: Echo = print) -> dict[str, Any]:
 
 def _fit_and_evaluate(
     cfg: RunConfig, plan: OutPlan, model: nn.Module, objective: Objective, bundle: DatasetBundle,
-    teacher: Teacher | None, device: torch.device, echo: Echo,
+    teacher: Teacher | None, device: torch.device, echo: Echo, train_cfg: TrainConfig,
+    inferred: InferredGroups | None,
 ) -> dict[str, Any]:
-    """Train into ``plan.work`` and write final.json there: the selected checkpoint's metrics per split."""
+    """Train into ``plan.work`` and write final.json there: the selected checkpoint's metrics per split.
+
+    ``train_cfg`` is ``cfg.train`` with the selection rule of ``data.val_groups``; ``inferred``, the
+    inferred training groups (None for the data's own), written to ``pseudo_groups.csv``.
+    """
     work = RunPaths(plan.work)
     in_shape = tuple(bundle.input_shape)
     meta = {
@@ -263,8 +346,10 @@ def _fit_and_evaluate(
     try:
         resume_epoch = int(load_checkpoint(work.last)["epoch"]) if plan.resume else None
         writer.start(dump_yaml(cfg), resume_epoch=resume_epoch)
+        groups_info = (distributed.on_main(lambda: group_report(work, bundle, inferred))
+                       if inferred is not None else None)
         result = fit(
-            model, objective, bundle, train=cfg.train, optim=cfg.optim, teacher=teacher, out=work.root,
+            model, objective, bundle, train=train_cfg, optim=cfg.optim, teacher=teacher, out=work.root,
             writer=writer, meta=meta, resume=plan.resume, quiet=cfg.quiet, echo=echo,
         )
         best, _ = model_from_checkpoint(work.best, device)
@@ -280,11 +365,22 @@ def _fit_and_evaluate(
             "dataset": cfg.data.dataset, "seed": cfg.train.seed, "model": cfg.model.name,
             "teacher": ",".join(str(p) for p in cfg.teacher.checkpoints) if teacher is not None else None,
             "options": cfg.objective.options(), "selected_epoch": result.best_epoch,
-            "selection_metric": cfg.train.select_on, "skipped_steps": result.skipped_steps,
+            "selection_metric": train_cfg.select_on, "skipped_steps": result.skipped_steps,
             "teacher_calibration": teacher.calibration_report if teacher is not None else [],
-            "splits": splits,
+            "splits": splits, "val_groups": cfg.data.val_groups,
+            **({"train_groups": groups_info} if groups_info is not None else {}),
         }
         writer.finish(final)
     finally:
         writer.close()
     return final
+
+
+def selection_settings(cfg: RunConfig, echo: Echo) -> TrainConfig:
+    """The training settings with the selection rule: ``--val-groups none`` selects on worst-class
+    accuracy instead of worst-group accuracy (SubpopBench's rule without attributes)."""
+    if cfg.data.val_groups == "none" and cfg.train.select_on == "worst_group_acc":
+        echo("validation groups not used (`data.val_groups` none): selecting on validation worst-class accuracy")
+        return cfg.train.model_copy(update={"select_on": "worst_class_acc"})
+    return cfg.train
+

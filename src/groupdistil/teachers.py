@@ -71,8 +71,9 @@ class LogitCache:
     def paths(self, key: str) -> tuple[Path, Path]:
         return self.directory / f"{key}.npy", self.directory / f"{key}.json"
 
-    def load(self, key: str, shape: tuple[int, int]) -> torch.Tensor | None:
-        """The cached (N, C) logits, memory-mapped, or None when absent or invalid."""
+    def load(self, key: str, shape: tuple[int, ...], dtype: type = np.float32) -> torch.Tensor | None:
+        """The cached (N, C) logits (or another array of ``dtype``), memory-mapped, or None when absent
+        or invalid."""
         npy, meta_path = self.paths(key)
         if not npy.is_file() or not meta_path.is_file():
             return None
@@ -81,9 +82,9 @@ class LogitCache:
             if tuple(meta["shape"]) != tuple(shape) or meta["sha256"] != file_sha256(npy):
                 raise ValueError("shape or checksum differs")
             arr = np.load(npy, mmap_mode="r", allow_pickle=False)
-            if arr.shape != tuple(shape) or arr.dtype != np.float32:
+            if arr.shape != tuple(shape) or arr.dtype != dtype:
                 raise ValueError("array header differs")
-            if not np.isfinite(arr).all():
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
                 raise ValueError("non-finite logits")
         except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
             log.warning("teacher-logit cache %s is invalid (%s): recomputing", npy, e)
@@ -91,10 +92,12 @@ class LogitCache:
         return _readonly_tensor(arr)
 
     def store(self, key: str, logits: torch.Tensor) -> torch.Tensor:
+        """Write (N, ...) values: floating point as float32, integers (group ids) as int64."""
         npy, meta_path = self.paths(key)
-        arr = logits.detach().float().cpu().numpy()
+        t = logits.detach().cpu()
+        arr = (t.float() if t.is_floating_point() else t.long()).numpy()
         atomic_write(npy, lambda f: np.save(f, arr, allow_pickle=False))
-        meta = {"shape": list(arr.shape), "dtype": "float32", "sha256": file_sha256(npy)}
+        meta = {"shape": list(arr.shape), "dtype": str(arr.dtype), "sha256": file_sha256(npy)}
         atomic_write(meta_path, lambda f: f.write(json.dumps(meta).encode()))
         return _readonly_tensor(np.load(npy, mmap_mode="r", allow_pickle=False))
 
@@ -105,6 +108,61 @@ def _readonly_tensor(arr: np.ndarray) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(arr)
+
+
+def cache_key(model: nn.Module, dataset: GroupedDataset, *extra: object) -> str:
+    """The cache key of a model's outputs on a dataset: its weights' and the data's fingerprints, and
+    ``extra`` for what is derived from them (features, pseudo-groups and their settings)."""
+    parts = [weights_fingerprint(model), dataset.fingerprint(), *map(str, extra)]
+    return hashlib.sha256(":".join(parts).encode()).hexdigest()[:24]
+
+
+def penultimate_layer(model: nn.Module) -> nn.Linear:
+    """The model's last ``nn.Linear`` (the classifier): its input is the penultimate feature vector."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise UserError(f"model {type(model).__name__}: has no linear classifier to read features from")
+    return linears[-1]
+
+
+@torch.no_grad()
+def compute_logits_and_features(
+    model: nn.Module, dataset: GroupedDataset, batch_size: int = 256, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, C) float32 logits and (N, D) penultimate features (the classifier's input), in one pass."""
+    model.eval()
+    feats: list[torch.Tensor] = []
+    hook = penultimate_layer(model).register_forward_pre_hook(
+        lambda _m, args: feats.append(args[0].detach().flatten(1).float().cpu())
+    )
+    try:
+        logits = compute_logits(model, dataset, batch_size, device)
+    finally:
+        hook.remove()
+    return logits, torch.cat(feats) if feats else torch.zeros(0, 0)
+
+
+def cached_features(
+    model: nn.Module,
+    dataset: GroupedDataset,
+    cache: LogitCache,
+    n_classes: int,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Logits (N, C) and penultimate features (N, D) from the cache, computing both on a miss.
+
+    The logits share the key of :func:`cached_or_computed`, so a student distilled afterwards from
+    the same teacher reads them without another pass. Returns ``"hit"`` or ``"miss"`` last.
+    """
+    key = cache_key(model, dataset)
+    width = penultimate_layer(model).in_features
+    logits = cache.load(key, (len(dataset), n_classes))
+    features = cache.load(f"{key}-features", (len(dataset), width))
+    if logits is not None and features is not None:
+        return logits, features, "hit"
+    logits, features = compute_logits_and_features(model, dataset, batch_size, device)
+    return cache.store(key, logits), cache.store(f"{key}-features", features), "miss"
 
 
 def cached_or_computed(
@@ -119,7 +177,7 @@ def cached_or_computed(
 
     Returns the logits and ``"hit"`` or ``"miss"``.
     """
-    key = hashlib.sha256(f"{weights_fingerprint(model)}:{dataset.fingerprint()}".encode()).hexdigest()[:24]
+    key = cache_key(model, dataset)
     shape = (len(dataset), n_classes)
     hit = cache.load(key, shape)
     if hit is not None:

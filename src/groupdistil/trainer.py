@@ -161,12 +161,15 @@ class Trainer:
         self.epoch = epoch
         self.net.train()
         self.objective.train()
-        metrics = GroupMetrics(bundle.n_groups, bundle.n_classes)
+        # Training sees the training groups (inferred ones when data.train_groups says so); validation
+        # and test keep the data's groups.
+        grouping = bundle.fit_grouping
+        metrics = GroupMetrics(grouping.n_groups, bundle.n_classes)
         tr = self.train
         if loader is None:
             loader = train_loader(
-                bundle.train, tr.batch_size, seed=tr.seed, epoch=epoch, sampler=tr.sampler,
-                n_groups=bundle.n_groups, num_workers=tr.num_workers, pin_memory=self.device.type == "cuda",
+                bundle.fit_train, tr.batch_size, seed=tr.seed, epoch=epoch, sampler=tr.sampler,
+                n_groups=grouping.n_groups, num_workers=tr.num_workers, pin_memory=self.device.type == "cuda",
             )
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tr.epochs}", leave=False,
                    disable=quiet or not distributed.is_main_process())
@@ -179,7 +182,7 @@ class Trainer:
             metrics.update(r.logits, r.y, r.g, r.loss, r.terms)
             self._update_from_validation(bundle)
         metrics.all_reduce()
-        summary = metrics.summary(bundle.grouping, bundle.group_counts("train"))
+        summary = metrics.summary(grouping, bundle.fit_group_counts())
         summary["skipped_steps"] = self.state.skipped_steps
         summary["overflow_steps"] = self.state.overflow_steps
         return summary

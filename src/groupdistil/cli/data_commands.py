@@ -13,6 +13,7 @@ from groupdistil.cli.app import app
 from groupdistil.cli.flags import cli_text, command_with_flags, config_parameters
 from groupdistil.config import validate_config
 from groupdistil.data import DATASETS, load_dataset
+from groupdistil.data.options import TRAINING_ONLY
 from groupdistil.data.summary import format_counts, group_counts_json
 
 data_app = typer.Typer(help="Look at datasets before training on them.", no_args_is_help=True)
@@ -43,7 +44,7 @@ data_app.command("inspect", help="Count samples per split x group and per class,
         inspect_command,
         [inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, default=False,
                            annotation=Annotated[bool, typer.Option("--json", help="print only the counts")])],
-        config_parameters(["data"]),
+        config_parameters(["data"], skip=TRAINING_ONLY),
         "Count samples per split x group and per class.",
     )
 )

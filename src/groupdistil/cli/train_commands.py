@@ -12,6 +12,7 @@ import typer
 from groupdistil.cli.app import app
 from groupdistil.cli.flags import cli_text, command_with_flags, config_parameters, deep_merge
 from groupdistil.config import load_yaml, set_dotted, validate_config
+from groupdistil.data.options import TRAINING_ONLY
 from groupdistil.errors import ConfigError, UserError, first_line
 
 #: Methods that distill a teacher (the rest train without one).
@@ -128,7 +129,7 @@ app.command("evaluate", help="Evaluate a checkpoint on a split (dataset options 
             inspect.Parameter("json_out", inspect.Parameter.KEYWORD_ONLY, default=False,
                               annotation=Annotated[bool, typer.Option("--json", help="print JSON")]),
         ],
-        config_parameters(["data"]),
+        config_parameters(["data"], skip=TRAINING_ONLY),
         "Evaluate a checkpoint.",
     )
 )

@@ -6,6 +6,7 @@ Labels and groups are always in memory, so counts never decode an image.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
@@ -89,6 +90,15 @@ class GroupedDataset(Dataset):
         view.augmentation = None
         return view
 
+    def with_groups(self, g: torch.Tensor) -> GroupedDataset:
+        """The same split with other (N,) group ids (inferred training groups); inputs are shared."""
+        if g.shape != self.y.shape:
+            raise ValueError(f"g: expected shape {tuple(self.y.shape)}, got {tuple(g.shape)}")
+        view = GroupedDataset.__new__(GroupedDataset)
+        view.__dict__.update(self.__dict__)
+        view.g = g.long()
+        return view
+
     def counts(self, n: int, by: str = "group") -> torch.Tensor:
         """(n,) int64 counts per group (``by="group"``) or per class (``by="class"``)."""
         ids = self.g if by == "group" else self.y
@@ -115,6 +125,8 @@ class DatasetBundle:
         splits: ``{"train": ..., "val": ..., "test": ...}``.
         published_counts: per split, the published group counts (G,) when known, for warnings.
         warnings: messages to show the user (e.g. counts that differ from the published ones).
+        train_groups: the groups training uses when they are not the data's own (inferred
+            pseudo-groups): their grouping and (N_train,) ids. Evaluation always uses ``grouping``.
     """
 
     name: str
@@ -123,10 +135,31 @@ class DatasetBundle:
     splits: dict[str, GroupedDataset]
     published_counts: dict[str, list[int]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    train_groups: tuple[Grouping, torch.Tensor] | None = None
 
     @property
     def train(self) -> GroupedDataset:
         return self.splits["train"]
+
+    @property
+    def fit_grouping(self) -> Grouping:
+        """The grouping of the groups training uses (objective, sampler, training metrics)."""
+        return self.grouping if self.train_groups is None else self.train_groups[0]
+
+    @property
+    def fit_train(self) -> GroupedDataset:
+        """The training split as training sees it: its items carry the training group ids."""
+        return self.train if self.train_groups is None else self.train.with_groups(self.train_groups[1])
+
+    def fit_group_counts(self) -> torch.Tensor:
+        """(G_fit,) int64 training samples per training group."""
+        return self.fit_train.counts(self.fit_grouping.n_groups, "group")
+
+    def with_train_groups(self, grouping: Grouping, ids: torch.Tensor) -> DatasetBundle:
+        """A copy that trains on groups ``ids`` (N_train,) of ``grouping``; evaluation is unchanged."""
+        if grouping.class_names != self.grouping.class_names:
+            raise ValueError("grouping: expected the dataset's classes")
+        return dataclasses.replace(self, train_groups=(grouping, ids.long()))
 
     @property
     def val(self) -> GroupedDataset:

@@ -10,6 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field
 #: The largest --image-size: a 4096 x 4096 RGB float image is 200 MB, a batch of them many GB.
 MAX_IMAGE_SIZE = 4096
 
+#: Data options that only training reads (the data commands do not offer them).
+TRAINING_ONLY = ("data.train_groups", "data.group_reference", "data.clusters", "data.val_groups")
+
 
 class DataConfig(BaseModel):
     """Which dataset to read and how. Options a dataset does not use are ignored by it."""
@@ -33,3 +36,12 @@ class DataConfig(BaseModel):
                                    description="image datasets: side length after resize")
     augment: bool = Field(False, description="random crop and flip on the training split")
     allow_outside_root: bool = Field(False, description="manifest: allow paths outside its folder")
+    train_groups: Literal["labels", "teacher-errors", "teacher-clusters", "none"] = Field(
+        "labels", description="training groups: the data's labels, or inferred from the teacher "
+        "(or --group-reference): its errors or k-means clusters within each class; none: one group")
+    group_reference: Path | None = Field(None, description="model whose errors or features define the "
+                                         "inferred groups (an ERM model, JTT's identification model); "
+                                         "default: the teacher")
+    clusters: int = Field(2, ge=1, le=1000, description="teacher-clusters: k clusters within each class")
+    val_groups: Literal["labels", "none"] = Field(
+        "labels", description="validation groups for model selection; none: select on worst-class accuracy")

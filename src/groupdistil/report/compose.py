@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from groupdistil.metrics import HEADLINE_METRICS
 from groupdistil.report.aggregate import DatasetSummary, Row
 from groupdistil.report.document import Block, Bullets, Heading, Image, Paragraph, Table
@@ -69,7 +71,13 @@ def percent(summary: Summary) -> str:
 
 def _how_to_read(rows: list[Row]) -> tuple[str, ...]:
     selection = sorted({run.selection_metric or "unknown" for row in rows for run in row.runs})
+    no_val_groups = sorted({row.label for row in rows for run in row.runs if run.val_groups == "none"})
+    blind = (
+        (f"Validation groups not used (--val-groups none) by {', '.join(no_val_groups)}: those runs select on "
+         "validation worst-class accuracy (SubpopBench's rule without attributes).",) if no_val_groups else ()
+    )
     return (
+        *blind,
         f"Model selection: each run keeps the epoch with the best validation {' / '.join(selection)} "
         "(ties broken by validation average accuracy). Every number below is measured on the test split "
         "of that epoch: the test split is reported, never used to choose.",
@@ -116,7 +124,40 @@ def _dataset_section(summary: DatasetSummary, figures: dict[str, str]) -> list[B
     teachers = [row for row in summary.rows if row.role == "teacher"]
     if teachers:
         blocks += _calibration(summary, teachers, figures)
+    blocks += _training_groups(summary.rows)
     blocks += [Heading(2, "Runs"), _runs_table(summary.rows)]
+    return blocks
+
+
+def _training_groups(rows: Sequence[Row]) -> list[Block]:
+    """Inferred training groups: per row the source, the group sizes, the adjusted Rand index against
+    the data's groups, and the contingency table pooled over seeds."""
+    inferred = [(row, [run.train_groups for run in row.runs if run.train_groups]) for row in rows]
+    inferred = [(row, infos) for row, infos in inferred if infos]
+    if not inferred:
+        return []
+    blocks: list[Block] = [
+        Heading(2, "Inferred training groups"),
+        Paragraph("Training group labels were not used by these runs: their groups were inferred "
+                  "(pseudo_groups.csv in each run folder lists every training sample's group). Where the "
+                  "data has groups, the adjusted Rand index (ARI: 1 = the same partition, about 0 = chance) "
+                  "and the contingency table (rows: inferred groups, columns: the data's groups, summed "
+                  "over seeds) say how well they agree."),
+    ]
+    cells = []
+    for row, infos in inferred:
+        ari = [info["ari"] for info in infos if "ari" in info]
+        cells.append((row.label, infos[0]["source"], str(len(infos[0]["group_names"])),
+                      f"{np.mean(ari):.2f} ± {np.std(ari, ddof=1) if len(ari) > 1 else 0:.2f}" if ari else "n/a",
+                      infos[0]["description"]))
+    blocks.append(Table(("run", "source", "groups", "ARI (mean ± std)", "first seed"), tuple(cells)))
+    for row, infos in inferred:
+        if "contingency" in infos[0] and all(i["group_names"] == infos[0]["group_names"] for i in infos):
+            table = np.sum([info["contingency"] for info in infos], axis=0)
+            header = ("inferred / data", *infos[0]["true_group_names"])
+            body = tuple((name, *map(str, counts)) for name, counts in zip(infos[0]["group_names"], table.tolist()))
+            blocks += [Paragraph(f"{row.label}: training samples, summed over {len(infos)} seed(s)."),
+                       Table(header, body)]
     return blocks
 
 

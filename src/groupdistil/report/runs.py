@@ -61,6 +61,10 @@ class Run:
     #: The test split's metrics: the scalars of HEADLINE_METRICS plus group_acc, class_ece, reliability.
     test: dict[str, Any]
     weights: GroupWeights | None = field(default=None, compare=False)
+    #: final.json's ``train_groups`` (inferred training groups: source, counts, agreement), or None.
+    train_groups: dict[str, Any] | None = field(default=None, compare=False)
+    #: ``labels``, or ``none`` when validation groups were not used (selection on worst-class accuracy).
+    val_groups: str = "labels"
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,8 @@ def load_run(path: Path) -> Run:
         ),
         test=test,
         weights=load_group_weights(path / WEIGHTS),
+        train_groups=check.optional(data.get("train_groups"), dict, "train_groups", "an object or null"),
+        val_groups=check.kind(data.get("val_groups", "labels"), str, "val_groups", "a string"),
     )
 
 

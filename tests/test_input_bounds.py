@@ -388,7 +388,7 @@ def _policy(code_prefix: str, env_policy: str | None) -> str:
         env["OMP_WAIT_POLICY"] = env_policy
     code = code_prefix + "import groupdistil, os; print(os.environ.get('OMP_WAIT_POLICY'))"
     r = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, env=env,
-                       timeout=120)
+                       timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     # -X importtime lists each module when its import ends: the policy module ends before torch begins.
     names = [line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if "|" in line]

@@ -117,10 +117,11 @@ def load_weights(model: nn.Module, path: Path, name: str = "") -> None:
     state = data.get("model", data) if isinstance(data, dict) else None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a state dict")
+    state = upgrade_legacy_keys(name, state)
     mismatch = state_dict_mismatch(model.state_dict(), state)
     if mismatch:
         raise CheckpointError(f"{path}: weights do not fit the model: {mismatch}")
     try:
-        model.load_state_dict(upgrade_legacy_keys(name, state))
+        model.load_state_dict(state)
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit the model: {first_line(e)}") from None

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import groupdistil as gd
-from groupdistil.objectives import class_weights_of
+from groupdistil.objectives import OBJECTIVES, class_weights_of
 
 B, C, G = 12, 3, 4
 PRIOR = [0.5, 0.3, 0.2]
@@ -476,3 +476,21 @@ def test_terms_are_the_weighted_ce_and_kd_means() -> None:
     assert set(gd.ERM()(s, y).terms) == {"ce"}
     crkd = gd.ClassRobustKD(C, PRIOR, alpha=0.5, temperature=2.0, mode="standard")(s, y, teacher_logits=t)
     torch.testing.assert_close(crkd.terms["ce"] + crkd.terms["kd"], crkd.loss)  # w = pi: the plain mean
+
+
+def test_the_registry_says_what_each_objective_needs():
+    # The registry's class facts are what the CLI (distill vs train), the runner (runs without training
+    # groups) and the report (worst-class panels) read: each must match the objective's behaviour.
+    torch.manual_seed(0)
+    logits, teacher = torch.randn(8, 2), torch.randn(8, 2)
+    y = torch.tensor([0, 1] * 4)
+    for name, cls in OBJECTIVES.items():
+        obj = gd.build_objective(name, n_groups=4, n_classes=2, group_counts=torch.tensor([3.0, 1, 1, 3]),
+                                 class_prior=torch.tensor([0.5, 0.5]))
+        assert obj.requires_teacher == cls.distills, name
+        if cls.uses_groups:
+            with pytest.raises(ValueError, match="group id per sample"):
+                obj(logits, y, None, teacher)
+        else:
+            assert torch.isfinite(obj(logits, y, None, teacher).loss), name
+        assert cls.class_level == (obj.weights_over == "classes" or name == "balanced"), name

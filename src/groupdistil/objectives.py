@@ -21,7 +21,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -115,6 +115,12 @@ class Objective(nn.Module):
     """
 
     requires_teacher: bool = False
+    #: A distillation objective: trained from a teacher (a student's method, ``groupdistil distill``).
+    distills: ClassVar[bool] = False
+    #: Its aggregation reads the training groups, so a run must have some (``data.train_groups``).
+    uses_groups: ClassVar[bool] = False
+    #: It aims at the worst class rather than the worst group (the report adds a worst-class panel).
+    class_level: ClassVar[bool] = False
     #: What ``ObjectiveOutput.weights`` is over: ``"groups"`` (data groups), ``"classes"``, or None.
     weights_over: str | None = None
     #: K when the objective wants :meth:`update_from_validation` every K steps, else None.
@@ -271,6 +277,8 @@ class Reweight(_CrossEntropyTerm, Objective):
         n_groups: G, optional; checked against ``len(group_counts)``.
     """
 
+    uses_groups = True
+
     inv_counts: torch.Tensor
 
     def __init__(
@@ -315,6 +323,8 @@ class JTT(_CrossEntropyTerm, Objective):
         n_groups: G = 2C (teacher-errors groups). upweight: lambda_up >= 1.
     """
 
+    uses_groups = True
+
     group_weight: torch.Tensor
 
     def __init__(self, n_groups: int, upweight: float = 20.0) -> None:
@@ -338,6 +348,8 @@ class JTT(_CrossEntropyTerm, Objective):
 class DRO(_CrossEntropyTerm, _DROMixin, Objective):
     """Group DRO on cross-entropy, no teacher (Sagawa et al.). Options as :class:`GroupDRO`."""
 
+    uses_groups = True
+
     weights_over = "groups"
 
     def __init__(
@@ -359,6 +371,8 @@ class KD(Objective):
         alpha: teacher weight in [0, 1] (0: no teacher needed). temperature: T > 0.
         n_groups: only for per-group logs.
     """
+
+    distills = True
 
     def __init__(self, alpha: float = 0.5, temperature: float = 4.0, n_groups: int | None = None) -> None:
         super().__init__(n_groups=n_groups)
@@ -386,6 +400,8 @@ class KDReweight(Reweight):
         group_counts: (G,) training samples per group. alpha, temperature: as :class:`KD`.
         n_groups: G, optional; checked against ``len(group_counts)``.
     """
+
+    distills = True
 
     def __init__(
         self,
@@ -417,6 +433,9 @@ class GroupDistil(_DROMixin, Objective):
         step_size: eta >= 0 (0: a fixed group weighting). group_counts, adjustment, normalize_loss:
         as :class:`GroupDRO`. dro_on: both | kd | ce.
     """
+
+    distills = True
+    uses_groups = True
 
     weights_over = "groups"
 
@@ -461,6 +480,8 @@ class LogitAdjusted(Objective):
         class_prior: (C,) training class frequencies. tau: strength (default 1).
     """
 
+    class_level = True
+
     prior: torch.Tensor
 
     def __init__(self, class_prior: Sequence[float] | torch.Tensor, tau: float = 1.0) -> None:
@@ -491,6 +512,8 @@ class RobustTeacher(_ClassWeightsMixin, Objective):
         class_prior: (C,). tau: logit adjustment. step_size: eta for lambda (0.1 in the paper).
         validation_every: K (32 in the paper).
     """
+
+    class_level = True
 
     weights_over = "classes"
 
@@ -549,6 +572,9 @@ class ClassRobustKD(_ClassWeightsMixin, Objective):
         temperature: T > 0. mode: see above. beta: tradeoff in [0, 1]. step_size: eta >= 0 for
         lambda. lambda_source: ``train`` or ``val``. validation_every: K for ``val``.
     """
+
+    distills = True
+    class_level = True
 
     weights_over = "classes"
 

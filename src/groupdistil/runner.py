@@ -23,7 +23,7 @@ from groupdistil.errors import CheckpointError, NumericalError, UserError, first
 from groupdistil.evaluation import evaluate
 from groupdistil.loaders import default_workers
 from groupdistil.models import create_model, upgrade_legacy_keys
-from groupdistil.objectives import Objective, build_objective, objective_options
+from groupdistil.objectives import OBJECTIVES, Objective, build_objective, objective_options
 from groupdistil.outputs import RunWriter, read_final
 from groupdistil.pseudogroups import (
     InferredGroups,
@@ -135,10 +135,6 @@ def build_objective_for(cfg: RunConfig, bundle: DatasetBundle) -> Objective:
         raise UserError(f"objective {method}: {e}") from None
 
 
-#: Objectives whose aggregation uses the training groups.
-GROUP_METHODS = ("reweight", "jtt", "group-dro", "groupdistil")
-
-
 def _group_model(cfg: RunConfig) -> Path:
     """The checkpoint whose outputs define inferred groups: `data.group_reference`, else the one teacher."""
     source = cfg.data.train_groups
@@ -166,7 +162,7 @@ def training_groups(
         return bundle, None
     names = bundle.grouping.class_names
     if source == "none":
-        if method in GROUP_METHODS:
+        if method in OBJECTIVES and OBJECTIVES[method].uses_groups:
             raise UserError(f"`data.train_groups` none: method {method} needs training groups "
                             "(labels, teacher-errors or teacher-clusters)")
         inferred, status, path = single_group(bundle.train.y, names), "off", None

@@ -14,9 +14,9 @@ from groupdistil.cli.flags import cli_text, command_with_flags, config_parameter
 from groupdistil.config import load_yaml, set_dotted, validate_config
 from groupdistil.data.options import TRAINING_ONLY
 from groupdistil.errors import ConfigError, UserError, first_line
+from groupdistil.objectives import OBJECTIVES
 
 #: Methods that distill a teacher (the rest train without one).
-STUDENT_METHODS = ("kd", "kd-reweight", "groupdistil", "class-robust-kd")
 
 
 def _echo(quiet: bool):
@@ -56,7 +56,7 @@ def _run(raw: dict[str, Any], source: str) -> dict[str, Any]:
 def train(overrides: dict[str, Any]) -> None:
     raw = deep_merge({"role": "teacher", "out": "runs/train"}, overrides)
     method = raw.get("objective", {}).get("method", "erm")
-    if method in STUDENT_METHODS:
+    if method in OBJECTIVES and OBJECTIVES[method].distills:
         raise UserError(f"--method {method}: needs a teacher; use `groupdistil distill`")
     _run(raw, "train")
 

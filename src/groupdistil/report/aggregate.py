@@ -18,16 +18,14 @@ import numpy as np
 
 from groupdistil.errors import UserError
 from groupdistil.metrics import HEADLINE_METRICS
+from groupdistil.objectives import OBJECTIVES
 from groupdistil.report.runs import Run
 from groupdistil.report.stats import Summary, bootstrap_mean_ci, summarise
 
-#: Table order: baselines first, then the distillation methods, as in docs/methods.md.
-METHOD_ORDER = (
-    "erm", "reweight", "group-dro", "balanced", "robust-teacher", "kd", "kd-reweight", "groupdistil",
-    "class-robust-kd",
-)
-#: Objectives whose robust weights are over classes: their datasets get a worst-class Pareto panel.
-CLASS_LEVEL_METHODS = frozenset({"class-robust-kd", "balanced", "robust-teacher"})
+#: Table order: the objectives' registry's (baselines first, then the distillation methods).
+METHOD_ORDER = tuple(OBJECTIVES)
+#: Objectives aimed at the worst class: their datasets get a worst-class Pareto panel.
+CLASS_LEVEL_METHODS = frozenset(name for name, cls in OBJECTIVES.items() if cls.class_level)
 #: The option that sweeps the class-robust tradeoff between average and worst-class accuracy.
 TRADEOFF_OPTION = "beta"
 

@@ -143,7 +143,8 @@ def test_demo_refuses_an_empty_out(tmp_path, monkeypatch, capsys):
 
 def test_an_out_that_is_a_file_is_refused(tmp_path, capsys):
     (tmp_path / "f").write_text("x")
-    one_line_error(capsys, 2, ["train", *FAST, "--out", str(tmp_path / "f"), "--force"], "is an existing file; expected a folder")
+    one_line_error(capsys, 2, ["train", *FAST, "--out", str(tmp_path / "f"), "--force"],
+                   "is an existing file; expected a folder")
     assert (tmp_path / "f").read_text() == "x"
 
 

@@ -14,11 +14,11 @@ from groupdistil import ERM, KD
 from groupdistil.checkpoint import FitState
 from groupdistil.config import TrainConfig
 from groupdistil.data.base import DatasetBundle, GroupedDataset
-from groupdistil.devices import make_scaler
 from groupdistil.groups import Grouping
 from groupdistil.models import create_model
 from groupdistil.teachers import LogitCache, Teacher, TeacherMember, cached_or_computed
-from groupdistil.trainer import Trainer
+from groupdistil.training.devices import make_scaler
+from groupdistil.training.trainer import Trainer
 
 TARGET = 1.10
 

@@ -24,9 +24,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from groupdistil import batchnorm
-from groupdistil.batchnorm import convert_global_batchnorm
 from groupdistil.models import create_model
+from groupdistil.parallel import batchnorm
+from groupdistil.parallel.batchnorm import convert_global_batchnorm
 from timing import ce_train_step
 
 CASES = [("cnn-small", 8, 32), ("resnet20", 32, 32)]  # model, input px, batch per rank

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from groupdistil import ERM, KD, GroupDistil
-from groupdistil.devices import autocast, make_scaler
 from groupdistil.models import create_model
+from groupdistil.training.devices import autocast, make_scaler
 
 N_CLASSES = 10
 N_GROUPS = 4

@@ -23,13 +23,13 @@ from groupdistil.checkpoint import FitState
 from groupdistil.config import TrainConfig
 from groupdistil.data import DataConfig, load_dataset
 from groupdistil.data.base import DatasetBundle, GroupedDataset
-from groupdistil.devices import make_scaler
 from groupdistil.groups import Grouping
 from groupdistil.loaders import train_loader
 from groupdistil.models import create_model
 from groupdistil.objectives import build_objective
 from groupdistil.teachers import Teacher, TeacherMember
-from groupdistil.trainer import Trainer
+from groupdistil.training.devices import make_scaler
+from groupdistil.training.trainer import Trainer
 
 READER_TARGET = 1.2
 CACHE_TARGET = 1.10

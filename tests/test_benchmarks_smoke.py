@@ -60,7 +60,7 @@ def test_study_without_group_labels_plans_valid_runs(tmp_path):
         import study
     finally:
         sys.path.pop(0)
-    from groupdistil.sweep import expand
+    from groupdistil.app.sweep import expand
 
     plan = study.nolabels_study("spurious-digits", tmp_path)
     runs = {raw["name"]: expand(raw, 2, {}, raw["name"]) for raw in plan}

@@ -12,7 +12,7 @@ import yaml
 
 from groupdistil.checkpoint import load_checkpoint
 from groupdistil.cli.app import run_app
-from groupdistil.devices import cpu_has_native
+from groupdistil.training.devices import cpu_has_native
 
 FAST = ["--dataset", "spurious-digits", "--model", "mlp-small", "--epochs", "2", "--quiet"]
 

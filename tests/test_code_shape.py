@@ -59,3 +59,24 @@ def test_the_command_line_shows_config_keys_as_flags():
     )
     assert cli_text("`model.name`: unknown; pass `force` or `grid`") == "--model: unknown; pass --force or --grid"
     assert cli_text("use `groupdistil distill` or `nothing.known`") == "use `groupdistil distill` or `nothing.known`"
+
+
+#: Layers of the package, lowest first (docs/architecture.md): a module imports from its own layer
+#: and those below. training/ and report/ are peers that do not import each other.
+LAYERS = {"runs": 1, "training": 2, "report": 2, "app": 3, "cli": 4}
+
+
+def test_imports_point_down_the_layers():
+    wrong = []
+    for path in sorted(SRC.rglob("*.py")):
+        rel = path.relative_to(SRC).parts
+        if rel == ("__main__.py",):
+            continue  # the entry point runs the command line
+        mine = LAYERS.get(rel[0], 0) if len(rel) > 1 else 0
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("groupdistil."):
+                target = node.module.split(".")[1]
+                peers = {rel[0], target} == {"training", "report"}
+                if LAYERS.get(target, 0) > mine or peers:
+                    wrong.append(f"{'/'.join(rel)}:{node.lineno} imports {node.module}")
+    assert not wrong, wrong

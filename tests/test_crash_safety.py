@@ -13,7 +13,7 @@ import torch
 from groupdistil.checkpoint import load_checkpoint
 from groupdistil.config import RunConfig
 from groupdistil.errors import UserError
-from groupdistil.rundir import ELASTIC_MARKER, MARKER, open_out, plan_out
+from groupdistil.runs.rundir import ELASTIC_MARKER, MARKER, open_out, plan_out
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 pytestmark = pytest.mark.slow

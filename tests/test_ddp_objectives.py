@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import groupdistil as gd
 from conftest import free_port
-from groupdistil.batchnorm import convert_global_batchnorm
+from groupdistil.parallel.batchnorm import convert_global_batchnorm
 
 N_GROUPS, N_CLASSES, N_FEATURES, BATCH, SPLIT, STEPS = 3, 3, 5, 16, 5, 3
 CONTEXT = {

@@ -6,14 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from groupdistil import engine
 from groupdistil.checkpoint import load_checkpoint
 from groupdistil.config import OptimConfig, TrainConfig
-from groupdistil.engine import fit, weight_names
 from groupdistil.errors import NumericalError
 from groupdistil.objectives import build_objective
-from groupdistil.outputs import RunWriter
+from groupdistil.runs.outputs import RunWriter
 from groupdistil.teachers import Teacher, TeacherMember
+from groupdistil.training import engine
+from groupdistil.training.engine import fit, weight_names
 
 
 def _net(seed: int = 0) -> nn.Module:

@@ -4,11 +4,11 @@ import torch
 
 from groupdistil.config import OptimConfig, TrainConfig
 from groupdistil.data.base import DatasetBundle, GroupedDataset
-from groupdistil.engine import fit
-from groupdistil.finetune import freeze_backbone, param_groups
 from groupdistil.groups import Grouping
 from groupdistil.models import create_model
 from groupdistil.objectives import build_objective
+from groupdistil.training.engine import fit
+from groupdistil.training.finetune import freeze_backbone, param_groups
 
 
 def _images(bundle_seed: int = 0) -> DatasetBundle:

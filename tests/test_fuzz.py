@@ -22,18 +22,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import valid_checkpoint
+from groupdistil.app.runner import model_from_checkpoint
+from groupdistil.app.sweep import expand, parse_grid
 from groupdistil.checkpoint import restore_training, save_checkpoint
 from groupdistil.config import OptimConfig, leaf_fields, load_yaml, set_dotted, validate_config
 from groupdistil.data import DataConfig, load_dataset
-from groupdistil.devices import make_scaler
 from groupdistil.errors import UserError
 from groupdistil.objectives import build_objective
-from groupdistil.optim import make_optimizer, make_scheduler
-from groupdistil.outputs import RunWriter
 from groupdistil.report import load_group_weights, load_run
 from groupdistil.report.aggregate import aggregate
-from groupdistil.runner import model_from_checkpoint
-from groupdistil.sweep import expand, parse_grid
+from groupdistil.runs.outputs import RunWriter
+from groupdistil.training.devices import make_scaler
+from groupdistil.training.optim import make_optimizer, make_scheduler
 
 
 def fuzz(n: int) -> settings:

@@ -14,6 +14,8 @@ import yaml
 from PIL import Image
 
 from groupdistil import checkpoint as ckpt
+from groupdistil.app.runner import model_from_checkpoint
+from groupdistil.app.sweep import expand, parse_grid
 from groupdistil.cli.app import run_app
 from groupdistil.config import leaf_fields, load_yaml, set_dotted, validate_config
 from groupdistil.data import DataConfig, load_dataset, transforms
@@ -21,10 +23,8 @@ from groupdistil.data.transforms import decode_image
 from groupdistil.errors import CheckpointError, ConfigError, DataError, UserError
 from groupdistil.loaders import train_loader
 from groupdistil.models import create_model
-from groupdistil.outputs import RunWriter
 from groupdistil.report import load_group_weights
-from groupdistil.runner import model_from_checkpoint
-from groupdistil.sweep import expand, parse_grid
+from groupdistil.runs.outputs import RunWriter
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -419,7 +419,7 @@ def test_threads_option_sets_torch_threads(tmp_path, monkeypatch):
     raw["data"]["root"] = str(features_manifest(tmp_path))
     raw["out"] = str(tmp_path / "o")
     raw["quiet"] = True
-    from groupdistil.runner import run_experiment
+    from groupdistil.app.runner import run_experiment
 
     run_experiment(validate_config(raw))
     assert calls == [1]

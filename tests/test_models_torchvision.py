@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from groupdistil.app.runner import model_from_checkpoint, record_pretrained
 from groupdistil.checkpoint import file_sha256, save_checkpoint
 from groupdistil.cli.app import run_app
 from groupdistil.config import RunConfig
@@ -15,7 +16,6 @@ from groupdistil.errors import CheckpointError
 from groupdistil.models import create_model, head_of, load_weights, upgrade_legacy_keys
 from groupdistil.models.resnet import BasicBlock, _stages
 from groupdistil.models.simple import Classifier
-from groupdistil.runner import model_from_checkpoint, record_pretrained
 
 TABLE = Path(__file__).parent / "tables" / "torchvision_state_dicts.txt"
 #: torchvision's documented parameter counts for 1000 classes.

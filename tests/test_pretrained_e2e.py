@@ -12,10 +12,10 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from conftest import write_csv
-from groupdistil import engine
 from groupdistil.checkpoint import file_sha256
 from groupdistil.cli.app import run_app
 from groupdistil.models import create_model
+from groupdistil.training import engine
 
 SPEC = [(y, place, split) for split, n in ((0, 3), (1, 1), (2, 1)) for y in (0, 1) for place in (0, 1)
         for _ in range(n)]  # every group in every split; 12 / 4 / 4 images
@@ -53,7 +53,7 @@ def test_pretrained_teacher_cached_logits_student_and_report(tmp_path, monkeypat
         starts.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         return real_fit(model, *args, **kwargs)
 
-    monkeypatch.setattr("groupdistil.runner.fit", recording_fit)
+    monkeypatch.setattr("groupdistil.app.runner.fit", recording_fit)
     common = ["--dataset", "waterbirds", "--root", str(data), "--image-size", "64", "--model", "resnet18",
               "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--num-workers", "0"]
     runs = tmp_path / "runs"

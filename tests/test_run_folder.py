@@ -17,7 +17,7 @@ import yaml
 from groupdistil.cli.app import run_app
 from groupdistil.config import RunConfig
 from groupdistil.errors import UserError
-from groupdistil.rundir import MARKER, RunPaths, close_out, open_out, plan_out, trajectory_keys
+from groupdistil.runs.rundir import MARKER, RunPaths, close_out, open_out, plan_out, trajectory_keys
 
 FAST = ["--dataset", "spurious-digits", "--model", "mlp-small", "--epochs", "1", "--quiet"]
 SRC = str(Path(__file__).resolve().parents[1] / "src")

@@ -5,9 +5,9 @@ import json
 import pytest
 import yaml
 
+from groupdistil.app.sweep import expand, parse_grid
 from groupdistil.cli.app import run_app
 from groupdistil.errors import UserError
-from groupdistil.sweep import expand, parse_grid
 
 
 def _raw(tmp_path, **extra):

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from groupdistil.sweep import SweepRun, expand, run_sweep
+from groupdistil.app.sweep import SweepRun, expand, run_sweep
 
 SEEDS = 5
 BUDGET: dict[str, Any] = {

@@ -22,8 +22,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import nn
 
-from groupdistil import distributed, faults
+from groupdistil import faults
 from groupdistil.errors import CheckpointError, first_line
+from groupdistil.parallel import distributed
 
 FORMAT = "groupdistil-checkpoint"
 VERSION = 1

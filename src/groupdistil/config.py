@@ -110,7 +110,7 @@ class OptimConfig(BaseModel):
                                   "(default: --lr)")
 
 
-#: The device names a run accepts; :func:`groupdistil.devices.check_device` checks the same.
+#: The device names a run accepts; :func:`groupdistil.training.devices.check_device` checks the same.
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"
 
 

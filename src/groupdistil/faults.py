@@ -19,7 +19,7 @@ import os
 import signal
 from collections import Counter
 
-from groupdistil import distributed
+from groupdistil.parallel import distributed
 
 ENV = "GROUPDISTIL_KILL_AT"
 _seen: Counter[str] = Counter()

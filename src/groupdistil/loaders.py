@@ -9,8 +9,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from groupdistil import distributed
 from groupdistil.data.base import GroupedDataset
+from groupdistil.parallel import distributed
 
 SAMPLERS = ("shuffle", "group-balanced")
 

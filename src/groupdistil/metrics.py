@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from groupdistil import distributed
 from groupdistil.groups import Grouping
+from groupdistil.parallel import distributed
 
 #: The headline metrics of a split (fractions in [0, 1], or None where undefined), in the order every
 #: table shows them: final.json, the report, the sweep index and TensorBoard use this one tuple.

@@ -27,7 +27,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from groupdistil import distributed
 from groupdistil._validate import (
     as_group_vector,
     check_distribution,
@@ -47,6 +46,7 @@ from groupdistil.losses import (
     mixed,
     upcast,
 )
+from groupdistil.parallel import distributed
 from groupdistil.robust import EPS, GroupDRO, GroupRisks, SimplexWeights, global_risks, hard_group_sums
 
 

@@ -12,7 +12,6 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from groupdistil import distributed
 from groupdistil._validate import (
     as_group_vector,
     check_labels,
@@ -21,6 +20,7 @@ from groupdistil._validate import (
     shape_of,
 )
 from groupdistil.losses import compute_dtype, upcast
+from groupdistil.parallel import distributed
 
 EPS = 1e-12
 
@@ -95,7 +95,7 @@ def global_risks(sums: torch.Tensor, counts: torch.Tensor) -> GroupRisks:
     """Per-group sums and counts of this rank summed over ranks, and their means.
 
     The one global-mean-under-DDP rule: the sums keep a gradient equal to ``world_size`` times the
-    local one (:func:`groupdistil.distributed.global_sum_with_local_grad`), the counts are constants.
+    local one (:func:`groupdistil.parallel.distributed.global_sum_with_local_grad`), the counts are constants.
     DDP's gradient average then equals the gradient one process would get on the global batch.
 
     Args:

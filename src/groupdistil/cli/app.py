@@ -7,9 +7,9 @@ import sys
 
 import typer
 
-from groupdistil import distributed
 from groupdistil.cli.flags import cli_text
 from groupdistil.errors import NumericalError, UserError
+from groupdistil.parallel import distributed
 
 app = typer.Typer(
     name="groupdistil",

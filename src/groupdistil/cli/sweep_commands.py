@@ -22,7 +22,7 @@ def sweep_command(
 ) -> None:
     """Run every combination of --grid values for --seeds seeds; finished runs are skipped, unfinished
     ones resume; writes <out>/index.json."""
-    from groupdistil.sweep import expand, parse_grid, run_sweep
+    from groupdistil.app.sweep import expand, parse_grid, run_sweep
 
     raw = load_yaml(config)
     for assignment in set_ or []:

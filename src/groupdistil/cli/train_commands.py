@@ -20,7 +20,7 @@ from groupdistil.objectives import OBJECTIVES
 
 
 def _echo(quiet: bool):
-    from groupdistil.distributed import env_rank_info
+    from groupdistil.parallel.distributed import env_rank_info
 
     # Under torchrun every rank runs the same code: only rank 0 speaks. --quiet silences progress, not
     # warnings: those go to stderr in every case.
@@ -37,9 +37,9 @@ def _echo(quiet: bool):
 
 
 def _run(raw: dict[str, Any], source: str) -> dict[str, Any]:
-    from groupdistil.distributed import session  # heavy imports only when a command runs
-    from groupdistil.rundir import RunPaths
-    from groupdistil.runner import run_experiment
+    from groupdistil.app.runner import run_experiment
+    from groupdistil.parallel.distributed import session  # heavy imports only when a command runs
+    from groupdistil.runs.rundir import RunPaths
 
     cfg = validate_config(raw, source)
     echo = _echo(cfg.quiet)
@@ -93,9 +93,9 @@ def run_command(
 def evaluate_body(
     overrides: dict[str, Any], checkpoint: Path, split: str = "test", json_out: bool = False
 ) -> None:
+    from groupdistil.app.runner import check_fits_inputs, model_from_checkpoint
     from groupdistil.data import DataConfig, load_dataset
-    from groupdistil.evaluation import evaluate
-    from groupdistil.runner import check_fits_inputs, model_from_checkpoint
+    from groupdistil.training.evaluation import evaluate
 
     if split not in ("train", "val", "test", "all"):
         raise UserError(f"--split: expected train, val, test or all, got {split!r}")
@@ -166,7 +166,7 @@ def demo_command(
     """The end-to-end demo on spurious-digits: teachers, then ERM, KD and GroupDistil students."""
     import torch
 
-    from groupdistil.demo import DEMO, run_demo
+    from groupdistil.app.demo import DEMO, run_demo
 
     if threads is not None:
         torch.set_num_threads(threads)

@@ -19,7 +19,7 @@ import numpy as np
 
 from groupdistil.errors import UserError
 from groupdistil.metrics import HEADLINE_METRICS
-from groupdistil.rundir import CONFIG, FINAL, METRICS, WEIGHTS
+from groupdistil.runs.rundir import CONFIG, FINAL, METRICS, WEIGHTS
 
 #: Files the engine writes before ``final.json``: a directory with one of them is an unfinished run.
 RUN_MARKERS = (CONFIG, METRICS, WEIGHTS)

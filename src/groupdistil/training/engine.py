@@ -18,22 +18,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from groupdistil import distributed, faults
-from groupdistil.batchnorm import convert_global_batchnorm
+from groupdistil import faults
 from groupdistil.checkpoint import FitState, restore_training, save_checkpoint, training_payload
 from groupdistil.config import OptimConfig, TrainConfig
 from groupdistil.data.base import DatasetBundle
-from groupdistil.devices import make_scaler, resolve_device
-from groupdistil.evaluation import evaluate
-from groupdistil.finetune import freeze_backbone, param_groups
 from groupdistil.loaders import default_workers, epoch_loaders
 from groupdistil.metrics import is_better
 from groupdistil.objectives import Objective
-from groupdistil.optim import make_optimizer, make_scheduler
-from groupdistil.outputs import RunWriter
-from groupdistil.rundir import RunPaths
+from groupdistil.parallel import distributed
+from groupdistil.parallel.batchnorm import convert_global_batchnorm
+from groupdistil.runs.outputs import RunWriter
+from groupdistil.runs.rundir import RunPaths
 from groupdistil.teachers import Teacher
-from groupdistil.trainer import Trainer
+from groupdistil.training.devices import make_scaler, resolve_device
+from groupdistil.training.evaluation import evaluate
+from groupdistil.training.finetune import freeze_backbone, param_groups
+from groupdistil.training.optim import make_optimizer, make_scheduler
+from groupdistil.training.trainer import Trainer
 
 log = logging.getLogger("groupdistil")
 

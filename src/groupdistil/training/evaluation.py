@@ -9,12 +9,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from groupdistil import distributed
 from groupdistil.data.base import GroupedDataset
-from groupdistil.devices import autocast
 from groupdistil.groups import Grouping
 from groupdistil.loaders import eval_loader
 from groupdistil.metrics import GroupMetrics
+from groupdistil.parallel import distributed
+from groupdistil.training.devices import autocast
 
 
 @torch.no_grad()

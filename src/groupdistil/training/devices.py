@@ -8,9 +8,9 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
-from groupdistil import distributed
 from groupdistil.config import DEVICE_PATTERN
 from groupdistil.errors import ConfigError
+from groupdistil.parallel import distributed
 
 
 def check_device(name: str) -> torch.device:
@@ -37,7 +37,7 @@ def check_device(name: str) -> torch.device:
 
 def resolve_device(name: str) -> torch.device:
     """:func:`check_device`; under torchrun an unindexed ``cuda`` is this process's GPU (``LOCAL_RANK``,
-    set by :func:`groupdistil.distributed.session`): DDP needs the index."""
+    set by :func:`groupdistil.parallel.distributed.session`): DDP needs the index."""
     device = check_device(name)
     if device.type == "cuda" and device.index is None and distributed.is_distributed():
         device = torch.device("cuda", torch.cuda.current_device())

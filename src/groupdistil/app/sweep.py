@@ -28,8 +28,8 @@ from groupdistil.checkpoint import atomic_write
 from groupdistil.config import RunConfig, leaf_fields, parse_yaml, set_dotted, validate_config
 from groupdistil.errors import UserError
 from groupdistil.metrics import HEADLINE_METRICS
-from groupdistil.outputs import read_final
-from groupdistil.rundir import RunPaths
+from groupdistil.runs.outputs import read_final
+from groupdistil.runs.rundir import RunPaths
 
 #: More seeds per combination than anyone runs; 10**30 would build runs until memory ran out.
 MAX_SEEDS = 1000

@@ -28,10 +28,10 @@ from typing import Any
 
 import yaml
 
-from groupdistil import distributed
 from groupdistil.checkpoint import check_resumable, load_checkpoint
 from groupdistil.config import RunConfig, leaf_fields
 from groupdistil.errors import UserError
+from groupdistil.parallel import distributed
 
 MARKER = ".groupdistil-run"
 MARKER_TEXT = "groupdistil run folder (--force replaces only folders that hold this file)\n"

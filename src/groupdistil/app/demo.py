@@ -13,10 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from groupdistil.app.runner import run_experiment
 from groupdistil.config import RunConfig, validate_config
 from groupdistil.report.stats import summarise
-from groupdistil.rundir import RunPaths, check_location
-from groupdistil.runner import run_experiment
+from groupdistil.runs.rundir import RunPaths, check_location
 
 #: Hyper-parameters of the demo; chosen on validation worst-group accuracy (README.md, "What the demo shows").
 DEMO = {

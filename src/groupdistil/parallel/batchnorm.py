@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
-from groupdistil import distributed
+from groupdistil.parallel import distributed
 
 
 class _GlobalBatchNormFn(torch.autograd.Function):

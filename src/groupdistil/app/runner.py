@@ -11,20 +11,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from groupdistil import distributed
 from groupdistil._validate import check_writable_folder
 from groupdistil.calibration import Calibration, calibration_report, fit_calibration
 from groupdistil.checkpoint import file_sha256, load_checkpoint, state_dict_mismatch
 from groupdistil.config import RunConfig, TrainConfig, dump_yaml
 from groupdistil.data import DatasetBundle, load_dataset
-from groupdistil.devices import check_device, cpu_has_native, resolve_device
-from groupdistil.engine import fit, weight_names
 from groupdistil.errors import CheckpointError, NumericalError, UserError, first_line
-from groupdistil.evaluation import evaluate
 from groupdistil.loaders import default_workers
 from groupdistil.models import create_model, upgrade_legacy_keys
 from groupdistil.objectives import OBJECTIVES, Objective, build_objective, objective_options
-from groupdistil.outputs import RunWriter, read_final
+from groupdistil.parallel import distributed
 from groupdistil.pseudogroups import (
     InferredGroups,
     agreement,
@@ -32,7 +28,8 @@ from groupdistil.pseudogroups import (
     single_group,
     write_assignment,
 )
-from groupdistil.rundir import OutPlan, RunPaths, close_out, open_out, plan_out
+from groupdistil.runs.outputs import RunWriter, read_final
+from groupdistil.runs.rundir import OutPlan, RunPaths, close_out, open_out, plan_out
 from groupdistil.teachers import (
     LogitCache,
     Teacher,
@@ -41,6 +38,9 @@ from groupdistil.teachers import (
     compute_logits,
     teacher_class_weights,
 )
+from groupdistil.training.devices import check_device, cpu_has_native, resolve_device
+from groupdistil.training.engine import fit, weight_names
+from groupdistil.training.evaluation import evaluate
 
 Echo = Callable[[str], None]
 

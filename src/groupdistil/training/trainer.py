@@ -19,18 +19,19 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from groupdistil import distributed, faults
+from groupdistil import faults
 from groupdistil.checkpoint import FitState
 from groupdistil.config import TrainConfig
 from groupdistil.data.base import DatasetBundle
-from groupdistil.devices import autocast
 from groupdistil.errors import NumericalError
-from groupdistil.evaluation import per_class_error
 from groupdistil.loaders import epoch_generator, train_loader
 from groupdistil.metrics import GroupMetrics
 from groupdistil.objectives import Objective, ObjectiveOutput
-from groupdistil.outputs import RunWriter
+from groupdistil.parallel import distributed
+from groupdistil.runs.outputs import RunWriter
 from groupdistil.teachers import Teacher
+from groupdistil.training.devices import autocast
+from groupdistil.training.evaluation import per_class_error
 
 
 class StepResult(NamedTuple):

@@ -1,5 +1,5 @@
 """Everything a run writes into its folder (only the main process writes; the layout is
-:class:`groupdistil.rundir.RunPaths`).
+:class:`groupdistil.runs.rundir.RunPaths`).
 
 - ``config.yaml``: the resolved configuration.
 - ``metrics.jsonl``: a line per epoch and split.
@@ -21,11 +21,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from groupdistil import distributed
 from groupdistil.checkpoint import atomic_write, remove_stale_tmp
 from groupdistil.errors import UserError
 from groupdistil.metrics import HEADLINE_METRICS
-from groupdistil.rundir import CHECKPOINT_FILES, RUN_FILES, RunPaths
+from groupdistil.parallel import distributed
+from groupdistil.runs.rundir import CHECKPOINT_FILES, RUN_FILES, RunPaths
 
 #: What TensorBoard plots per split and epoch.
 SCALARS = ("loss", *HEADLINE_METRICS, "ece")

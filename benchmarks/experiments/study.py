@@ -121,15 +121,15 @@ def calibrate_study(dataset: str, root: Path) -> list[dict[str, Any]]:
     """Robust students (class-robust-kd, mode robust) from ERM, balanced and robust teachers, with the
     teacher's probabilities recalibrated by each ``teacher.calibrate`` option."""
     # The references (robust<-erm, and "none": robust<-balanced / robust<-robust) are the classes
-    # study's runs; temperature is left out for time (it rescales all classes alike, so it cannot
-    # remove a per-class shift).
+    # study's runs.
     runs = [r for r in classes_study(dataset, root) if r["name"] in ("teacher-balanced", "teacher-robust")]
-    for calibrate in ("undo-adjust", "vector"):
+    for calibrate in ("undo-adjust", "vector", "temperature"):
         for short in ("balanced", "robust"):
             raw = config(dataset, root, f"robust<-{short}-{calibrate}", "student", "class-robust-kd",
                          f"teacher-{short}", mode="robust", **KD_LT)
             raw["teacher"]["calibrate"] = calibrate
             runs.append(raw)
+    return runs
 
 
 def best_pt(root: Path, run: str) -> str:

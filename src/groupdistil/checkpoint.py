@@ -14,7 +14,7 @@ import re
 import tempfile
 import zipfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -286,7 +286,6 @@ class FitState:
     best_epoch: int = -1
     skipped_steps: int = 0
     overflow_steps: int = 0  # fp16 steps the grad scaler skipped (gradient overflow)
-    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 def training_payload(

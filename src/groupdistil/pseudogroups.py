@@ -33,11 +33,8 @@ from groupdistil.groups import Grouping
 from groupdistil.teachers import LogitCache, cache_key, cached_features, compute_logits_and_features
 
 TRAIN_GROUPS = ("labels", "teacher-errors", "teacher-clusters", "none")
-#: Sources read off a model (the teacher or the group reference).
-MODEL_SOURCES = ("teacher-errors", "teacher-clusters")
 #: k-means restarts per class (the best inertia is kept; sklearn's seeded initialisation).
 KMEANS_RESTARTS = 10
-#: The run folder's file of every training sample's pseudo-group.
 
 
 class InferredGroups(NamedTuple):

@@ -19,7 +19,7 @@ import csv
 import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, get_args
 
 import numpy as np
 import torch
@@ -29,10 +29,12 @@ from torch import nn
 
 from groupdistil.checkpoint import atomic_write
 from groupdistil.data.base import GroupedDataset
+from groupdistil.data.options import DataConfig
 from groupdistil.groups import Grouping
 from groupdistil.teachers import LogitCache, cache_key, cached_features, compute_logits_and_features
 
-TRAIN_GROUPS = ("labels", "teacher-errors", "teacher-clusters", "none")
+#: The group sources, as the config spells them (``data.train_groups``): one list, the config's.
+TRAIN_GROUPS = get_args(DataConfig.model_fields["train_groups"].annotation)
 #: k-means restarts per class (the best inertia is kept; sklearn's seeded initialisation).
 KMEANS_RESTARTS = 10
 

@@ -41,7 +41,7 @@ def run(repeats: int, timer, n: int = 512) -> list[dict[str, Any]]:
     cfg = TrainConfig(epochs=1, batch_size=128)
     prior = bundle.class_prior()
     with tempfile.TemporaryDirectory() as d:
-        logits, _ = cached_or_computed(teacher_model, bundle.train, LogitCache(Path(d)), 10)
+        logits = cached_or_computed(teacher_model, bundle.train, LogitCache(Path(d)), 10).logits
         cached = Teacher([TeacherMember(teacher_model, cached=logits)], prior)
         online = Teacher([TeacherMember(teacher_model)], prior)
 

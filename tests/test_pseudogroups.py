@@ -128,7 +128,7 @@ def test_groups_are_cached_under_the_fingerprint_rules(blobs, tmp_path, source):
     uncached, s3 = groups_from_model(m, blobs.train, source, NAMES, cache=None, seed=0)
     assert s3 == "off" and torch.equal(uncached.ids, a.ids)
     # The logits share the key a distilled student reads: no second pass over the data.
-    assert cached_or_computed(m, blobs.train, cache, 2)[1] == "hit"
+    assert cached_or_computed(m, blobs.train, cache, 2).status == "hit"
     if source == "teacher-clusters":  # k and the seed are part of the key
         assert groups_from_model(m, blobs.train, source, NAMES, cache=cache, clusters=3)[1] == "miss"
         assert groups_from_model(m, blobs.train, source, NAMES, cache=cache, seed=1)[1] == "miss"

@@ -17,17 +17,17 @@ def _model(seed):
 def test_cache_miss_then_hit_then_invalidated_by_weights_and_data(blobs, tmp_path):
     cache = LogitCache(tmp_path)
     m = _model(0)
-    a, s1 = cached_or_computed(m, blobs.train, cache, 2)
-    b, s2 = cached_or_computed(m, blobs.train, cache, 2)
+    a, _, s1 = cached_or_computed(m, blobs.train, cache, 2)
+    b, _, s2 = cached_or_computed(m, blobs.train, cache, 2)
     assert (s1, s2) == ("miss", "hit")
     assert torch.equal(a, b)
     assert torch.allclose(a, m(blobs.train.inputs))
     with torch.no_grad():
         m[0].bias += 1.0  # new weights: new fingerprint
-    _, s3 = cached_or_computed(m, blobs.train, cache, 2)
+    s3 = cached_or_computed(m, blobs.train, cache, 2).status
     assert s3 == "miss"
     blobs.train.inputs[0, 0] += 1.0  # new data: new fingerprint
-    _, s4 = cached_or_computed(m, blobs.train, cache, 2)
+    s4 = cached_or_computed(m, blobs.train, cache, 2).status
     assert s4 == "miss"
     assert len(list(tmp_path.glob("*.npy"))) == 3
 
@@ -35,22 +35,22 @@ def test_cache_miss_then_hit_then_invalidated_by_weights_and_data(blobs, tmp_pat
 def test_corrupt_cache_is_recomputed_not_trusted(blobs, tmp_path):
     cache = LogitCache(tmp_path)
     m = _model(0)
-    good, _ = cached_or_computed(m, blobs.train, cache, 2)
+    good = cached_or_computed(m, blobs.train, cache, 2).logits
     good = good.clone()
     (npy,) = tmp_path.glob("*.npy")
     data = bytearray(npy.read_bytes())
     data[-4:] = b"\x00\x00\xc0\x7f"  # overwrite the last float with NaN
     npy.write_bytes(bytes(data))
-    again, status = cached_or_computed(m, blobs.train, cache, 2)
+    again, _, status = cached_or_computed(m, blobs.train, cache, 2)
     assert status == "miss"
     assert torch.equal(again, good)
     npy.write_bytes(npy.read_bytes()[:100])  # truncated
-    assert cached_or_computed(m, blobs.train, cache, 2)[1] == "miss"
+    assert cached_or_computed(m, blobs.train, cache, 2).status == "miss"
 
 
 def test_cached_and_online_teacher_agree(blobs, tmp_path):
     m = _model(1)
-    logits, _ = cached_or_computed(m, blobs.train, LogitCache(tmp_path), 2)
+    logits = cached_or_computed(m, blobs.train, LogitCache(tmp_path), 2).logits
     online = Teacher([TeacherMember(m)], blobs.class_prior())
     cached = Teacher([TeacherMember(m, cached=logits)], blobs.class_prior())
     idx = torch.tensor([5, 0, 17])

@@ -31,7 +31,7 @@ from groupdistil.checkpoint import atomic_write
 from groupdistil.data.base import GroupedDataset
 from groupdistil.data.options import DataConfig
 from groupdistil.groups import Grouping
-from groupdistil.teachers import LogitCache, cache_key, cached_features, compute_logits_and_features
+from groupdistil.teachers import LogitCache, cache_key, cached_or_computed, compute_logits_and_features
 
 #: The group sources, as the config spells them (``data.train_groups``): one list, the config's.
 TRAIN_GROUPS = get_args(DataConfig.model_fields["train_groups"].annotation)
@@ -198,7 +198,8 @@ def groups_from_model(
         if ids is not None:
             return _result(source, ids.clone(), class_names, k), "hit"
     if cache is not None:
-        logits, features, _ = cached_features(model, data, cache, len(class_names), device=device)
+        logits, features, _ = cached_or_computed(model, data, cache, len(class_names), features=True,
+                                                 device=device)
     else:
         logits, features = compute_logits_and_features(model, data, device=device)
     inferred = infer_groups(source, data.y, class_names, logits=logits, features=features, clusters=clusters,

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -142,27 +142,12 @@ def compute_logits_and_features(
     return logits, torch.cat(feats) if feats else torch.zeros(0, 0)
 
 
-def cached_features(
-    model: nn.Module,
-    dataset: GroupedDataset,
-    cache: LogitCache,
-    n_classes: int,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """Logits (N, C) and penultimate features (N, D) from the cache, computing both on a miss.
+class CachedPass(NamedTuple):
+    """What :func:`cached_or_computed` returns."""
 
-    The logits share the key of :func:`cached_or_computed`, so a student distilled afterwards from
-    the same teacher reads them without another pass. Returns ``"hit"`` or ``"miss"`` last.
-    """
-    key = cache_key(model, dataset)
-    width = penultimate_layer(model).in_features
-    logits = cache.load(key, (len(dataset), n_classes))
-    features = cache.load(f"{key}-features", (len(dataset), width))
-    if logits is not None and features is not None:
-        return logits, features, "hit"
-    logits, features = compute_logits_and_features(model, dataset, batch_size, device)
-    return cache.store(key, logits), cache.store(f"{key}-features", features), "miss"
+    logits: torch.Tensor  # (N, C)
+    features: torch.Tensor | None  # (N, D) penultimate features; None unless asked for
+    status: str  # "hit" (all read from the cache) or "miss" (computed and stored)
 
 
 def cached_or_computed(
@@ -170,19 +155,28 @@ def cached_or_computed(
     dataset: GroupedDataset,
     cache: LogitCache,
     n_classes: int,
+    *,
+    features: bool = False,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
-) -> tuple[torch.Tensor, str]:
-    """Teacher logits (N, C) on ``dataset`` from the cache, computing them on a miss.
+) -> CachedPass:
+    """A frozen model's logits (N, C) on ``dataset``, and with ``features`` its penultimate features
+    (N, D), from the cache; computed in one pass and stored on a miss.
 
-    Returns the logits and ``"hit"`` or ``"miss"``.
+    The logits have the same key with or without features, so a student distilled after the groups
+    were inferred from the same teacher reads them without another pass.
     """
     key = cache_key(model, dataset)
-    shape = (len(dataset), n_classes)
-    hit = cache.load(key, shape)
-    if hit is not None:
-        return hit, "hit"
-    return cache.store(key, compute_logits(model, dataset, batch_size, device)), "miss"
+    logits = cache.load(key, (len(dataset), n_classes))
+    if not features:
+        if logits is not None:
+            return CachedPass(logits, None, "hit")
+        return CachedPass(cache.store(key, compute_logits(model, dataset, batch_size, device)), None, "miss")
+    feats = cache.load(f"{key}-features", (len(dataset), penultimate_layer(model).in_features))
+    if logits is not None and feats is not None:
+        return CachedPass(logits, feats, "hit")
+    logits, feats = compute_logits_and_features(model, dataset, batch_size, device)
+    return CachedPass(cache.store(key, logits), cache.store(f"{key}-features", feats), "miss")
 
 
 @dataclass

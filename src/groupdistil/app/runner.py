@@ -28,7 +28,8 @@ from groupdistil.pseudogroups import (
     single_group,
     write_assignment,
 )
-from groupdistil.runs.outputs import RunWriter, read_final
+from groupdistil.runs.final import read_final
+from groupdistil.runs.outputs import RunWriter
 from groupdistil.runs.rundir import OutPlan, RunPaths, close_out, open_out, plan_out
 from groupdistil.teachers import (
     LogitCache,
@@ -233,9 +234,8 @@ def build_teacher(
                  f"{info['val']['nll']['before']:.4f} -> {info['val']['nll']['after']:.4f}")
         if use_cache:
             # Rank 0 fills the cache, then the other ranks read the same file.
-            m.cached, status = distributed.main_first(lambda: cached_or_computed(
-                model, bundle.train.without_augmentation(), cache, bundle.n_classes,
-                batch_size=256, device=device,
+            m.cached, _, status = distributed.main_first(lambda: cached_or_computed(
+                model, bundle.train.without_augmentation(), cache, bundle.n_classes, device=device,
             ))
             echo(f"teacher logits for {path}: cache {status} ({cache.directory})")
         return m
@@ -276,7 +276,7 @@ def run_experiment(cfg: RunConfig, echo: Echo = print) -> dict[str, Any]:
     is written beside it and swapped in when finished, so a failed one leaves the old run as it was.
     """
     plan = distributed.on_main(lambda: plan_out(cfg))
-    final = distributed.on_main(lambda: read_final(plan.paths.final)) if plan.finished else None
+    final = distributed.on_main(lambda: read_final(plan.paths.final)[1]) if plan.finished else None
     if plan.notice:
         echo(plan.notice)
     if final is not None:

@@ -28,7 +28,7 @@ from groupdistil.checkpoint import atomic_write
 from groupdistil.config import RunConfig, leaf_fields, parse_yaml, set_dotted, validate_config
 from groupdistil.errors import UserError
 from groupdistil.metrics import HEADLINE_METRICS
-from groupdistil.runs.outputs import read_final
+from groupdistil.runs.final import read_final
 from groupdistil.runs.rundir import RunPaths
 
 #: More seeds per combination than anyone runs; 10**30 would build runs until memory ran out.
@@ -116,8 +116,8 @@ def expand(raw: dict[str, Any], seeds: int, grid: dict[str, list[Any]], source: 
 
 
 def _headline(paths: RunPaths) -> dict[str, Any]:
-    final = read_final(paths.final)
-    return {k: final["splits"]["test"].get(k) for k in HEADLINE_METRICS}
+    record, _ = read_final(paths.final)
+    return {k: getattr(record.splits.test, k) for k in HEADLINE_METRICS}
 
 
 def _execute(run: SweepRun, threads: int) -> None:

@@ -5,7 +5,7 @@
 - ``metrics.jsonl``: a line per epoch and split.
 - ``group_weights.csv``: header ``step,epoch,<group or class names>``, then a row per optimisation step.
 - ``final.json``: the selected checkpoint's metrics per split (written last: its presence marks a
-  finished run); read back through :class:`FinalRecord`.
+  finished run); its schema is :class:`groupdistil.runs.final.FinalRecord`.
 - ``tb/``: TensorBoard events. ``checkpoints/``: ``last.pt`` and ``best.pt``.
 """
 
@@ -19,61 +19,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-
 from groupdistil.checkpoint import atomic_write, remove_stale_tmp
-from groupdistil.errors import UserError
 from groupdistil.metrics import HEADLINE_METRICS
 from groupdistil.parallel import distributed
+from groupdistil.runs.final import FinalRecord
 from groupdistil.runs.rundir import CHECKPOINT_FILES, RUN_FILES, RunPaths
 
 #: What TensorBoard plots per split and epoch.
 SCALARS = ("loss", *HEADLINE_METRICS, "ece")
-
-
-class SplitRecord(BaseModel):
-    """The metrics of one split in final.json (more keys than these are kept as they are)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    avg_acc: float | None
-    worst_group_acc: float | None
-    balanced_acc: float | None
-    adjusted_avg_acc: float | None
-    worst_class_acc: float | None
-    group_acc: dict[str, float | None]
-
-
-class FinalRecord(BaseModel):
-    """final.json: what the run was and its selected checkpoint's metrics per split (the runner writes
-    it; fields that older versions did not write may be absent)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    name: str
-    method: str
-    role: str | None = None
-    dataset: str | None = None
-    seed: int | None = None
-    model: str | None = None
-    teacher: str | None = None
-    options: dict[str, Any] = {}
-    selected_epoch: int | None = None
-    selection_metric: str | None = None
-    skipped_steps: int = 0
-    splits: dict[str, SplitRecord]
-
-
-def read_final(path: Path) -> dict[str, Any]:
-    """final.json as written, checked against :class:`FinalRecord`; one UserError line naming the file."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        FinalRecord.model_validate(data)
-    except (OSError, ValueError) as e:
-        first = e.errors()[0] if isinstance(e, ValidationError) else None
-        where = f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}" if first else type(e).__name__
-        raise UserError(f"{path}: not a final.json of a finished run ({where})") from None
-    return data
 
 
 def _json_safe(value: Any) -> Any:
@@ -111,14 +64,6 @@ class RunWriter:
 
             self._tb = SummaryWriter(str(self.paths.tb))
 
-    @property
-    def metrics_path(self) -> Path:
-        return self.paths.metrics
-
-    @property
-    def weights_path(self) -> Path:
-        return self.paths.weights
-
     def start(self, config_yaml: str, resume_epoch: int | None) -> None:
         """Write config.yaml; on resume drop any line logged after the checkpoint's epoch."""
         if not self.active:
@@ -128,8 +73,8 @@ class RunWriter:
         remove_stale_tmp(self.paths.checkpoints, CHECKPOINT_FILES)
         atomic_write(self.paths.config, lambda f: f.write(config_yaml.encode()))
         if resume_epoch is None:
-            self.metrics_path.unlink(missing_ok=True)
-            atomic_write(self.weights_path, lambda f: f.write(self._header().encode()))
+            self.paths.metrics.unlink(missing_ok=True)
+            atomic_write(self.paths.weights, lambda f: f.write(self._header().encode()))
             return
         self._truncate(resume_epoch)
 
@@ -141,20 +86,20 @@ class RunWriter:
         # A kill mid-epoch leaves lines of an epoch the resumed run will redo: keep what the
         # checkpoint covers, drop the rest (including a half-written or non-UTF-8 last line).
         kept = []
-        for line in _utf8_lines(self.metrics_path):
+        for line in _utf8_lines(self.paths.metrics):
             try:
                 if json.loads(line)["epoch"] <= last_epoch:
                     kept.append(line)
             except (ValueError, KeyError, TypeError):
                 continue
-        atomic_write(self.metrics_path, lambda f: f.write("".join(x + "\n" for x in kept).encode()))
+        atomic_write(self.paths.metrics, lambda f: f.write("".join(x + "\n" for x in kept).encode()))
         rows = [self._header()]
         # The header is this run's own (its names may hold line breaks); each data row is one line of
         # numbers, parsed on its own so that damage stays within its line.
-        for line in _utf8_lines(self.weights_path)[self._header().count("\n"):]:
+        for line in _utf8_lines(self.paths.weights)[self._header().count("\n"):]:
             if self._kept_row(line, last_epoch):
                 rows.append(line + "\n")
-        atomic_write(self.weights_path, lambda f: f.write("".join(rows).encode()))
+        atomic_write(self.paths.weights, lambda f: f.write("".join(rows).encode()))
 
     def _kept_row(self, line: str, last_epoch: int) -> bool:
         """Whether a group_weights.csv line is a whole row (step, epoch, one number per weight) of an
@@ -174,11 +119,11 @@ class RunWriter:
         if not self.active:
             return
         if self._rows:
-            with open(self.weights_path, "a", newline="", encoding="utf-8") as f:
+            with open(self.paths.weights, "a", newline="", encoding="utf-8") as f:
                 csv.writer(f, lineterminator="\n").writerows(self._rows)
             self._rows = []
         line = {"epoch": epoch, "split": split, **metrics}
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
+        with open(self.paths.metrics, "a", encoding="utf-8") as f:
             f.write(json.dumps(_json_safe(line)) + "\n")
         if self._tb is not None:
             for k in SCALARS:
@@ -188,9 +133,10 @@ class RunWriter:
             self._tb.flush()
 
     def finish(self, final: dict[str, Any]) -> None:
-        """Write final.json (checked against :class:`FinalRecord`: what is written can be read back)."""
+        """Write final.json (checked against its schema first: what is written can be read back)."""
         if not self.active:
             return
+        # A ValidationError here is a bug of the writer, not a user's mistake: it stays a traceback.
         FinalRecord.model_validate(_json_safe(final))
         write_json(self.paths.final, final)
         self.close()

@@ -118,6 +118,12 @@ def check_distribution(name: str, value: Sequence[float] | torch.Tensor, n: int)
     return (t / t.sum()).float()
 
 
+def refuse_file(path: Path, option: str) -> None:
+    """Refuse, as one :class:`UserError` line naming ``option``, a folder path that is an existing file."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option} {path}: is an existing file; expected a folder")
+
+
 def check_writable_folder(path: Path | str, option: str) -> None:
     """Refuse, as one :class:`UserError` line naming ``option``, a folder we could not create or write:
     an existing file, a path under a file (``/dev/null/x``), a location this process may not write.
@@ -126,8 +132,7 @@ def check_writable_folder(path: Path | str, option: str) -> None:
     ``os.access`` says yes to root even on /sys or a read-only mount. Nothing is left behind.
     """
     p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise UserError(f"{option} {p}: is an existing file; expected a folder")
+    refuse_file(p, option)
     base = next(a for a in (p, *p.absolute().parents) if a.exists() or a.is_symlink())
     if not base.is_dir():
         raise UserError(f"{option} {p}: {base} is not a folder; expected a path under a folder")

@@ -68,7 +68,8 @@ class RunWriter:
         """Write config.yaml; on resume drop any line logged after the checkpoint's epoch."""
         if not self.active:
             return
-        # A kill during an atomic write (final.json, the first best.pt) leaves a temporary file.
+        # A kill during an atomic write leaves a temporary file; this is the one place that removes
+        # them (every start and resume of a run goes through here).
         remove_stale_tmp(self.paths.root, RUN_FILES)
         remove_stale_tmp(self.paths.checkpoints, CHECKPOINT_FILES)
         atomic_write(self.paths.config, lambda f: f.write(config_yaml.encode()))

@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from groupdistil._validate import refuse_file
 from groupdistil.checkpoint import check_resumable, load_checkpoint
 from groupdistil.config import RunConfig, leaf_fields
 from groupdistil.errors import UserError
@@ -222,8 +223,7 @@ def check_location(root: Path) -> None:
     if str(root) in ("", ".") or root.resolve() == Path.cwd().resolve():
         raise UserError(f"`out` {str(root)!r}: is the current folder; give the run a folder of its own "
                         "(an empty `out`, such as an unset shell variable, means the current folder)")
-    if root.exists() and not root.is_dir():
-        raise UserError(f"`out` {root}: is an existing file; expected a folder")
+    refuse_file(root, "`out`")
 
 
 def _elastic_job() -> tuple[str, int] | None:
@@ -295,10 +295,6 @@ def open_out(plan: OutPlan) -> None:
         work.write_marker()
         if plan.job is not None:
             work.elastic.write_text(plan.job)
-        if plan.resume:
-            # Temporary files of a write that a kill interrupted: never renamed, never read.
-            for tmp in work.checkpoints.glob(".*.tmp"):
-                tmp.unlink(missing_ok=True)
     except OSError as e:
         raise UserError(f"`out` {plan.paths.root}: cannot write the run folder ({e.strerror or e})") from None
 

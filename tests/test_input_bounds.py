@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -396,11 +397,43 @@ def _policy(code_prefix: str, env_policy: str | None) -> str:
     return r.stdout.strip()
 
 
-def test_the_command_line_sets_a_passive_wait_policy_before_torch_loads():
+def test_the_command_line_chooses_the_wait_policy_before_torch_loads():
     as_script = "import sys; sys.argv[0] = '/venv/bin/groupdistil'; "
-    assert _policy(as_script, None) == "PASSIVE"
+    # Another process keeps a core busy (of this machine's two or more): the threads must sleep.
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)  # past its start-up: spinning
+        usable = len(os.sched_getaffinity(0))
+        assert _policy(as_script, None) == ("PASSIVE" if usable >= 2 else "None")
+    finally:
+        spinner.kill()
+        spinner.wait()
     assert _policy(as_script, "ACTIVE") == "ACTIVE"  # the user's own setting wins
     assert _policy("", None) == "None"  # a library user's process is left alone
+
+
+def test_the_wait_policy_follows_the_free_cores():
+    from groupdistil._omp import busy_cores, wait_policy
+
+    assert wait_policy((1.0, 2), usable=2) == "PASSIVE"  # one of two cores taken
+    assert wait_policy((0.04, 2), usable=2) is None  # idle: spinning is fastest
+    assert wait_policy((30.0, 64), usable=2) is None  # a big machine with room to spare
+    assert wait_policy((30.0, 64), usable=64) == "PASSIVE"
+    assert wait_policy(None, usable=2) is None  # counters unreadable: OpenMP's default
+    samples = iter([(100, 1000, 2), (150, 1100, 2)])  # half the ticks busy on two cores: one core
+    assert busy_cores(lambda: next(samples), seconds=0) == (1.0, 2)
+    assert busy_cores(lambda: None, seconds=0) is None
+
+
+def test_machine_counters_are_read_from_proc_stat(tmp_path):
+    from groupdistil._omp import cpu_times
+
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  10 2 3 80 5 0 1 4 7 0\ncpu0 5 1 1 40 2 0 1 2 0 0\ncpu1 5 1 2 40 3 0 0 2 0 0\nintr 1\n")
+    assert cpu_times(str(stat)) == (20, 105, 2)  # busy = user+nice+system+irq+softirq+steal
+    stat.write_text("garbage\n")
+    assert cpu_times(str(stat)) is None
+    assert cpu_times(str(tmp_path / "absent")) is None
 
 
 def test_launched_as_cli_recognises_the_entry_points():

@@ -48,17 +48,24 @@ FINAL = "final.json"
 PSEUDO_GROUPS = "pseudo_groups.csv"
 LAST = "last.pt"
 BEST = "best.pt"
+TB = "tb"
+CHECKPOINTS = "checkpoints"
 
 #: The files a run writes with checkpoint.atomic_write, at the top of its folder and in checkpoints/.
 RUN_FILES = (CONFIG, METRICS, WEIGHTS, FINAL, PSEUDO_GROUPS)
 CHECKPOINT_FILES = (LAST, BEST)
 #: What a run writes at the top of its folder, and in checkpoints/ and tb/.
-_TOP = {MARKER, ELASTIC_MARKER, CONFIG, METRICS, WEIGHTS, FINAL, PSEUDO_GROUPS, "checkpoints", "tb"}
+_TOP = {MARKER, ELASTIC_MARKER, CONFIG, METRICS, WEIGHTS, FINAL, PSEUDO_GROUPS, CHECKPOINTS, TB}
 _CHECKPOINTS = {LAST, BEST}
 #: A temporary file of an atomic write (checkpoint.atomic_write) that a kill interrupted.
 _TMP = re.compile(r"\..+\.tmp")
 #: Sections of config.yaml: a folder from before the marker counts as a run only with all of them.
 _CONFIG_KEYS = {"out", "data", "model", "objective", "optim", "train"}
+
+
+def _entry(*parts: str, doc: str | None = None) -> property:
+    """A read-only attribute: the path ``root / parts`` of a :class:`RunPaths`."""
+    return property(lambda self: self.root.joinpath(*parts), doc=doc)
 
 
 @dataclass(frozen=True)
@@ -70,50 +77,18 @@ class RunPaths:
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
 
-    @property
-    def marker(self) -> Path:
-        return self.root / MARKER
-
-    @property
-    def elastic(self) -> Path:
-        return self.root / ELASTIC_MARKER
-
-    @property
-    def config(self) -> Path:
-        return self.root / CONFIG
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / METRICS
-
-    @property
-    def weights(self) -> Path:
-        return self.root / WEIGHTS
-
-    @property
-    def final(self) -> Path:
-        return self.root / FINAL
-
-    @property
-    def pseudo_groups(self) -> Path:
-        """The inferred training group of every training sample (``data.train_groups``)."""
-        return self.root / PSEUDO_GROUPS
-
-    @property
-    def tb(self) -> Path:
-        return self.root / "tb"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def last(self) -> Path:
-        return self.checkpoints / LAST
-
-    @property
-    def best(self) -> Path:
-        return self.checkpoints / BEST
+    marker = _entry(MARKER)
+    elastic = _entry(ELASTIC_MARKER)
+    config = _entry(CONFIG)
+    metrics = _entry(METRICS)
+    weights = _entry(WEIGHTS)
+    final = _entry(FINAL)
+    pseudo_groups = _entry(PSEUDO_GROUPS, doc="The inferred training group of every training sample "
+                                              "(``data.train_groups``).")
+    tb = _entry(TB)
+    checkpoints = _entry(CHECKPOINTS)
+    last = _entry(CHECKPOINTS, LAST)
+    best = _entry(CHECKPOINTS, BEST)
 
     @property
     def staging(self) -> Path:
@@ -159,7 +134,7 @@ def _unknown_entry(root: Path) -> str | None:
     for entry in sorted(root.iterdir()):
         if entry.name not in _TOP and not (_TMP.fullmatch(entry.name) and entry.is_file()):
             return entry.name
-    for sub, allowed in (("checkpoints", _CHECKPOINTS), ("tb", None)):
+    for sub, allowed in ((CHECKPOINTS, _CHECKPOINTS), (TB, None)):
         folder = root / sub
         if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
             return sub

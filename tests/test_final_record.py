@@ -66,10 +66,14 @@ def test_every_split_and_field_is_checked(tmp_path: Path, edit, message: str) ->
     assert "\n" not in str(info.value)
 
 
-def test_a_list_at_the_top_level_is_named(tmp_path: Path) -> None:
+def test_a_list_at_the_top_level_or_a_folder_in_its_place_is_one_line(tmp_path: Path) -> None:
     final = tmp_path / "final.json"
     final.write_text("[1, 2]")
     with pytest.raises(UserError, match="the top level: expected an object, got list"):
+        read_final(final)
+    final.unlink()
+    final.mkdir()
+    with pytest.raises(UserError, match=r"final\.json: cannot read the file \(Is a directory\)"):
         read_final(final)
 
 

@@ -165,6 +165,8 @@ def read_final(path: Path) -> tuple[FinalRecord, dict[str, Any]]:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
-    except (OSError, ValueError) as e:  # ValueError: JSONDecodeError, bad UTF-8, or over 4300 digits
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the file ({e.strerror or e})") from None
+    except ValueError as e:  # JSONDecodeError, bad UTF-8, or an integer of over 4300 digits
         raise UserError(f"{path}: not valid JSON ({e})") from None
     return check_final(data, path), data

@@ -388,8 +388,9 @@ def _policy(code_prefix: str, env_policy: str | None) -> str:
     if env_policy is not None:
         env["OMP_WAIT_POLICY"] = env_policy
     code = code_prefix + "import groupdistil, os; print(os.environ.get('OMP_WAIT_POLICY'))"
-    r = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, env=env,
-                       timeout=600)
+    args = ["train"] if code_prefix else []
+    r = subprocess.run([sys.executable, "-X", "importtime", "-c", code, *args], capture_output=True, text=True,
+                       env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     # -X importtime lists each module when its import ends: the policy module ends before torch begins.
     names = [line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if "|" in line]
@@ -423,6 +424,14 @@ def test_the_wait_policy_follows_the_free_cores():
     samples = iter([(100, 1000, 2), (150, 1100, 2)])  # half the ticks busy on two cores: one core
     assert busy_cores(lambda: next(samples), seconds=0) == (1.0, 2)
     assert busy_cores(lambda: None, seconds=0) is None
+
+
+def test_only_commands_that_run_a_model_sample_the_load():
+    from groupdistil._omp import trains
+
+    assert trains(["train", "--dataset", "x"]) and trains(["demo"]) and trains(["evaluate"])
+    assert not trains([]) and not trains(["--help"]) and not trains(["report", "runs"])
+    assert not trains(["sweep", "c.yaml"])  # each of its runs is a command of its own, which samples
 
 
 def test_machine_counters_are_read_from_proc_stat(tmp_path):

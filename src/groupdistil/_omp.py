@@ -11,7 +11,8 @@ chooses: it samples, for 0.1 s while it sleeps, how many cores other processes k
 
 The variable is read once, when the OpenMP runtime loads (with torch), so the choice is made here,
 imported first by the package, and only when this process is the ``groupdistil`` command (the
-console script or ``python -m groupdistil``, which is also how sweeps and torchrun start runs). A
+console script or ``python -m groupdistil``, which is also how sweeps and torchrun start runs) and
+the command runs a model. A
 library user's process and a value the user set are left alone. The policy changes waiting, not
 arithmetic: results are the same under either.
 """
@@ -88,7 +89,18 @@ def _usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-if launched_as_cli() and "OMP_WAIT_POLICY" not in os.environ:
+def trains(argv: list[str]) -> bool:
+    """Whether the command line ``argv`` (without the program) runs a model, the only case where the
+    policy matters: the 0.1 s sample is not spent on ``--help``, ``report``, ``sweep`` (each of its
+    runs is a command of its own) or ``data``."""
+    return bool(argv) and argv[0] in _TRAINING_COMMANDS
+
+
+#: The commands that train or evaluate in this process.
+_TRAINING_COMMANDS = {"train", "distill", "run", "evaluate", "demo"}
+
+
+if launched_as_cli() and trains(sys.argv[1:]) and "OMP_WAIT_POLICY" not in os.environ:
     _policy = wait_policy(busy_cores(), _usable_cores())
     if _policy is not None:
         os.environ["OMP_WAIT_POLICY"] = _policy

@@ -383,7 +383,7 @@ def test_weight_mismatch_names_the_tensors_and_both_shapes(tmp_path):
 
 
 def _policy(code_prefix: str, env_policy: str | None) -> str:
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
     env["PYTHONPATH"] = SRC
     if env_policy is not None:
         env["OMP_WAIT_POLICY"] = env_policy
@@ -424,6 +424,17 @@ def test_the_wait_policy_follows_the_free_cores():
     samples = iter([(100, 1000, 2), (150, 1100, 2)])  # half the ticks busy on two cores: one core
     assert busy_cores(lambda: next(samples), seconds=0) == (1.0, 2)
     assert busy_cores(lambda: None, seconds=0) is None
+
+
+def test_the_usable_cores_follow_omp_num_threads():
+    from groupdistil._omp import usable_cores
+
+    cores = len(os.sched_getaffinity(0))
+    assert usable_cores({}) == cores
+    assert usable_cores({"OMP_NUM_THREADS": "1"}) == 1  # torchrun's default per process
+    assert usable_cores({"OMP_NUM_THREADS": "4096"}) == cores
+    assert usable_cores({"OMP_NUM_THREADS": "0"}) == 1
+    assert usable_cores({"OMP_NUM_THREADS": "4,2"}) == cores  # a nested list: the affinity stands
 
 
 def test_only_commands_that_run_a_model_sample_the_load():

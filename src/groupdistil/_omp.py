@@ -82,11 +82,17 @@ def wait_policy(load: tuple[float, int] | None, usable: int) -> str | None:
     return "PASSIVE" if cores - busy < usable - MARGIN else None
 
 
-def _usable_cores() -> int:
+def usable_cores(env: dict[str, str] | os._Environ[str] = os.environ) -> int:
+    """The cores this process's OpenMP threads may run on: its CPU affinity, or fewer when
+    ``OMP_NUM_THREADS`` says so (torchrun sets 1 per process when it starts several)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    try:
+        return max(1, min(cores, int(env.get("OMP_NUM_THREADS", ""))))
+    except ValueError:
+        return cores
 
 
 def trains(argv: list[str]) -> bool:
@@ -100,7 +106,8 @@ def trains(argv: list[str]) -> bool:
 _TRAINING_COMMANDS = {"train", "distill", "run", "evaluate", "demo"}
 
 
-if launched_as_cli() and trains(sys.argv[1:]) and "OMP_WAIT_POLICY" not in os.environ:
-    _policy = wait_policy(busy_cores(), _usable_cores())
+# One thread has no barriers to wait at: no sample then.
+if launched_as_cli() and trains(sys.argv[1:]) and "OMP_WAIT_POLICY" not in os.environ and usable_cores() > 1:
+    _policy = wait_policy(busy_cores(), usable_cores())
     if _policy is not None:
         os.environ["OMP_WAIT_POLICY"] = _policy

@@ -364,6 +364,12 @@ def test_a_checkpoint_for_other_inputs_is_one_line(tmp_path, capsys):
                           "--out", str(tmp_path / "o")], capsys)
     assert "c.pt: made for inputs of shape (3, 8, 8), the dataset's are (4,)" in err
     assert not (tmp_path / "o" / "final.json").exists()
+    # The model that defines inferred training groups is checked the same way.
+    err = one_line_error(["train", "--dataset", "manifest", "--root", str(path), "--model", "mlp-small",
+                          "--method", "group-dro", "--train-groups", "teacher-errors", "--group-reference", str(ck),
+                          "--teacher-cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "g")], capsys)
+    assert "c.pt: made for inputs of shape (3, 8, 8), the dataset's are (4,)" in err
+    assert not (tmp_path / "g" / "final.json").exists()
 
 
 def test_weight_mismatch_names_the_tensors_and_both_shapes(tmp_path):

@@ -100,18 +100,24 @@ def model_from_checkpoint(path: Path, device: torch.device | str = "cpu") -> tup
     return model.to(device).eval(), ck
 
 
-def check_fits_inputs(model: nn.Module, ck: dict[str, Any], shape: tuple[int, ...], path: Path) -> None:
-    """One forward pass of a zero input of the dataset's ``shape`` (C, H, W) or (F,): a checkpoint
-    made for other inputs is one CheckpointError line naming both shapes, not a RuntimeError later."""
+def check_fits_data(
+    model: nn.Module, ck: dict[str, Any], bundle: DatasetBundle, path: Path, key: str | None = None
+) -> None:
+    """One line, before any use, when a saved model does not fit the dataset: another number of classes
+    (a UserError naming ``key`` and the file) or another input shape (a CheckpointError naming both
+    shapes, found by one forward pass of a zero input, instead of a RuntimeError later)."""
+    if int(ck["num_classes"]) != bundle.n_classes:
+        where = f"{key} {path}" if key else str(path)
+        raise UserError(f"{where}: has {ck['num_classes']} classes, the dataset has {bundle.n_classes}")
+    shape = tuple(bundle.input_shape)
     device = next(model.parameters(), torch.empty(0)).device
     try:
         with torch.no_grad():
             model(torch.zeros((1, *shape), device=device))
     except RuntimeError as e:
         made = tuple(ck.get("input_shape") or ()) or "unrecorded"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: made for inputs of shape {made}, the dataset's are {tuple(shape)} "
-                              f"({first})") from None
+        raise CheckpointError(f"{path}: made for inputs of shape {made}, the dataset's are {shape} "
+                              f"({first_line(e)})") from None
 
 
 def build_objective_for(cfg: RunConfig, bundle: DatasetBundle) -> Objective:
@@ -172,9 +178,7 @@ def training_groups(
 
         def infer() -> tuple[InferredGroups, str]:
             model, ck = model_from_checkpoint(path, device)
-            if int(ck["num_classes"]) != bundle.n_classes:
-                raise UserError(f"`data.group_reference` {path}: has {ck['num_classes']} classes, the dataset has "
-                                f"{bundle.n_classes}")
+            check_fits_data(model, ck, bundle, path, "`data.group_reference`")
             cache = LogitCache(cfg.teacher.cache_dir or default_cache_dir()) if cfg.teacher.cache else None
             return groups_from_model(model, bundle.train, source, names, cache=cache, clusters=cfg.data.clusters,
                                      seed=cfg.train.seed, device=device)
@@ -218,11 +222,7 @@ def build_teacher(
 
     def member(path: Path, adjust: str) -> TeacherMember:
         model, ck = model_from_checkpoint(path, device)
-        if int(ck["num_classes"]) != bundle.n_classes:
-            raise UserError(
-                f"`teacher.checkpoints` {path}: has {ck['num_classes']} classes, the dataset has {bundle.n_classes}"
-            )
-        check_fits_inputs(model, ck, tuple(bundle.input_shape), path)
+        check_fits_data(model, ck, bundle, path, "`teacher.checkpoints`")
         lam = teacher_class_weights(ck)
         if adjust == "weighted" and lam is None:
             raise UserError(f"`teacher.adjust` weighted: {path} has no class weights (not a robust teacher)")

@@ -93,7 +93,7 @@ def run_command(
 def evaluate_body(
     overrides: dict[str, Any], checkpoint: Path, split: str = "test", json_out: bool = False
 ) -> None:
-    from groupdistil.app.runner import check_fits_inputs, model_from_checkpoint
+    from groupdistil.app.runner import check_fits_data, model_from_checkpoint
     from groupdistil.data import DataConfig, load_dataset
     from groupdistil.training.evaluation import evaluate
 
@@ -106,9 +106,7 @@ def evaluate_body(
     except ValueError as e:
         raise ConfigError(f"--checkpoint {checkpoint}: dataset options: {first_line(e)}") from None
     bundle = load_dataset(data_cfg)
-    if bundle.n_classes != int(ck["num_classes"]):
-        raise UserError(f"{checkpoint}: has {ck['num_classes']} classes, the dataset has {bundle.n_classes}")
-    check_fits_inputs(model, ck, tuple(bundle.input_shape), checkpoint)
+    check_fits_data(model, ck, bundle, checkpoint)
     names = ("train", "val", "test") if split == "all" else (split,)
     counts = bundle.group_counts("train")
     result = {n: evaluate(model, bundle.splits[n], bundle.grouping, train_group_counts=counts) for n in names}

@@ -295,12 +295,13 @@ def _swap_in(paths: RunPaths) -> None:
 def _recover_swap(paths: RunPaths) -> None:
     """Finish a swap that a kill interrupted: the state is then that of a swap done, or never begun."""
     staged, aside = RunPaths(paths.staging), RunPaths(paths.aside)
+    staged_finished = staged.final.is_file() and staged.foreign() is None
     if aside.root.is_dir() and aside.foreign() is None:
         if paths.root.exists():
             shutil.rmtree(aside.root)  # only the old run's removal was cut short
-        elif not (staged.final.is_file() and staged.foreign() is None):
+        elif not staged_finished:
             os.rename(aside.root, paths.root)
-    if staged.final.is_file() and staged.foreign() is None:
+    if staged_finished:
         _swap_in(paths)  # the replacing run had finished; the kill came before its swap
 
 
@@ -330,11 +331,12 @@ def check_resume_options(cfg: RunConfig, last: Path) -> None:
         return  # a checkpoint without its configuration: nothing to compare
     now = cfg.model_dump(mode="json")
     for key in trajectory_keys():
-        if _has(recorded, key) and _get(recorded, key) != _get(now, key):
-            _refuse_change(cfg, key, _get(recorded, key), _get(now, key))
+        was = _get(recorded, key)
+        if was is not _ABSENT and was != _get(now, key):
+            _refuse_change(cfg, key, was, _get(now, key))
     world = distributed.world_size()
     rec_world = int(ck.get("world_size") or world)
-    rec_batch = _get(recorded, "train.batch_size") if _has(recorded, "train.batch_size") else None
+    rec_batch = _get(recorded, "train.batch_size", None)
     if rec_batch is not None and rec_batch * rec_world != cfg.train.batch_size * world:
         raise UserError(
             f"`resume`: `train.batch_size` {cfg.train.batch_size} on {world} process(es) differs from the run's "
@@ -343,7 +345,7 @@ def check_resume_options(cfg: RunConfig, last: Path) -> None:
     if cfg.train.epochs <= int(ck["epoch"]):
         raise UserError(f"`resume`: `train.epochs` {cfg.train.epochs}: the run in {cfg.out} has completed "
                         f"{int(ck['epoch']) + 1} epochs already")
-    rec_epochs = _get(recorded, "train.epochs") if _has(recorded, "train.epochs") else cfg.train.epochs
+    rec_epochs = _get(recorded, "train.epochs", cfg.train.epochs)
     if cfg.optim.schedule == "cosine" and rec_epochs != cfg.train.epochs:
         _refuse_change(cfg, "train.epochs", rec_epochs, cfg.train.epochs,
                        "the cosine schedule spans the epochs")
@@ -359,17 +361,15 @@ def _show(value: Any) -> str:
     return "none" if value is None else json.dumps(value)
 
 
-def _has(tree: dict[str, Any], key: str) -> bool:
+#: What :func:`_get` returns for a key the tree does not hold (None is a value a setting can have).
+_ABSENT = object()
+
+
+def _get(tree: dict[str, Any], key: str, default: Any = _ABSENT) -> Any:
+    """The value at a dotted ``key`` of a nested dict, or ``default`` where the tree does not hold it."""
     node: Any = tree
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return True
-
-
-def _get(tree: dict[str, Any], key: str) -> Any:
-    node: Any = tree
-    for part in key.split("."):
+            return default
         node = node[part]
     return node

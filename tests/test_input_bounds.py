@@ -484,3 +484,25 @@ def test_threads_option_sets_torch_threads(tmp_path, monkeypatch):
     assert calls == [1]
     with pytest.raises(ConfigError, match=r"train.threads \(--threads\)"):
         validate_config({"train": {"threads": 0}})
+
+
+def test_resuming_into_a_model_the_weights_do_not_fit_names_the_tensors(tmp_path):
+    from groupdistil.checkpoint import FitState, restore_training, training_payload
+    from groupdistil.objectives import build_objective
+
+    def parts(classes: int):
+        model = create_model("mlp-small", classes, in_channels=4, input_shape=(4,))
+        objective = build_objective("erm", n_groups=2, n_classes=classes)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _e: 1.0)
+        return model, objective, opt, sched
+
+    model, objective, opt, sched = parts(3)
+    meta = {"model_name": "mlp-small", "num_classes": 3, "in_channels": 4, "input_shape": [4]}
+    ckpt.save_checkpoint(tmp_path / "last.pt", training_payload(model, objective, FitState(epoch=0), meta, opt, sched))
+    other = parts(2)
+    with pytest.raises(CheckpointError) as e:
+        restore_training(tmp_path / "last.pt", *other, torch.amp.GradScaler("cpu", enabled=False))
+    message = str(e.value)
+    assert "does not match this run's model or objective: size mismatch: " in message
+    assert "is (3, " in message and "in the file" in message and "Error(s) in loading" not in message

@@ -68,7 +68,7 @@ class _RngState(_Strict):
 
 
 class CheckpointSchema(_Strict):
-    """What a groupdistil checkpoint holds, field by field (``engine._payload`` writes it).
+    """What a groupdistil checkpoint holds, field by field (:func:`training_payload` writes it).
 
     Checked at every load, so a file of the right format with a field of the wrong type is one
     CheckpointError naming the file and the field, never a traceback deep in the loading code.
@@ -233,6 +233,8 @@ def check_resumable(path: Path, data: dict[str, Any]) -> None:
     for key in RESUME_FIELDS:
         if key not in data:
             raise CheckpointError(f"{path}: cannot resume: checkpoint lacks {key!r}")
+
+
 def state_dict_mismatch(expected: Mapping[str, torch.Tensor], got: Any, limit: int = 3) -> str | None:
     """Why the weights ``got`` (a checkpoint's state dict) do not fit a model whose state dict is
     ``expected``: the first mismatched tensors with both shapes, then missing and unexpected names;
@@ -256,6 +258,16 @@ def state_dict_mismatch(expected: Mapping[str, torch.Tensor], got: Any, limit: i
     if unexpected:
         parts.append("not in the model: " + first(unexpected))
     return ", ".join(parts) or None
+
+
+def load_state_dict_checked(model: nn.Module, state: Any) -> None:
+    """``model.load_state_dict(state)``, refusing first with a ValueError that names the first
+    mismatched tensors and both shapes (torch's own message puts them after a line break, where a
+    one-line error ends)."""
+    mismatch = state_dict_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise ValueError(mismatch)
+    model.load_state_dict(state)
 
 
 def rng_state() -> dict[str, Any]:
@@ -336,7 +348,8 @@ def restore_training(
         # models imports this module (file hashes): imported here, not at the top, to avoid the cycle.
         from groupdistil.models import upgrade_legacy_keys
 
-        distributed.unwrap(model).load_state_dict(upgrade_legacy_keys(str(ck.get("model_name", "")), ck["model"]))
+        state = upgrade_legacy_keys(str(ck.get("model_name", "")), ck["model"])
+        load_state_dict_checked(distributed.unwrap(model), state)
         objective.load_state_dict(ck["objective"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])

@@ -13,7 +13,7 @@ from torch import nn
 
 from groupdistil._validate import check_writable_folder
 from groupdistil.calibration import Calibration, calibration_report, fit_calibration
-from groupdistil.checkpoint import file_sha256, load_checkpoint, state_dict_mismatch
+from groupdistil.checkpoint import file_sha256, load_checkpoint, load_state_dict_checked
 from groupdistil.config import RunConfig, TrainConfig, dump_yaml
 from groupdistil.data import DatasetBundle, load_dataset
 from groupdistil.errors import CheckpointError, NumericalError, UserError, first_line
@@ -90,11 +90,7 @@ def model_from_checkpoint(path: Path, device: torch.device | str = "cpu") -> tup
             ck["model_name"], num_classes=int(ck["num_classes"]),
             in_channels=int(ck.get("in_channels", 3)), input_shape=tuple(ck.get("input_shape") or ()) or None,
         )
-        state = upgrade_legacy_keys(ck["model_name"], ck["model"])
-        mismatch = state_dict_mismatch(model.state_dict(), state)
-        if mismatch:  # torch's own message puts the tensors after a line break, where one line ends
-            raise ValueError(mismatch)
-        model.load_state_dict(state)
+        load_state_dict_checked(model, upgrade_legacy_keys(ck["model_name"], ck["model"]))
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: weights do not fit model {ck['model_name']!r}: {first_line(e)}") from None
     return model.to(device).eval(), ck

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from groupdistil.checkpoint import state_dict_mismatch
+from groupdistil.checkpoint import load_state_dict_checked
 from groupdistil.errors import CheckpointError, UserError, first_line
 from groupdistil.models.mobilenet import MOBILENETS
 from groupdistil.models.pretrained import load_pretrained
@@ -117,11 +117,7 @@ def load_weights(model: nn.Module, path: Path, name: str = "") -> None:
     state = data.get("model", data) if isinstance(data, dict) else None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a state dict")
-    state = upgrade_legacy_keys(name, state)
-    mismatch = state_dict_mismatch(model.state_dict(), state)
-    if mismatch:
-        raise CheckpointError(f"{path}: weights do not fit the model: {mismatch}")
     try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
+        load_state_dict_checked(model, upgrade_legacy_keys(name, state))
+    except (RuntimeError, ValueError) as e:
         raise CheckpointError(f"{path}: weights do not fit the model: {first_line(e)}") from None

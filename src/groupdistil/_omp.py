@@ -95,6 +95,10 @@ def usable_cores(env: dict[str, str] | os._Environ[str] = os.environ) -> int:
         return cores
 
 
+#: The commands that train or evaluate in this process.
+_TRAINING_COMMANDS = {"train", "distill", "run", "evaluate", "demo"}
+
+
 def trains(argv: list[str]) -> bool:
     """Whether the command line ``argv`` (without the program) runs a model, the only case where the
     policy matters: the 0.1 s sample is not spent on ``--help``, ``report``, ``sweep`` (each of its
@@ -102,12 +106,14 @@ def trains(argv: list[str]) -> bool:
     return bool(argv) and argv[0] in _TRAINING_COMMANDS
 
 
-#: The commands that train or evaluate in this process.
-_TRAINING_COMMANDS = {"train", "distill", "run", "evaluate", "demo"}
+def _choose_policy() -> None:
+    if not (launched_as_cli() and trains(sys.argv[1:])) or "OMP_WAIT_POLICY" in os.environ:
+        return
+    usable = usable_cores()
+    if usable > 1:  # one thread has no barriers to wait at: no sample then
+        policy = wait_policy(busy_cores(), usable)
+        if policy is not None:
+            os.environ["OMP_WAIT_POLICY"] = policy
 
 
-# One thread has no barriers to wait at: no sample then.
-if launched_as_cli() and trains(sys.argv[1:]) and "OMP_WAIT_POLICY" not in os.environ and usable_cores() > 1:
-    _policy = wait_policy(busy_cores(), usable_cores())
-    if _policy is not None:
-        os.environ["OMP_WAIT_POLICY"] = _policy
+_choose_policy()

@@ -155,6 +155,8 @@ class Objective(nn.Module):
                 f"student_logits: expected {self.n_classes} classes, got shape {tuple(student_logits.shape)}"
             )
         check_labels("y", y, student_logits.shape[0], student_logits.shape[1])
+        if groups is None and self.uses_groups:
+            raise ValueError(f"groups: {type(self).__name__} needs a group id per sample, got None")
         if groups is not None and groups is not y and self.n_groups is not None:
             check_labels("groups", groups, student_logits.shape[0], self.n_groups)
         if self.requires_teacher:
@@ -216,9 +218,7 @@ class _DROMixin:
     n_groups: int | None
 
     def aggregate(self, losses: torch.Tensor, groups: torch.Tensor | None) -> ObjectiveOutput:
-        if groups is None:
-            raise ValueError(f"groups: {type(self).__name__} needs a group id per sample, got None")
-        # forward() has already checked the group ids: aggregate without checking them again.
+        # forward() has already checked the group ids (given: uses_groups): aggregate without checking them again.
         sums, counts = hard_group_sums(upcast(losses), groups, self.dro.n_groups)
         loss, stats = self.dro.robust_loss(sums, counts)
         return ObjectiveOutput(loss, stats.means, stats.counts, self.dro.q.detach().clone())
@@ -296,15 +296,14 @@ class Reweight(_CrossEntropyTerm, Objective):
         self.register_buffer("inv_counts", torch.where(counts > 0, 1.0 / counts.clamp_min(EPS), 0.0))
 
     def aggregate(self, losses: torch.Tensor, groups: torch.Tensor | None) -> ObjectiveOutput:
-        if groups is None:
-            raise ValueError(f"groups: {type(self).__name__} needs a group id per sample, got None")
         return _group_weighted_mean(losses, groups, self.inv_counts, self.n_groups)
 
 
 def _group_weighted_mean(
-    losses: torch.Tensor, groups: torch.Tensor, weights: torch.Tensor, n_groups: int | None
+    losses: torch.Tensor, groups: torch.Tensor | None, weights: torch.Tensor, n_groups: int | None
 ) -> ObjectiveOutput:
-    """``sum_i w_{g_i} l_i / sum_i w_{g_i}`` over the (global) batch, for (B,) losses and (G,) weights."""
+    """``sum_i w_{g_i} l_i / sum_i w_{g_i}`` over the (global) batch, for (B,) losses and (G,) weights
+    and (B,) groups (given: forward() refuses None for objectives that use groups)."""
     r = _logged_risks(losses, groups, n_groups)
     loss = _global_mean(losses, weights[groups.long().to(weights.device)])
     return ObjectiveOutput(loss, r.means, r.counts, None)
@@ -340,8 +339,6 @@ class JTT(_CrossEntropyTerm, Objective):
         self.register_buffer("group_weight", w)
 
     def aggregate(self, losses: torch.Tensor, groups: torch.Tensor | None) -> ObjectiveOutput:
-        if groups is None:
-            raise ValueError("groups: JTT needs a group id per sample, got None")
         return _group_weighted_mean(losses, groups, self.group_weight, self.n_groups)
 
 

@@ -114,8 +114,14 @@ def session(device: str = "auto") -> Iterator[None]:
         dist.init_process_group("gloo", **store)
     try:
         yield
-    finally:
-        dist.destroy_process_group()
+    except BaseException:
+        dist.destroy_process_group()  # no barrier: the other ranks may never reach it
+        raise
+    # Tear down together. Without this barrier a rank that finished first (the others still writing
+    # final.json) died now and then in gloo's teardown with "terminate called without an active
+    # exception" (SIGABRT): a finished run that torchrun reported as failed.
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def barrier() -> None:

@@ -201,6 +201,33 @@ def test_train_and_run_commands_under_torchrun(env, runs, teacher, tmp_path):
 
 @pytest.mark.slow  # each launch starts fresh interpreters that import torch
 @needs_torchrun
+def test_ranks_leave_without_the_interpreters_finalisation(env, tmp_path):
+    # gloo's worker threads outlive destroy_process_group (DDP keeps the group alive inside torch) and
+    # one that releases a finished collective's tensors while the interpreter finalises aborts the
+    # process (SIGABRT after a complete run). So a rank skips finalisation: an atexit hook installed
+    # in every interpreter (sitecustomize) never runs there, while a one-process run still runs it.
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import atexit, os, sys\n"
+        "a = sys.orig_argv\n"
+        "if '-m' in a and a[a.index('-m') + 1] == 'groupdistil':  # a rank or the one process, not torchrun\n"
+        f"    atexit.register(lambda: open(os.path.join({str(marks)!r}, str(os.getpid())), 'w').close())\n"
+    )
+    e = {**env, "PYTHONPATH": os.pathsep.join([str(site), env["PYTHONPATH"]])}
+    args = ["train", "--dataset", "spurious-digits", "--model", "mlp-small", "--device", "cpu", "--epochs", "1",
+            "--batch-size", str(BATCH)]
+    r = _ok(_launch(e, [*args, "--out", str(tmp_path / "two")], ranks=RANKS))
+    assert "wrote " in r.stdout and (tmp_path / "two" / "final.json").is_file()  # output flushed before leaving
+    assert list(marks.iterdir()) == []
+    _ok(_launch(e, [*args, "--quiet", "--out", str(tmp_path / "one")]))
+    assert len(list(marks.iterdir())) == 1  # the hook works: a single process finalises as usual
+
+
+@pytest.mark.slow  # each launch starts fresh interpreters that import torch
+@needs_torchrun
 def test_a_batchnorm_model_on_two_ranks_equals_one_process(env, teacher, tmp_path):
     # cnn-small has BatchNorm: on the ranks it becomes GlobalBatchNorm, which normalises with the
     # global batch's statistics, so the run (running statistics included) is the one-process run.

@@ -6,7 +6,7 @@ Each command group lives in its own module and registers itself on :data:`app`. 
 
 from __future__ import annotations
 
-import sys
+import traceback
 
 from groupdistil.cli.app import app, run_app
 
@@ -15,4 +15,11 @@ __all__ = ["app", "main"]
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``groupdistil`` script and ``python -m groupdistil``."""
-    sys.exit(run_app(argv))
+    from groupdistil.parallel.distributed import exit_process
+
+    try:
+        code = run_app(argv)
+    except Exception:  # a bug: its traceback, then the same exit as any other (see exit_process)
+        traceback.print_exc()
+        code = 1
+    exit_process(code)

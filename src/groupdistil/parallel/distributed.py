@@ -3,11 +3,13 @@ session that a ``torchrun`` launch needs (docs/distributed.md)."""
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import timedelta
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -93,6 +95,10 @@ def _attempt_store(rank: int, world: int) -> dict[str, object]:
     return {"store": dist.PrefixStore(f"groupdistil/attempt_{restart_count()}", tcp), "rank": rank, "world_size": world}
 
 
+#: Whether this process has initialised a process group through :func:`session` (see :func:`exit_process`).
+_ran_process_group = False
+
+
 @contextmanager
 def session(device: str = "auto") -> Iterator[None]:
     """The default process group of a ``torchrun`` launch (``WORLD_SIZE > 1``), destroyed on exit.
@@ -106,7 +112,9 @@ def session(device: str = "auto") -> Iterator[None]:
     if world <= 1 or not dist.is_available() or dist.is_initialized():
         yield
         return
+    global _ran_process_group
     store = _attempt_store(rank_, world)
+    _ran_process_group = True
     if device != "cpu" and torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
         dist.init_process_group("cpu:gloo,cuda:nccl", device_id=torch.device("cuda", local_rank), **store)
@@ -117,11 +125,32 @@ def session(device: str = "auto") -> Iterator[None]:
     except BaseException:
         dist.destroy_process_group()  # no barrier: the other ranks may never reach it
         raise
-    # Tear down together. Without this barrier a rank that finished first (the others still writing
-    # final.json) died now and then in gloo's teardown with "terminate called without an active
-    # exception" (SIGABRT): a finished run that torchrun reported as failed.
-    dist.barrier()
+    dist.barrier()  # rank 0 may still be writing final.json: every rank leaves with the run complete
     dist.destroy_process_group()
+
+
+def exit_process(code: int) -> NoReturn:
+    """End this process with ``code``; without the interpreter's finalisation once it ran a process group.
+
+    DDP keeps a reference to the process group inside torch, so ``destroy_process_group`` cannot
+    destroy it and gloo's worker threads outlive it. Such a thread releases each finished collective's
+    tensors after the collective has returned to Python, and releasing a tensor Python created takes
+    the GIL. When that happens while the interpreter finalises, Python ends the thread inside a C++
+    frame that may not unwind and the process aborts ("terminate called without an active exception",
+    SIGABRT): a finished run that torchrun reports as failed (core dump: ``ProcessGroupGloo::runLoop``
+    -> ``~AsyncBarrierWork`` -> ``~AsyncBroadcastWork`` -> ``decref_pyobject`` -> ``take_gil`` ->
+    ``pthread_exit`` -> ``std::terminate``, while the main thread was in ``Py_FinalizeEx``). So a
+    process that ran a process group flushes its output and leaves with ``os._exit``: finalisation,
+    the only place the race can happen, never starts. Every file the run writes is closed by then;
+    no ``atexit`` work of ours is skipped. Other processes exit normally.
+    """
+    if not _ran_process_group:
+        sys.exit(code)
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(Exception):  # a closed or broken pipe must not turn an exit into a traceback
+            stream.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 def barrier() -> None:

@@ -328,29 +328,63 @@ def resolve_paths(
 ) -> np.ndarray:
     """(N,) absolute paths of a column of file names relative to ``folder``, as a numpy string array.
 
-    Nothing is opened or stat-ed (a 200k-row table must build in seconds). A path that leaves
-    ``folder`` (``..``, absolute, or a symlink-free escape) is an error unless ``allow_outside``:
-    a table should not make us read arbitrary files.
+    Nothing is opened (a 200k-row table must build in seconds). A path that leaves ``folder`` is an
+    error unless ``allow_outside``: a table should not make us read arbitrary files. Leaving is
+    checked twice: lexically (``..``, an absolute path), then with symbolic links followed (a link
+    inside the folder to a file outside, a path through a linked folder), which costs one ``lstat``
+    per file (:class:`_RealFolder`). The paths returned are the lexical ones, as the table names them.
     """
     base = os.path.abspath(folder)
     prefix = base.rstrip(os.sep) + os.sep
     posix = os.sep == "/" and os.altsep is None
+    real = None if allow_outside else _RealFolder(base)
     out = []
     for i, rel in enumerate(table.strings(column)):
         # A plain relative path (no empty, '.' or '..' component, nothing leading or trailing) is
         # already normal: prefix + rel is what normpath(join(base, rel)) returns, at a fraction of
         # its cost. Anything else (including names that merely start with a dot) takes the full way.
         if posix and rel and rel[0] != "/" and rel[-1] != "/" and "//" not in rel and "/." not in "/" + rel:
-            out.append(prefix + rel)
-            continue
-        p = os.path.normpath(os.path.join(base, rel))
-        if not allow_outside and not p.startswith(prefix):
+            p = prefix + rel
+        else:
+            p = os.path.normpath(os.path.join(base, rel))
+            if not allow_outside and not p.startswith(prefix):
+                raise DataError(
+                    f"{table.where(i, column)}: path {rel!r} leaves {base}; expected a path inside it "
+                    "(set `data.allow_outside_root` to permit)"
+                )
+        target = real.outside(p) if real is not None else None
+        if target is not None:
             raise DataError(
-                f"{table.where(i, column)}: path {rel!r} leaves {base}; expected a path inside it "
-                "(set `data.allow_outside_root` to permit)"
+                f"{table.where(i, column)}: path {rel!r} leaves {base} through a symbolic link (to {target}); "
+                "expected a path inside it (set `data.allow_outside_root` to permit)"
             )
         out.append(p)
     return np.asarray(out, dtype=str)
+
+
+class _RealFolder:
+    """Whether paths, with their symbolic links followed, stay inside a folder.
+
+    The real path of each parent folder is computed once (a 200k-row table names a few folders), so a
+    file costs one ``lstat`` (is it a link?) unless it is a link. A path that does not exist stays as
+    it is (``realpath`` resolves what exists): the image check names missing files.
+    """
+
+    def __init__(self, base: str) -> None:
+        self.root = os.path.realpath(base)
+        self.prefix = self.root.rstrip(os.sep) + os.sep
+        self._folders: dict[str, str] = {}
+
+    def outside(self, path: str) -> str | None:
+        """The real path of ``path`` when it lies outside the folder, else None."""
+        head, tail = os.path.split(path)
+        folder = self._folders.get(head)
+        if folder is None:
+            folder = self._folders[head] = os.path.realpath(head)
+        real = os.path.join(folder, tail)
+        if os.path.islink(real):
+            real = os.path.realpath(real)
+        return None if real == self.root or real.startswith(self.prefix) else real
 
 
 class _RestrictedUnpickler(pickle.Unpickler):

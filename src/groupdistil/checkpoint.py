@@ -303,7 +303,15 @@ def state_dict_mismatch(expected: Mapping[str, torch.Tensor], got: Any, limit: i
 def load_state_dict_checked(model: nn.Module, state: Any) -> None:
     """``model.load_state_dict(state)``, refusing first with a ValueError that names the first
     mismatched tensors and both shapes (torch's own message puts them after a line break, where a
-    one-line error ends)."""
+    one-line error ends).
+
+    A model that reads an earlier layout of its weights says so with an ``upgrade_state_dict(state)``
+    method (models/tv_resnet.py), applied first: the model code owns its legacy names, and this module
+    imports no model.
+    """
+    upgrade = getattr(model, "upgrade_state_dict", None)
+    if upgrade is not None and isinstance(state, Mapping):
+        state = upgrade(state)
     mismatch = state_dict_mismatch(model.state_dict(), state)
     if mismatch:
         raise ValueError(mismatch)
@@ -385,11 +393,7 @@ def restore_training(
     ck = load_checkpoint(path)
     check_resumable(path, ck)
     try:
-        # models imports this module (file hashes): imported here, not at the top, to avoid the cycle.
-        from groupdistil.models import upgrade_legacy_keys
-
-        state = upgrade_legacy_keys(str(ck.get("model_name", "")), ck["model"])
-        load_state_dict_checked(distributed.unwrap(model), state)
+        load_state_dict_checked(distributed.unwrap(model), ck["model"])
         objective.load_state_dict(ck["objective"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])

@@ -19,9 +19,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import interleaved  # noqa: E402
-
-from groupdistil.data import DataConfig, load_dataset  # noqa: E402
+from groupdistil.data import DataConfig, load_dataset
+from timing import interleaved
 
 
 def write_images(root: Path, n: int, side: int) -> Path:

@@ -61,8 +61,9 @@ class RunWriter:
         self._rows: list[list[Any]] = []
         if not self.active:
             return
-        with _storage(self.paths.checkpoints):
+        with _storage(self.dir):
             self.dir.mkdir(parents=True, exist_ok=True)
+        with _storage(self.paths.checkpoints):
             self.paths.checkpoints.mkdir(exist_ok=True)
         if tensorboard:
             # Imported here: it costs about two seconds and only a writing process needs it.

@@ -331,8 +331,8 @@ def resolve_paths(
     Nothing is opened (a 200k-row table must build in seconds). A path that leaves ``folder`` is an
     error unless ``allow_outside``: a table should not make us read arbitrary files. Leaving is
     checked twice: lexically (``..``, an absolute path), then with symbolic links followed (a link
-    inside the folder to a file outside, a path through a linked folder), which costs one ``lstat``
-    per file (:class:`_RealFolder`). The paths returned are the lexical ones, as the table names them.
+    inside the folder to a file outside, a path through a linked folder), at the cost of listing each
+    folder once (:class:`_RealFolder`). The paths returned are the lexical ones, as the table names them.
     """
     base = os.path.abspath(folder)
     prefix = base.rstrip(os.sep) + os.sep
@@ -365,26 +365,41 @@ def resolve_paths(
 class _RealFolder:
     """Whether paths, with their symbolic links followed, stay inside a folder.
 
-    The real path of each parent folder is computed once (a 200k-row table names a few folders), so a
-    file costs one ``lstat`` (is it a link?) unless it is a link. A path that does not exist stays as
-    it is (``realpath`` resolves what exists): the image check names missing files.
+    Each parent folder is looked at once (a 200k-row table names a few folders): its real path, and
+    which of its entries are links (one ``scandir``, whose entries say so without a ``stat`` each). A
+    path then costs a set lookup unless it is a link. A path that does not exist stays as it is
+    (``realpath`` resolves what exists): the image check names missing files.
     """
 
     def __init__(self, base: str) -> None:
         self.root = os.path.realpath(base)
         self.prefix = self.root.rstrip(os.sep) + os.sep
-        self._folders: dict[str, str] = {}
+        self._folders: dict[str, tuple[str, bool, frozenset[str]]] = {}
+
+    def _inside(self, real: str) -> bool:
+        return real == self.root or real.startswith(self.prefix)
 
     def outside(self, path: str) -> str | None:
-        """The real path of ``path`` when it lies outside the folder, else None."""
-        head, tail = os.path.split(path)
+        """The real path of ``path`` (absolute and normal) when it lies outside the folder, else None."""
+        head, _, tail = path.rpartition(os.sep)
         folder = self._folders.get(head)
         if folder is None:
-            folder = self._folders[head] = os.path.realpath(head)
-        real = os.path.join(folder, tail)
-        if os.path.islink(real):
-            real = os.path.realpath(real)
-        return None if real == self.root or real.startswith(self.prefix) else real
+            real = os.path.realpath(head or os.sep)
+            folder = self._folders[head] = (real, self._inside(real), _links_in(head or os.sep))
+        real_head, head_inside, links = folder
+        if tail in links:
+            real = os.path.realpath(path)
+            return None if self._inside(real) else real
+        return None if head_inside else os.path.join(real_head, tail)
+
+
+def _links_in(folder: str) -> frozenset[str]:
+    """The names of the symbolic links in ``folder`` (none when it cannot be listed)."""
+    try:
+        with os.scandir(folder) as entries:
+            return frozenset(e.name for e in entries if e.is_symlink())
+    except OSError:
+        return frozenset()
 
 
 class _RestrictedUnpickler(pickle.Unpickler):

@@ -100,3 +100,17 @@ def test_yaml_group_keys_are_checked(tmp_path, capsys):
     cfg.write_text(yaml.safe_dump({"data": {"dataset": "spurious-digits", "train_groups": "clusters"}}))
     assert run_app(["run", str(cfg)]) == 2
     assert f"{cfg}: data.train_groups (--train-groups)" in capsys.readouterr().err
+
+
+def test_the_epoch_line_shows_the_selection_metric_and_no_unused_groups(tmp_path, capsys):
+    from groupdistil.training.engine import _epoch_line
+
+    va = {"avg_acc": 0.9, "worst_group_acc": 0.25, "worst_class_acc": 0.75, "balanced_acc": 0.8}
+    line = _epoch_line(0, 2, {"loss": 1.0, "avg_acc": 0.5}, va, "worst_class_acc", True)
+    assert line.endswith("val avg  90.0  worst-class  75.0  *best") and "worst-group" not in line
+    assert _epoch_line(0, 2, {"avg_acc": 0.5}, va, "worst_group_acc", False).endswith("worst-group  25.0")
+    assert _epoch_line(0, 2, {"avg_acc": 0.5}, va, "avg_acc", False).endswith("val avg  90.0")
+    args = ["train", *FAST, "--no-quiet", "--val-groups", "none", "--out", str(tmp_path / "blind")]
+    assert run_app(args) == 0
+    shown = capsys.readouterr()
+    assert "worst-class" in shown.out and "worst-group" not in shown.out + shown.err

@@ -80,3 +80,61 @@ def test_imports_point_down_the_layers():
                 if LAYERS.get(target, 0) > mine or peers:
                     wrong.append(f"{'/'.join(rel)}:{node.lineno} imports {node.module}")
     assert not wrong, wrong
+
+
+def _module_name(path: Path) -> str:
+    parts = ("groupdistil", *path.relative_to(SRC).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the groupdistil modules it imports, at the top or inside a function (a deferred import
+    hides a cycle from the interpreter, not from the design). ``from groupdistil.x import y`` counts as
+    an import of ``groupdistil.x.y`` when that is a module, else of ``groupdistil.x``."""
+    paths = {_module_name(p): p for p in SRC.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        edges: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "groupdistil":
+                for alias in node.names:
+                    sub = f"{node.module}.{alias.name}"
+                    edges.add(sub if sub in paths else node.module)
+            elif isinstance(node, ast.Import):
+                edges |= {a.name for a in node.names if a.name in paths}
+        graph[name] = edges - {name}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of the graph (its modules in order, the first repeated at the end), or None."""
+    done: set[str] = set()
+    for start in sorted(graph):
+        path: list[str] = []
+        stack = [(start, iter(sorted(graph[start])))]
+        on_path = {start}
+        path.append(start)
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                stack.pop()
+                on_path.discard(path.pop())
+                done.add(node)
+            elif child in on_path:
+                return [*path[path.index(child):], child]
+            elif child not in done and child in graph:
+                stack.append((child, iter(sorted(graph[child]))))
+                on_path.add(child)
+                path.append(child)
+    return None
+
+
+def test_the_import_graph_has_no_cycle():
+    # Layers say which way imports may point between folders; within a layer (checkpoint.py and
+    # models/, say) this says they point one way only.
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+    graph = _import_graph()
+    assert "groupdistil.checkpoint" in graph["groupdistil.models"]  # the graph sees real imports
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph) or [])

@@ -49,7 +49,7 @@ def snapshot(root: Path) -> dict[Path, bytes | None]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
-def test_malformed_input(case, tmp_path, capsys):
+def test_malformed_input(case, tmp_path, capsys, monkeypatch):
     for rel, text in case["files"].items():
         path = tmp_path / rel
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,13 +60,22 @@ def test_malformed_input(case, tmp_path, capsys):
         path = tmp_path / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(text.encode("latin-1"))
+    for rel, target in case.get("links", {}).items():  # symbolic links: path -> target
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).symlink_to(target.replace("ROOT", str(tmp_path)))
+    for name, value in case.get("env", {}).items():  # fault injection (src/groupdistil/faults.py)
+        monkeypatch.setenv(name, value)
     before = snapshot(tmp_path)
     argv = [a.replace("ROOT", str(tmp_path)) for a in case["argv"]]
-    assert run_app(argv) == 2
+    assert run_app(argv) == case.get("exit", 2)
     captured = capsys.readouterr()
     err = captured.err.strip()
     assert err.count("\n") == 0 and "Traceback" not in err, err
     assert err.startswith("error: ")
     assert re.search(case["expect"], err), f"{err!r} does not match {case['expect']!r}"
-    assert snapshot(tmp_path) == before, "nothing is written, changed or deleted"
+    # A case that fails while writing (a full disk) may leave the folder it was writing, never a temp file.
+    written = tuple(Path(w) for w in case.get("written", []))
+    after = {p: b for p, b in snapshot(tmp_path).items() if not any(p == w or w in p.parents for w in written)}
+    assert after == before, "nothing is written, changed or deleted"
+    assert not [p for p in tmp_path.rglob("*.tmp")], "no temporary file is left"
     assert not (tmp_path / "pwned").exists()

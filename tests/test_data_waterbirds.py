@@ -71,6 +71,9 @@ def test_duplicate_ids_missing_column_escape_and_corrupt_image(waterbirds_root):
         build(waterbirds_root)
     (waterbirds_root / "bad.jpg").write_bytes(b"not a jpeg")
     write_csv(meta, ["img_filename", "y", "split", "place"], [["bad.jpg", 0, 0, 0]])
-    bundle = build(waterbirds_root)  # building never decodes
+    with pytest.raises(DataError, match=r"bad\.jpg: not an image file"):
+        build(waterbirds_root)  # every header is read when the data is loaded
+    cfg = DataConfig(dataset="waterbirds", root=waterbirds_root, image_size=16)
+    bundle = load_dataset(cfg, check_files=False)  # counting alone reads no image
     with pytest.raises(DataError, match=r"bad\.jpg: cannot decode image"):
         bundle.train[0]

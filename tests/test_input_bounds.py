@@ -218,7 +218,10 @@ def test_decoded_pixel_count_is_bounded(tmp_path, monkeypatch):
 
 def test_a_worker_error_is_the_main_process_line(tmp_path, capsys):
     path = image_manifest(tmp_path, {"ok.png": np.zeros((8, 8, 3), np.uint8)})
-    (tmp_path / "bad.png").write_bytes(b"not a png")
+    # A PNG cut in the middle of its pixel data: its header passes the check when the data is loaded,
+    # decoding fails in the worker.
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "b.png")
+    (tmp_path / "bad.png").write_bytes((tmp_path / "b.png").read_bytes()[:400])
     path.write_text(path.read_text() + "1,train,bad.png\n")
     train = load_dataset(DataConfig(dataset="manifest", root=path, image_size=8)).train
     messages = []

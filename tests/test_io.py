@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,39 @@ def test_resolved_paths_equal_normpath_of_join(tmp_path_factory, parts):
         with pytest.raises(DataError, match="leaves"):
             resolve_paths(table, "path", folder)
         assert resolve_paths(table, "path", folder, allow_outside=True).tolist() == [want]
+
+
+def _linked_root(tmp_path: Path) -> Path:
+    """root/ with a real file, a link to a file outside, a linked folder outside and one inside."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.png").write_text("x")
+    root = tmp_path / "root"
+    (root / "img").mkdir(parents=True)
+    (root / "img" / "a.png").write_text("x")
+    (root / "img" / "link.png").symlink_to(outside / "secret.png")
+    (root / "shared").symlink_to(outside, target_is_directory=True)
+    (root / "alias").symlink_to(root / "img", target_is_directory=True)
+    (root / "img" / "inner.png").symlink_to(root / "img" / "a.png")
+    return root
+
+
+@pytest.mark.parametrize("rel", ["img/link.png", "shared/secret.png", "./shared/../shared/secret.png"])
+def test_a_symbolic_link_out_of_the_folder_is_refused_unless_allowed(tmp_path, rel):
+    root = _linked_root(tmp_path)
+    table = Table(Path("m.csv"), {"path": ["img/a.png", rel]}, lines=[2, 3])
+    real = os.path.realpath(tmp_path / "outside" / "secret.png")
+    with pytest.raises(DataError, match=rf"m.csv: line 3, column 'path': path '{re.escape(rel)}' leaves "
+                                        rf".*root through a symbolic link \(to {re.escape(real)}\)"):
+        resolve_paths(table, "path", root)
+    got = resolve_paths(table, "path", root, allow_outside=True).tolist()
+    assert got == [str(root / "img/a.png"), os.path.normpath(os.path.join(root, rel))]  # as the table names it
+
+
+def test_links_that_stay_inside_and_a_linked_root_are_accepted(tmp_path):
+    root = _linked_root(tmp_path)
+    rows = ["img/a.png", "alias/a.png", "img/inner.png", "missing/none.png"]
+    table = Table(Path("m.csv"), {"path": rows}, lines=[2, 3, 4, 5])
+    assert resolve_paths(table, "path", root).tolist() == [str(root / r) for r in rows]
+    (tmp_path / "via").symlink_to(root, target_is_directory=True)  # the folder itself reached by a link
+    assert resolve_paths(table, "path", tmp_path / "via").tolist() == [str(tmp_path / "via" / r) for r in rows]

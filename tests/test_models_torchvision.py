@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from groupdistil.app.runner import model_from_checkpoint, record_pretrained
-from groupdistil.checkpoint import file_sha256, save_checkpoint
+from groupdistil.checkpoint import file_sha256, load_state_dict_checked, save_checkpoint
 from groupdistil.cli.app import run_app
 from groupdistil.config import RunConfig
 from groupdistil.errors import CheckpointError
@@ -76,9 +76,12 @@ def test_legacy_resnet_checkpoints_load_by_the_key_mapping(tmp_path, side):
         bn.running_var.uniform_(0.5, 1.5)
     torch.save({"model": old.state_dict()}, tmp_path / "old.pt")
     new = create_model("resnet18", 5, input_shape=(3, side, side))
-    load_weights(new, tmp_path / "old.pt", "resnet18")
+    load_weights(new, tmp_path / "old.pt")
     x = torch.randn(2, 3, side, side)
     assert torch.allclose(old.eval()(x), new.eval()(x), atol=1e-5)
+    resumed = create_model("resnet18", 5, input_shape=(3, side, side))
+    load_state_dict_checked(resumed, old.state_dict())  # the load every path shares (resume too)
+    assert torch.allclose(old.eval()(x), resumed.eval()(x), atol=1e-5)
     other = {"features.0.weight": torch.zeros(1)}
     assert upgrade_legacy_keys("resnet8", other) is other  # CIFAR ResNets keep their own names
 

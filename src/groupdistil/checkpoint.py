@@ -6,6 +6,8 @@ A checkpoint is a plain dict of tensors and primitives (no pickled classes), tag
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import glob
 import hashlib
 import os
@@ -23,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from torch import nn
 
 from groupdistil import faults
-from groupdistil.errors import CheckpointError, first_line
+from groupdistil.errors import CheckpointError, StorageError, first_line
 from groupdistil.parallel import distributed
 
 FORMAT = "groupdistil-checkpoint"
@@ -143,21 +145,59 @@ def atomic_write(path: Path, write: Any) -> None:
     """Write a file atomically: ``write(fileobj)`` into a temporary file, fsync, rename.
 
     A process killed at any moment leaves either the old file or the new one, never a truncated one.
+
+    Raises:
+        StorageError: the file system refused (no space, read-only, quota, permission): one line
+            naming ``path`` and the error. The temporary file is removed and ``path`` keeps its
+            previous content, so the last good checkpoint stays loadable.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp: str | None = None
+    sink: _Recording | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            sink = _Recording(f, faults.no_space(path.name))
+            write(sink)
             f.flush()
             os.fsync(f.fileno())
         faults.point(f"replace:{path.name}")
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                Path(tmp).unlink(missing_ok=True)
+        # torch.save reports a failed write as a RuntimeError of its own ("enforce fail at
+        # inline_container.cc"): the OSError the file object raised is what the user needs to see.
+        cause = e if isinstance(e, OSError) else (sink.error if sink is not None else None)
+        if cause is not None and isinstance(e, Exception):
+            raise StorageError.from_os_error(path, cause) from None
         raise
     _fsync_dir(path.parent)
+
+
+class _Recording:
+    """A binary file that keeps the first OSError its ``write`` raised (torch.save replaces it with a
+    RuntimeError) and, when ``fail`` (the fault injection of :func:`faults.no_space`), writes half of
+    the first chunk and raises ENOSPC, as a disk that fills up mid-write does."""
+
+    def __init__(self, f: Any, fail: bool) -> None:
+        self.f, self.fail, self.error = f, fail, None
+
+    def write(self, data: Any) -> int:
+        try:
+            if self.fail:
+                raw = memoryview(data).cast("B")
+                self.f.write(raw[: len(raw) // 2])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def remove_stale_tmp(folder: Path, names: Iterable[str]) -> list[Path]:
@@ -263,7 +303,15 @@ def state_dict_mismatch(expected: Mapping[str, torch.Tensor], got: Any, limit: i
 def load_state_dict_checked(model: nn.Module, state: Any) -> None:
     """``model.load_state_dict(state)``, refusing first with a ValueError that names the first
     mismatched tensors and both shapes (torch's own message puts them after a line break, where a
-    one-line error ends)."""
+    one-line error ends).
+
+    A model that reads an earlier layout of its weights says so with an ``upgrade_state_dict(state)``
+    method (models/tv_resnet.py), applied first: the model code owns its legacy names, and this module
+    imports no model.
+    """
+    upgrade = getattr(model, "upgrade_state_dict", None)
+    if upgrade is not None and isinstance(state, Mapping):
+        state = upgrade(state)
     mismatch = state_dict_mismatch(model.state_dict(), state)
     if mismatch:
         raise ValueError(mismatch)
@@ -345,11 +393,7 @@ def restore_training(
     ck = load_checkpoint(path)
     check_resumable(path, ck)
     try:
-        # models imports this module (file hashes): imported here, not at the top, to avoid the cycle.
-        from groupdistil.models import upgrade_legacy_keys
-
-        state = upgrade_legacy_keys(str(ck.get("model_name", "")), ck["model"])
-        load_state_dict_checked(distributed.unwrap(model), state)
+        load_state_dict_checked(distributed.unwrap(model), ck["model"])
         objective.load_state_dict(ck["objective"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])

@@ -7,6 +7,8 @@ one line on stderr and exit code 2; nothing else in the code base prints traceba
 
 from __future__ import annotations
 
+import errno
+
 
 class UserError(ValueError):
     """Bad input from the user: a file, value or option that is not what we expected.
@@ -49,6 +51,27 @@ class ConfigError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint that is missing, corrupt, or not written by groupdistil."""
+
+
+class StorageError(UserError):
+    """A file could not be written: no space left, a read-only file system, a quota, a permission.
+
+    The message is one line naming the file and the operating system's error (``[ENOSPC] No space
+    left on device``). The command line prints it and exits with :data:`STORAGE_EXIT_CODE`, so a
+    job script can tell "free space, then ``--resume``" from "fix the command" (exit 2). A run
+    folder's files are written atomically, so the file named still holds its previous version.
+    """
+
+    @classmethod
+    def from_os_error(cls, path: object, e: OSError) -> StorageError:
+        """The error for ``e``, raised while writing ``path``."""
+        name = errno.errorcode.get(e.errno or 0)
+        why = e.strerror or str(e) or type(e).__name__
+        return cls(f"{path}: cannot write: {f'[{name}] ' if name else ''}{why}")
+
+
+#: The exit code of a :class:`StorageError` (BSD sysexits' EX_IOERR: "an error occurred doing I/O").
+STORAGE_EXIT_CODE = 74
 
 
 class NumericalError(RuntimeError):

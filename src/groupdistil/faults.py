@@ -9,7 +9,11 @@ after epoch e's ``last.pt`` is written, 0-based), ``replace:<file name>:<k>`` (t
 process is about to rename a finished temporary file onto ``<file name>``: the temporary file is
 complete and fsynced, the target still holds its old content).
 
-Both act in the first attempt of a torchrun job only (``TORCHELASTIC_RESTART_COUNT`` unset or 0), so
+``GROUPDISTIL_NOSPACE_AT=<file name>[:<k>]`` makes an atomic write of ``<file name>`` (every one, or
+only the k-th of this process) and an append to it fail with ``OSError(ENOSPC)`` after part of the
+bytes are written, as a disk that fills up does.
+
+All act in the first attempt of a torchrun job only (``TORCHELASTIC_RESTART_COUNT`` unset or 0), so
 that the attempt torchrun restarts after the injected fault runs clean.
 """
 
@@ -49,3 +53,17 @@ def poisoned(batch: int) -> bool:
 
 def _restarted() -> bool:
     return distributed.restart_count() > 0
+
+
+NOSPACE_ENV = "GROUPDISTIL_NOSPACE_AT"
+
+
+def no_space(name: str) -> bool:
+    """True when ``GROUPDISTIL_NOSPACE_AT`` names this write of the file called ``name`` (each call
+    counts one write): the writer then fails with ENOSPC part-way (checkpoint.atomic_write)."""
+    target = os.environ.get(NOSPACE_ENV)
+    if not target or _restarted():
+        return False
+    _seen[f"nospace:{name}"] += 1
+    return target in (name, f"{name}:{_seen[f'nospace:{name}']}")
+

@@ -18,7 +18,7 @@ from groupdistil.config import RunConfig, TrainConfig, dump_yaml
 from groupdistil.data import DatasetBundle, load_dataset
 from groupdistil.errors import CheckpointError, NumericalError, UserError, first_line
 from groupdistil.loaders import default_workers
-from groupdistil.models import create_model, upgrade_legacy_keys
+from groupdistil.models import create_model
 from groupdistil.objectives import OBJECTIVES, Objective, build_objective, objective_options
 from groupdistil.parallel import distributed
 from groupdistil.pseudogroups import (
@@ -90,7 +90,7 @@ def model_from_checkpoint(path: Path, device: torch.device | str = "cpu") -> tup
             ck["model_name"], num_classes=int(ck["num_classes"]),
             in_channels=int(ck.get("in_channels", 3)), input_shape=tuple(ck.get("input_shape") or ()) or None,
         )
-        load_state_dict_checked(model, upgrade_legacy_keys(ck["model_name"], ck["model"]))
+        load_state_dict_checked(model, ck["model"])
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: weights do not fit model {ck['model_name']!r}: {first_line(e)}") from None
     return model.to(device).eval(), ck

@@ -8,7 +8,7 @@ import sys
 import typer
 
 from groupdistil.cli.flags import cli_text
-from groupdistil.errors import NumericalError, UserError
+from groupdistil.errors import STORAGE_EXIT_CODE, NumericalError, StorageError, UserError
 from groupdistil.parallel import distributed
 
 app = typer.Typer(
@@ -45,7 +45,8 @@ def _print_error(message: str) -> None:
 
 def run_app(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code: user errors print one line and return 2, numerical faults
-    (a non-finite loss) one line and 3."""
+    (a non-finite loss) one line and 3, a file the file system refused to write (no space, read-only)
+    one line and 74 (STORAGE_EXIT_CODE)."""
     _register()
     distributed.set_error_reporter(_print_error)
     try:
@@ -54,7 +55,7 @@ def run_app(argv: list[str] | None = None) -> int:
         # An error every rank shares is printed once, by rank 0, before the others learn of it.
         if not getattr(e, "from_rank0", False) and not getattr(e, "reported", False):
             _print_error(str(e))
-        return 2
+        return STORAGE_EXIT_CODE if isinstance(e, StorageError) else 2
     except NumericalError as e:
         if distributed.is_main_process():
             print(f"error: {cli_text(str(e))}", file=sys.stderr)

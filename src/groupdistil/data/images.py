@@ -6,9 +6,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from groupdistil.data.transforms import (
+    MAX_PIXELS,
     CenterCrop,
     Compose,
     Normalize,
@@ -18,6 +19,7 @@ from groupdistil.data.transforms import (
     Transform,
     decode_image,
 )
+from groupdistil.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -61,8 +63,32 @@ class ImageFiles:
     def subset(self, index: np.ndarray) -> ImageFiles:
         return ImageFiles(self.paths[index], self.mode, self.size)
 
+    def check(self) -> None:
+        """Read every file's header (:func:`check_image_header`): a missing or unreadable file is one
+        DataError naming it, before a run touches its folder (``data.load_dataset`` calls it)."""
+        for path in self.paths:
+            check_image_header(str(path))
+
     def __repr__(self) -> str:
         return f"ImageFiles(n={len(self)}, mode={self.mode!r}, size={self.size})"
+
+
+def check_image_header(path: str) -> None:
+    """Refuse, in one DataError line naming ``path``, a file that is missing, is not an image Pillow
+    reads, or has no pixels or more than :data:`MAX_PIXELS`. Only the header is read (format, size,
+    mode: Pillow decodes no pixel in ``Image.open``), so a file whose header is good but whose body is
+    damaged passes here and is named by :func:`decode_image` when the loader meets it."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: not an image file (no image format Pillow reads begins it)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: cannot read the image header ({e})") from None
+    if w < 1 or h < 1 or w * h > MAX_PIXELS:
+        raise DataError(f"{path}: image of {h} x {w} pixels; expected 1 to {MAX_PIXELS} pixels")
 
 
 #: Pillow's reducing_gap: integer-factor reduction first, while the image stays this many times the

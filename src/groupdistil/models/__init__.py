@@ -74,7 +74,7 @@ def create_model(
     if pretrained is not None:
         load_pretrained(model, Path(pretrained), name, head_name(model, name))
     if weights is not None:
-        load_weights(model, Path(weights), name)
+        load_weights(model, Path(weights))
     return model
 
 
@@ -105,9 +105,10 @@ def _external(prefix: str, name: str, num_classes: int) -> nn.Module:
         raise UserError(f"`model.name` {prefix}{name}: {package} cannot build it ({type(e).__name__})") from None
 
 
-def load_weights(model: nn.Module, path: Path, name: str = "") -> None:
-    """Load a raw state dict or a groupdistil checkpoint's ``model`` entry into ``model`` (``name``);
-    a state dict of groupdistil's earlier ``resnet18/34/50`` layout is renamed first."""
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load a raw state dict or a groupdistil checkpoint's ``model`` entry into ``model``; a state dict
+    of groupdistil's earlier ``resnet18/34/50`` layout is renamed first (by the model:
+    ``ResNet.upgrade_state_dict``)."""
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file not found")
     try:
@@ -118,6 +119,6 @@ def load_weights(model: nn.Module, path: Path, name: str = "") -> None:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a state dict")
     try:
-        load_state_dict_checked(model, upgrade_legacy_keys(name, state))
+        load_state_dict_checked(model, state)  # an earlier layout is renamed by the model itself
     except (RuntimeError, ValueError) as e:
         raise CheckpointError(f"{path}: weights do not fit the model: {first_line(e)}") from None

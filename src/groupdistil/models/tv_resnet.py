@@ -73,6 +73,7 @@ class ResNet(nn.Module):
     def __init__(self, block: type[BasicBlock], depths: tuple[int, int, int, int], num_classes: int,
                  in_channels: int = 3, small_input: bool = False) -> None:
         super().__init__()
+        self.depths = tuple(depths)
         self.conv1 = _conv(in_channels, 64, 3) if small_input else _conv(in_channels, 64, 7, 2)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
@@ -88,6 +89,11 @@ class ResNet(nn.Module):
         for m in self.modules():  # torchvision's initialisation (He normal, fan out)
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def upgrade_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``state`` with the names of groupdistil's earlier ResNet layout renamed to these (unchanged
+        when it has them already); ``checkpoint.load_state_dict_checked`` calls it before loading."""
+        return _upgrade(self.depths, state)
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
         """x: (B, C, H, W) -> logits (B, num_classes) (and pooled features (B, 512 * expansion))."""
@@ -126,13 +132,21 @@ def upgrade_legacy_keys(name: str, state: dict[str, torch.Tensor]) -> dict[str, 
     """Rename a state dict of groupdistil's earlier ``resnet18/34/50`` (``features.N...``,
     ``classifier``) to torchvision's names; any other state dict is returned unchanged.
 
+    Loading does this by itself (:meth:`ResNet.upgrade_state_dict`); this is the same for a model name.
+    """
+    return _upgrade(DEPTHS[name][1], state) if name in DEPTHS else state
+
+
+def _upgrade(depths: tuple[int, ...], state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """:func:`upgrade_legacy_keys` for a ResNet of ``depths`` blocks per stage.
+
     The earlier layout was ``features = [conv, bn, relu, (maxpool), blocks, pool, flatten]`` with the
     blocks numbered through all stages, each ``body.K`` / ``shortcut.K``; the tensors are the same.
     """
-    if name not in DEPTHS or "features.0.weight" not in state:
+    if "features.0.weight" not in state:
         return state
     body = "features.4." if any(k.startswith("features.4.0.") for k in state) else "features.3."
-    where = [(s, j) for s, d in enumerate(DEPTHS[name][1]) for j in range(d)]
+    where = [(s, j) for s, d in enumerate(depths) for j in range(d)]
     out = {}
     for key, value in state.items():
         if key.startswith(body):

@@ -11,15 +11,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import io
 import json
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from groupdistil import faults
 from groupdistil.checkpoint import atomic_write, remove_stale_tmp
+from groupdistil.errors import StorageError
 from groupdistil.metrics import HEADLINE_METRICS
 from groupdistil.parallel import distributed
 from groupdistil.runs.final import FinalRecord
@@ -56,13 +61,16 @@ class RunWriter:
         self._rows: list[list[Any]] = []
         if not self.active:
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.paths.checkpoints.mkdir(exist_ok=True)
+        with _storage(self.dir):
+            self.dir.mkdir(parents=True, exist_ok=True)
+        with _storage(self.paths.checkpoints):
+            self.paths.checkpoints.mkdir(exist_ok=True)
         if tensorboard:
             # Imported here: it costs about two seconds and only a writing process needs it.
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.paths.tb))
+            with _storage(self.paths.tb):
+                self._tb = SummaryWriter(str(self.paths.tb))
 
     def start(self, config_yaml: str, resume_epoch: int | None) -> None:
         """Write config.yaml; on resume drop any line logged after the checkpoint's epoch."""
@@ -70,11 +78,13 @@ class RunWriter:
             return
         # A kill during an atomic write leaves a temporary file; this is the one place that removes
         # them (every start and resume of a run goes through here).
-        remove_stale_tmp(self.paths.root, RUN_FILES)
-        remove_stale_tmp(self.paths.checkpoints, CHECKPOINT_FILES)
+        with _storage(self.paths.root):
+            remove_stale_tmp(self.paths.root, RUN_FILES)
+            remove_stale_tmp(self.paths.checkpoints, CHECKPOINT_FILES)
         atomic_write(self.paths.config, lambda f: f.write(config_yaml.encode()))
         if resume_epoch is None:
-            self.paths.metrics.unlink(missing_ok=True)
+            with _storage(self.paths.metrics):
+                self.paths.metrics.unlink(missing_ok=True)
             atomic_write(self.paths.weights, lambda f: f.write(self._header().encode()))
             return
         self._truncate(resume_epoch)
@@ -120,18 +130,17 @@ class RunWriter:
         if not self.active:
             return
         if self._rows:
-            with open(self.paths.weights, "a", newline="", encoding="utf-8") as f:
-                csv.writer(f, lineterminator="\n").writerows(self._rows)
+            _append(self.paths.weights, "".join(_csv_line(row) for row in self._rows))
             self._rows = []
         line = {"epoch": epoch, "split": split, **metrics}
-        with open(self.paths.metrics, "a", encoding="utf-8") as f:
-            f.write(json.dumps(_json_safe(line)) + "\n")
+        _append(self.paths.metrics, json.dumps(_json_safe(line)) + "\n")
         if self._tb is not None:
-            for k in SCALARS:
-                v = metrics.get(k)
-                if isinstance(v, (int, float)) and math.isfinite(v):
-                    self._tb.add_scalar(f"{split}/{k}", v, epoch)
-            self._tb.flush()
+            with _storage(self.paths.tb):  # the event writer's thread raises its I/O errors here
+                for k in SCALARS:
+                    v = metrics.get(k)
+                    if isinstance(v, (int, float)) and math.isfinite(v):
+                        self._tb.add_scalar(f"{split}/{k}", v, epoch)
+                self._tb.flush()
 
     def finish(self, final: dict[str, Any]) -> None:
         """Write final.json (checked against its schema first: what is written can be read back)."""
@@ -144,8 +153,29 @@ class RunWriter:
 
     def close(self) -> None:
         if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+            tb, self._tb = self._tb, None
+            with _storage(self.paths.tb):
+                tb.close()
+
+
+@contextlib.contextmanager
+def _storage(path: Path) -> Iterator[None]:
+    """Turn an OSError of the file system (no space, read-only, quota, permission) while writing
+    ``path`` into one StorageError line naming it."""
+    try:
+        yield
+    except OSError as e:
+        raise StorageError.from_os_error(path, e) from None
+
+
+def _append(path: Path, text: str) -> None:
+    """Append ``text`` to one of the run's logs. A failed append may leave part of a line: resuming
+    drops it, like a line a kill cut short (:meth:`RunWriter._truncate`)."""
+    with _storage(path), open(path, "a", newline="", encoding="utf-8") as f:
+        if faults.no_space(path.name):
+            f.write(text[: len(text) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        f.write(text)
 
 
 def _csv_line(row: Sequence[Any]) -> str:

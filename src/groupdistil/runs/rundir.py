@@ -31,7 +31,7 @@ import yaml
 from groupdistil._validate import refuse_file
 from groupdistil.checkpoint import check_resumable, load_checkpoint
 from groupdistil.config import RunConfig, leaf_fields
-from groupdistil.errors import UserError
+from groupdistil.errors import StorageError, UserError
 from groupdistil.parallel import distributed
 
 MARKER = ".groupdistil-run"
@@ -271,7 +271,7 @@ def open_out(plan: OutPlan) -> None:
         if plan.job is not None:
             work.elastic.write_text(plan.job)
     except OSError as e:
-        raise UserError(f"`out` {plan.paths.root}: cannot write the run folder ({e.strerror or e})") from None
+        raise StorageError.from_os_error(e.filename or work.root, e) from None
 
 
 def close_out(plan: OutPlan, ok: bool) -> None:

@@ -218,13 +218,22 @@ def _pct(v: float | None) -> str:
     return "  n/a" if v is None else f"{100 * v:5.1f}"
 
 
+#: How the epoch line names the validation metric a run selects on (average accuracy is always shown).
+_SELECTION_LABELS = {"worst_group_acc": "worst-group", "worst_class_acc": "worst-class", "balanced_acc": "balanced"}
+
+
 def _epoch_line(
     epoch: int, epochs: int, tr: dict[str, Any], va: dict[str, Any], select_on: str, improved: bool
 ) -> str:
+    """The console line of an epoch: the training loss and accuracy, validation average accuracy and
+    the metric the run selects on. Only that one: a run told not to use validation groups
+    (``data.val_groups`` none selects on worst-class accuracy) does not show worst-group accuracy."""
     loss = tr.get("loss")
     loss_s = "n/a" if loss is None else f"{loss:.4f}"
+    label = _SELECTION_LABELS.get(select_on)
+    selected = f"  {label} {_pct(va.get(select_on))}" if label else ""
     return (
         f"epoch {epoch + 1:3d}/{epochs}  loss {loss_s}  train acc {_pct(tr['avg_acc'])}  "
-        f"val avg {_pct(va['avg_acc'])}  worst-group {_pct(va['worst_group_acc'])}"
+        f"val avg {_pct(va['avg_acc'])}{selected}"
         + ("  *best" if improved else "")
     )

@@ -9,7 +9,11 @@ after epoch e's ``last.pt`` is written, 0-based), ``replace:<file name>:<k>`` (t
 process is about to rename a finished temporary file onto ``<file name>``: the temporary file is
 complete and fsynced, the target still holds its old content).
 
-Both act in the first attempt of a torchrun job only (``TORCHELASTIC_RESTART_COUNT`` unset or 0), so
+``GROUPDISTIL_PAUSE_AT=<point>`` makes the process print ``paused at <point>`` to stderr and wait
+there for a signal (``signal.pause``), so that a test can act while the run is alive at a known
+point (send it SIGTERM, start a second run on its folder).
+
+All act in the first attempt of a torchrun job only (``TORCHELASTIC_RESTART_COUNT`` unset or 0), so
 that the attempt torchrun restarts after the injected fault runs clean.
 """
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from collections import Counter
 
 from groupdistil.parallel import distributed
@@ -25,16 +30,23 @@ ENV = "GROUPDISTIL_KILL_AT"
 _seen: Counter[str] = Counter()
 
 
+PAUSE_ENV = "GROUPDISTIL_PAUSE_AT"
+
+
 def point(name: str) -> None:
-    """SIGKILL this process if ``GROUPDISTIL_KILL_AT`` names this point."""
-    target = os.environ.get(ENV)
-    if not target or _restarted():
+    """SIGKILL this process if ``GROUPDISTIL_KILL_AT`` names this point; wait for a signal if
+    ``GROUPDISTIL_PAUSE_AT`` does."""
+    target, pause = os.environ.get(ENV), os.environ.get(PAUSE_ENV)
+    if not (target or pause) or _restarted():
         return
     if name.startswith("replace:"):
         _seen[name] += 1
         name = f"{name}:{_seen[name]}"
     if name == target:
         os.kill(os.getpid(), signal.SIGKILL)
+    if name == pause:
+        print(f"paused at {name}", file=sys.stderr, flush=True)
+        signal.pause()
 
 
 NAN_ENV = "GROUPDISTIL_NAN_AT"

@@ -110,12 +110,12 @@ def _judge(root: Path, path: Path, holder: Holder, kernel: bool) -> str | None:
     if holder.host == _HOST:
         if not kernel and _pid_alive(holder.pid) and holder.age_s < STALE_AFTER_S:
             raise _in_use(root, path, holder)
-        return f"note: the lock of {root} names {holder.describe()}, which has ended; taking it over"
+        return f"warning: the lock of {root} names {holder.describe()}, which has ended; taking it over"
     ago = f"; its heartbeat is {holder.age_s:.0f} s old"
     if holder.age_s < STALE_AFTER_S:
         raise _in_use(root, path, holder, f"{ago}, and a lock from another host is trusted for "
                                           f"{STALE_AFTER_S:.0f} s after its last heartbeat")
-    return (f"note: the lock of {root} names {holder.describe()}{ago} (more than {STALE_AFTER_S:.0f} s): "
+    return (f"warning: the lock of {root} names {holder.describe()}{ago} (more than {STALE_AFTER_S:.0f} s): "
             "that run has ended; taking it over")
 
 

@@ -10,8 +10,8 @@ process is about to rename a finished temporary file onto ``<file name>``: the t
 complete and fsynced, the target still holds its old content).
 
 ``GROUPDISTIL_PAUSE_AT=<point>`` makes the process print ``paused at <point>`` to stderr and wait
-there for a signal (``signal.pause``), so that a test can act while the run is alive at a known
-point (send it SIGTERM, start a second run on its folder).
+there for SIGTERM or SIGUSR1 (which it then raises again for the process's own handler), so that a
+test can act while the run is alive at a known point (signal it, start a second run on its folder).
 
 All act in the first attempt of a torchrun job only (``TORCHELASTIC_RESTART_COUNT`` unset or 0), so
 that the attempt torchrun restarts after the injected fault runs clean.
@@ -45,8 +45,15 @@ def point(name: str) -> None:
     if name == target:
         os.kill(os.getpid(), signal.SIGKILL)
     if name == pause:
+        # Blocked before the line is printed: a signal sent as soon as the test reads it is kept pending
+        # for sigwait, then raised again unblocked, for the process's own handler (signal.pause would
+        # wait forever for a signal that came just before it).
+        waited = {signal.SIGTERM, signal.SIGUSR1}
+        signal.pthread_sigmask(signal.SIG_BLOCK, waited)
         print(f"paused at {name}", file=sys.stderr, flush=True)
-        signal.pause()
+        got = signal.sigwait(waited)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, waited)
+        os.kill(os.getpid(), got)
 
 
 NAN_ENV = "GROUPDISTIL_NAN_AT"

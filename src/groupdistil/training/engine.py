@@ -4,6 +4,9 @@
 (worst-group accuracy by default; ties by average accuracy), and writes ``last.pt`` every epoch and
 ``best.pt`` on improvement, atomically. ``last.pt`` holds everything needed to resume bit for bit on
 CPU: model, optimiser, scheduler, objective state (q or lambda), RNG state, epoch, step, best metric.
+It is also written within an epoch (``train.checkpoint_every``, or a signal: training/preempt.py),
+then with the batches of the epoch done and the epoch's metric accumulators, and a resumed run
+continues with the next batch.
 """
 
 from __future__ import annotations

@@ -146,8 +146,8 @@ def check_unlocked(root: Path) -> None:
     path = lock_path(root)
     try:
         fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return
+    except (FileNotFoundError, NotADirectoryError):
+        return  # no lock (or no folder there at all: the folder checks say what is wrong)
     try:
         here = os.fstat(fd)
         if any((os.fstat(h).st_dev, os.fstat(h).st_ino) == (here.st_dev, here.st_ino) for h in _held):

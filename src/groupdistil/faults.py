@@ -10,7 +10,7 @@ process is about to rename a finished temporary file onto ``<file name>``: the t
 complete and fsynced, the target still holds its old content).
 
 ``GROUPDISTIL_PAUSE_AT=<point>`` makes the process print ``paused at <point>`` to stderr and wait
-there for SIGTERM or SIGUSR1 (which it then raises again for the process's own handler), so that a
+there for a signal that it handles (SIGTERM, SIGUSR1 while a run is training), so that a
 test can act while the run is alive at a known point (signal it, start a second run on its folder).
 
 All act in the first attempt of a torchrun job only (``TORCHELASTIC_RESTART_COUNT`` unset or 0), so
@@ -45,15 +45,23 @@ def point(name: str) -> None:
     if name == target:
         os.kill(os.getpid(), signal.SIGKILL)
     if name == pause:
-        # Blocked before the line is printed: a signal sent as soon as the test reads it is kept pending
-        # for sigwait, then raised again unblocked, for the process's own handler (signal.pause would
-        # wait forever for a signal that came just before it).
-        waited = {signal.SIGTERM, signal.SIGUSR1}
-        signal.pthread_sigmask(signal.SIG_BLOCK, waited)
+        _pause(name)
+
+
+def _pause(name: str) -> None:
+    """Print ``paused at <name>`` and wait for a signal that the process handles. Python's own C-level
+    handler writes each signal's number to the wakeup fd, whichever thread receives it, so a signal
+    sent as soon as the line is read is never missed (``signal.pause`` could wait for it forever)."""
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    before = signal.set_wakeup_fd(w)
+    try:
         print(f"paused at {name}", file=sys.stderr, flush=True)
-        got = signal.sigwait(waited)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, waited)
-        os.kill(os.getpid(), got)
+        os.read(r, 1)
+    finally:
+        signal.set_wakeup_fd(before)
+        os.close(r)
+        os.close(w)
 
 
 NAN_ENV = "GROUPDISTIL_NAN_AT"

@@ -119,3 +119,11 @@ def test_a_stopped_force_run_continues_beside_the_run_it_replaces(runs, tmp_path
     assert r.returncode == 0, r.stderr
     same_run(root / "full", out)
     assert not (tmp_path / ".run.new").exists()
+
+
+def test_the_continue_command_is_the_command_with_resume():
+    from groupdistil.cli.app import resume_command
+
+    assert resume_command(["train", "--out", "a b"]) == "groupdistil train --out 'a b' --resume"
+    assert resume_command(["train", "--resume"]) == "groupdistil train --resume"
+    assert resume_command(["run", "c.yaml"]) == "groupdistil run c.yaml --set resume=true"

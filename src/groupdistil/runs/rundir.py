@@ -383,9 +383,11 @@ def check_resume_options(cfg: RunConfig, last: Path) -> None:
             f"`resume`: `train.batch_size` {cfg.train.batch_size} on {world} process(es) differs from the run's "
             f"recorded {rec_batch} on {rec_world} (global batch {rec_batch * rec_world}); keep the global "
             "batch, or start again with `force`")
-    if cfg.train.epochs <= int(ck["epoch"]):
+    started = int(ck["epoch"]) + (1 if ck.get("batches") else 0)  # a mid-epoch checkpoint: within the next one
+    if cfg.train.epochs <= started:
+        more = " and started the next" if ck.get("batches") else ""
         raise UserError(f"`resume`: `train.epochs` {cfg.train.epochs}: the run in {cfg.out} has completed "
-                        f"{int(ck['epoch']) + 1} epochs already")
+                        f"{int(ck['epoch']) + 1} epochs already{more}")
     rec_epochs = _get(recorded, "train.epochs", cfg.train.epochs)
     if cfg.optim.schedule == "cosine" and rec_epochs != cfg.train.epochs:
         _refuse_change(cfg, "train.epochs", rec_epochs, cfg.train.epochs,

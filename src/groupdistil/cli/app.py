@@ -64,7 +64,7 @@ def run_app(argv: list[str] | None = None) -> int:
             print(f"error: {cli_text(str(e))}", file=sys.stderr)
         return 3
     except Preempted as e:
-        if distributed.is_main_process():
+        if distributed.env_rank_info()[0] == 0:  # the process group is gone by now: torchrun's RANK says
             print(f"{e}; continue with: {resume_command(sys.argv[1:] if argv is None else argv)}",
                   file=sys.stderr, flush=True)
         return PREEMPTED_EXIT

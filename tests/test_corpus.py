@@ -1,6 +1,8 @@
 """tests/corpus/cases.yaml: every malformed input gives its one-line message and exit code 2."""
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,26 @@ def write_checkpoint(path: Path, changes: dict[str, Any]) -> None:
         (path.parent.parent / "config.yaml").write_text(yaml.safe_dump(data.get("config") or {}))
 
 
+#: A process that holds a run folder's lock as a live run does (flock on the file beside the folder,
+#: with its record), until its standard input closes. Standard library only: it starts in milliseconds.
+HOLDER = """
+import fcntl, json, os, socket, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "x"}).encode())
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def hold_lock(path: Path) -> subprocess.Popen:
+    """A live process holding the lock file ``path`` (``locked:`` of a case); close its stdin to end it."""
+    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         text=True)
+    assert p.stdout is not None and p.stdout.readline() == "ready\n"
+    return p
+
+
 def snapshot(root: Path) -> dict[Path, bytes | None]:
     return {p.relative_to(root): (p.read_bytes() if p.is_file() else None) for p in root.rglob("*")}
 
@@ -65,14 +87,20 @@ def test_malformed_input(case, tmp_path, capsys, monkeypatch):
         (tmp_path / rel).symlink_to(target.replace("ROOT", str(tmp_path)))
     for name, value in case.get("env", {}).items():  # fault injection (src/groupdistil/faults.py)
         monkeypatch.setenv(name, value)
+    holders = [hold_lock(tmp_path / rel) for rel in case.get("locked", [])]
     before = snapshot(tmp_path)
     argv = [a.replace("ROOT", str(tmp_path)) for a in case["argv"]]
-    assert run_app(argv) == case.get("exit", 2)
+    try:
+        assert run_app(argv) == case.get("exit", 2)
+    finally:
+        for p in holders:
+            p.communicate("")
     captured = capsys.readouterr()
     err = captured.err.strip()
     assert err.count("\n") == 0 and "Traceback" not in err, err
     assert err.startswith("error: ")
-    assert re.search(case["expect"], err), f"{err!r} does not match {case['expect']!r}"
+    expect = case["expect"].replace("HOLDER", "|".join(str(p.pid) for p in holders) or "HOLDER")
+    assert re.search(expect, err), f"{err!r} does not match {expect!r}"
     # A case that fails while writing (a full disk) may leave the folder it was writing, never a temp file.
     written = tuple(Path(w) for w in case.get("written", []))
     after = {p: b for p, b in snapshot(tmp_path).items() if not any(p == w or w in p.parents for w in written)}

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -320,6 +321,38 @@ def test_torchrun_restarts_after_a_kill_and_the_run_goes_on(env, runs, teacher, 
     assert "failed (exitcode: -9)" in r.stderr  # the first attempt was killed; torchrun restarted it
     _assert_same_training(out, runs[want])
     assert json.loads((out / "final.json").read_text())["selected_epoch"] in range(epochs)
+
+
+@pytest.mark.slow  # each launch starts fresh interpreters that import torch
+@needs_torchrun
+def test_sigterm_to_torchrun_stops_every_rank_after_the_same_step_and_the_run_resumes(env, runs, teacher, tmp_path):
+    # Both ranks wait at step 20 (batch 5 of epoch 2); torchrun gets SIGTERM, as SLURM sends it, and
+    # forwards it to its workers. They agree to stop after that step, rank 0 writes last.pt, and the
+    # resumed run ends with the uninterrupted run's q and parameters.
+    out = tmp_path / "run"
+    args = [*STUDENT, "--teacher", str(teacher), "--epochs", "2", "--batch-size", str(BATCH), "--quiet",
+            "--out", str(out)]
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(RANKS),
+         "-m", "groupdistil", *args], env={**env, "GROUPDISTIL_PAUSE_AT": "step:20"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert agent.stderr is not None
+    seen = []
+    for line in agent.stderr:
+        seen.append(line)
+        if sum(x.startswith("paused at step:20") for x in seen) == RANKS:
+            break
+    agent.send_signal(signal.SIGTERM)
+    rest = agent.communicate(timeout=120)[1]
+    err = "".join(seen) + rest
+    assert err.count("stopped by SIGTERM after batch 5 of epoch 2 (step 20)") == 1, err[-3000:]  # rank 0 speaks
+    assert "continue with: torchrun <its options> -m groupdistil distill" in err
+    codes = re.findall(r"exitcode\s*:\s*(-?\d+)", err)
+    assert "-9" not in codes, err[-3000:]  # no rank outlived torchrun's grace time
+    ck = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert (ck["epoch"], ck["batches"], ck["step"]) == (0, 5, 20)
+    _ok(_launch(env, [*args, "--resume"], ranks=RANKS))
+    _assert_same_training(out, runs["ref"])
 
 
 @pytest.mark.slow  # each launch starts fresh interpreters that import torch

@@ -93,6 +93,8 @@ class CheckpointSchema(_Strict):
     best_epoch: int = Field(-1, ge=-1)
     skipped_steps: _Count = 0
     overflow_steps: _Count = 0
+    batches: _Count = 0
+    epoch_metrics: dict[str, Any] | None = None
     optimizer: _OptimizerState | None = None
     scheduler: _SchedulerState | None = None
     rng: _RngState | None = None
@@ -346,6 +348,11 @@ class FitState:
     best_epoch: int = -1
     skipped_steps: int = 0
     overflow_steps: int = 0  # fp16 steps the grad scaler skipped (gradient overflow)
+    # A mid-epoch checkpoint (a signal, `train.checkpoint_every`): the batches of epoch ``epoch + 1``
+    # done so far, and that epoch's metric accumulators (metrics.GroupMetrics.state_dict); 0 and None
+    # at an epoch's end.
+    batches: int = 0
+    epoch_metrics: dict[str, Any] | None = None
 
 
 def training_payload(
@@ -369,7 +376,10 @@ def training_payload(
         "best_epoch": state.best_epoch,
         "skipped_steps": state.skipped_steps,
         "overflow_steps": state.overflow_steps,
+        "batches": state.batches,
     }
+    if state.epoch_metrics is not None:
+        p["epoch_metrics"] = state.epoch_metrics
     if opt is not None:
         p.update(optimizer=opt.state_dict(), scheduler=sched.state_dict(), rng=rng_state())
     if scaler is not None and scaler.is_enabled():
@@ -410,4 +420,6 @@ def restore_training(
         best_epoch=int(ck.get("best_epoch", -1)),
         skipped_steps=int(ck.get("skipped_steps", 0)),
         overflow_steps=int(ck.get("overflow_steps", 0)),
+        batches=int(ck.get("batches", 0)),
+        epoch_metrics=ck.get("epoch_metrics"),
     )

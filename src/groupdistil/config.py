@@ -135,6 +135,9 @@ class TrainConfig(BaseModel):
     select_on: Literal["worst_group_acc", "avg_acc", "balanced_acc", "worst_class_acc"] = Field(
         "worst_group_acc", description="validation metric for model selection")
     skip_nonfinite: bool = Field(False, description="skip steps with a non-finite loss instead of stopping")
+    checkpoint_every: float | None = Field(
+        None, gt=0, le=MAX_COUNT, description="minutes between checkpoints within an epoch (resumable where "
+        "they were written; default: at each epoch's end only)")
     channels_last: bool = Field(False, description="channels_last (NHWC) memory format for conv models")
     sync_batchnorm: bool = Field(
         True, description="under torchrun, BatchNorm uses the global batch's statistics (exact; costs "

@@ -13,6 +13,10 @@ complete and fsynced, the target still holds its old content).
 only the k-th of this process) and an append to it fail with ``OSError(ENOSPC)`` after part of the
 bytes are written, as a disk that fills up does.
 
+``GROUPDISTIL_PAUSE_AT=<point>`` makes the process print ``paused at <point>`` to stderr and wait
+there for a signal that it handles (SIGTERM, SIGUSR1 while a run is training), so that a
+test can act while the run is alive at a known point (signal it, start a second run on its folder).
+
 All act in the first attempt of a torchrun job only (``TORCHELASTIC_RESTART_COUNT`` unset or 0), so
 that the attempt torchrun restarts after the injected fault runs clean.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from collections import Counter
 
 from groupdistil.parallel import distributed
@@ -29,16 +34,38 @@ ENV = "GROUPDISTIL_KILL_AT"
 _seen: Counter[str] = Counter()
 
 
+PAUSE_ENV = "GROUPDISTIL_PAUSE_AT"
+
+
 def point(name: str) -> None:
-    """SIGKILL this process if ``GROUPDISTIL_KILL_AT`` names this point."""
-    target = os.environ.get(ENV)
-    if not target or _restarted():
+    """SIGKILL this process if ``GROUPDISTIL_KILL_AT`` names this point; wait for a signal if
+    ``GROUPDISTIL_PAUSE_AT`` does."""
+    target, pause = os.environ.get(ENV), os.environ.get(PAUSE_ENV)
+    if not (target or pause) or _restarted():
         return
     if name.startswith("replace:"):
         _seen[name] += 1
         name = f"{name}:{_seen[name]}"
     if name == target:
         os.kill(os.getpid(), signal.SIGKILL)
+    if name == pause:
+        _pause(name)
+
+
+def _pause(name: str) -> None:
+    """Print ``paused at <name>`` and wait for a signal that the process handles. Python's own C-level
+    handler writes each signal's number to the wakeup fd, whichever thread receives it, so a signal
+    sent as soon as the line is read is never missed (``signal.pause`` could wait for it forever)."""
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    before = signal.set_wakeup_fd(w)
+    try:
+        print(f"paused at {name}", file=sys.stderr, flush=True)
+        os.read(r, 1)
+    finally:
+        signal.set_wakeup_fd(before)
+        os.close(r)
+        os.close(w)
 
 
 NAN_ENV = "GROUPDISTIL_NAN_AT"

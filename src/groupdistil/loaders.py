@@ -3,8 +3,10 @@ batches an uninterrupted one would, and a run on N ranks exactly the global batc
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Sampler
@@ -48,6 +50,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
         n: samples per epoch (the dataset's length). batch_size: per-rank batch size.
         seed, epoch: the order's seed. weights: (n,) sampling weights, or None for a permutation.
         rank, world: this rank and the number of ranks (default: the current process group's).
+        skip: global batches to leave out at the start (a run resumed from a mid-epoch checkpoint).
     """
 
     def __init__(
@@ -60,8 +63,10 @@ class GlobalBatchSampler(Sampler[list[int]]):
         weights: torch.Tensor | None = None,
         rank: int | None = None,
         world: int | None = None,
+        skip: int = 0,
     ) -> None:
         self.n = int(n)
+        self.skip = int(skip)
         self.batch_size = int(batch_size)
         self.seed, self.epoch = int(seed), int(epoch)
         self.weights = weights
@@ -84,7 +89,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         order = self.order()
         step = self.world * self.batch_size
-        for start in range(0, self.n, step):
+        for start in range(self.skip * step, self.n, step):
             chunk = order[start : start + step]
             if len(chunk) < self.world:
                 return
@@ -92,7 +97,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         full, rest = divmod(self.n, self.world * self.batch_size)
-        return full + int(rest >= self.world)
+        return max(0, full + int(rest >= self.world) - self.skip)
 
 
 def train_loader(
@@ -106,9 +111,10 @@ def train_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
     persistent_workers: bool = False,
+    skip: int = 0,
 ) -> DataLoader:
     """This rank's training loader of one epoch (``sampler``: ``shuffle`` or ``group-balanced``);
-    ``batch_size`` is per rank (see :class:`GlobalBatchSampler`)."""
+    ``batch_size`` is per rank (see :class:`GlobalBatchSampler`); the first ``skip`` batches left out."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler: expected one of {', '.join(SAMPLERS)}, got {sampler!r}")
     weights = None
@@ -116,7 +122,7 @@ def train_loader(
         if n_groups is None:
             raise ValueError("n_groups: the group-balanced sampler needs the number of groups")
         weights = group_balanced_weights(dataset, n_groups)
-    batches = GlobalBatchSampler(len(dataset), batch_size, seed=seed, epoch=epoch, weights=weights)
+    batches = GlobalBatchSampler(len(dataset), batch_size, seed=seed, epoch=epoch, weights=weights, skip=skip)
     return DataLoader(
         dataset,
         batch_sampler=batches,
@@ -142,28 +148,46 @@ def default_workers(dataset: GroupedDataset, requested: int | None = None) -> in
 
 
 def epoch_loaders(dataset: GroupedDataset, batch_size: int, *, seed: int, num_workers: int,
-                  **options: object) -> Callable[[int], DataLoader]:
-    """``epoch -> loader`` of :func:`train_loader` (``options`` are its keywords).
+                  **options: object) -> Callable[..., Iterable[Any]]:
+    """``(epoch, skip=0) -> loader`` of :func:`train_loader` (``options`` are its keywords), without the
+    epoch's first ``skip`` batches (a run resumed from a mid-epoch checkpoint).
 
     Without random augmentation, one loader serves every epoch: its workers persist (no start-up per
     epoch) and its sampler moves to each epoch's order. With random augmentation every epoch gets
     fresh workers seeded by (seed, epoch), so a resumed run draws the same crops as an uninterrupted
-    one (persistent workers would carry their random state over from the epochs before).
+    one (persistent workers would carry their random state over from the epochs before). Batches are
+    skipped in the sampler, without loading them, except where loader workers draw random crops:
+    there they are loaded and dropped, so that each worker's random stream is where it was.
     """
     persist = num_workers > 0 and not dataset.has_random_augmentation
     kept: list[DataLoader] = []
 
-    def loader(epoch: int) -> DataLoader:
+    def loader(epoch: int, skip: int = 0) -> Iterable[Any]:
         if kept:
             kept[0].batch_sampler.epoch = epoch  # type: ignore[union-attr]
+            kept[0].batch_sampler.skip = skip  # type: ignore[union-attr]
             return kept[0]
+        replay = skip > 0 and num_workers > 0 and dataset.has_random_augmentation
         made = train_loader(dataset, batch_size, seed=seed, epoch=epoch, num_workers=num_workers,
-                            persistent_workers=persist, **options)  # type: ignore[arg-type]
+                            persistent_workers=persist, skip=0 if replay else skip, **options)  # type: ignore[arg-type]
         if persist:
             kept.append(made)
-        return made
+        return _Dropping(made, skip) if replay else made
 
     return loader
+
+
+class _Dropping:
+    """A loader whose first ``skip`` batches are loaded and dropped."""
+
+    def __init__(self, loader: DataLoader, skip: int) -> None:
+        self.loader, self.skip = loader, skip
+
+    def __iter__(self) -> Iterator[Any]:
+        return itertools.islice(iter(self.loader), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.loader) - self.skip)
 
 
 def eval_loader(

@@ -75,6 +75,30 @@ class GroupMetrics:
             self.loss_sum, self.loss_count = float(t[0]), int(t[1])
             self.term_sums = dict(zip(self.term_sums, t[2:].tolist()))
 
+    def state_dict(self) -> dict[str, Any]:
+        """The accumulators so far, summed over ranks, as plain tensors and numbers (a mid-epoch
+        checkpoint's); this object keeps its own, unreduced ones. A collective under DDP."""
+        copy = GroupMetrics(self.n_groups, self.n_classes)
+        copy.group_bins, copy.class_bins = self.group_bins.clone(), self.class_bins.clone()
+        copy.loss_sum, copy.loss_count, copy.term_sums = self.loss_sum, self.loss_count, dict(self.term_sums)
+        copy.all_reduce()
+        return {"group_bins": copy.group_bins, "class_bins": copy.class_bins, "loss_sum": copy.loss_sum,
+                "loss_count": copy.loss_count, "term_sums": copy.term_sums}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state_dict`'s accumulators. Raises ValueError when they do not fit."""
+        try:
+            group_bins, class_bins = state["group_bins"], state["class_bins"]
+            if group_bins.shape != self.group_bins.shape or class_bins.shape != self.class_bins.shape:
+                raise ValueError(f"accumulators of shape {tuple(group_bins.shape)} and {tuple(class_bins.shape)}, "
+                                 f"expected {tuple(self.group_bins.shape)} and {tuple(self.class_bins.shape)}")
+            loss_sum, loss_count = float(state["loss_sum"]), int(state["loss_count"])
+            terms = {str(k): float(v) for k, v in state["term_sums"].items()}
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"epoch metrics: {type(e).__name__} {e}") from None
+        self.group_bins, self.class_bins = group_bins.to(torch.float64), class_bins.to(torch.float64)
+        self.loss_sum, self.loss_count, self.term_sums = loss_sum, loss_count, terms
+
     def summary(self, grouping: Grouping, train_group_counts: torch.Tensor | None = None) -> dict[str, Any]:
         """The evaluation metrics of docs/methods.md as a JSON-ready dict (accuracies in [0, 1]).
 

@@ -30,7 +30,7 @@ from groupdistil.pseudogroups import (
 )
 from groupdistil.runs.final import read_final
 from groupdistil.runs.outputs import RunWriter
-from groupdistil.runs.rundir import OutPlan, RunPaths, close_out, open_out, plan_out
+from groupdistil.runs.rundir import OutPlan, RunPaths, close_out, holding_out, open_out, plan_out
 from groupdistil.teachers import (
     LogitCache,
     Teacher,
@@ -42,6 +42,7 @@ from groupdistil.teachers import (
 from groupdistil.training.devices import check_device, cpu_has_native, resolve_device
 from groupdistil.training.engine import fit, weight_names
 from groupdistil.training.evaluation import evaluate
+from groupdistil.training.preempt import Preempted
 
 Echo = Callable[[str], None]
 
@@ -301,18 +302,26 @@ def run_experiment(cfg: RunConfig, echo: Echo = print) -> dict[str, Any]:
         cfg.model.name, num_classes=bundle.n_classes, in_channels=in_shape[0],
         input_shape=in_shape, weights=cfg.model.weights, pretrained=cfg.model.pretrained,
     )
-    distributed.on_main(lambda: open_out(plan))
-    try:
-        final = _fit_and_evaluate(cfg, plan, model, objective, bundle, teacher, device, echo, train_cfg, inferred)
-    except BaseException as e:
-        if distributed.is_main_process():
-            close_out(plan, ok=False)
-        if plan.replaces and isinstance(e, NumericalError):
-            message = str(e).replace(str(RunPaths(plan.work).last), "none")
-            raise NumericalError(f"{message} (`force` dropped the new run; {plan.paths.root} is as it was)") from None
-        raise
-    distributed.on_main(lambda: close_out(plan, ok=True))
+    with holding_out(cfg, plan, echo) as plan:  # one live process per run folder, until the swap is done
+        distributed.on_main(lambda: open_out(plan))
+        try:
+            final = _fit_and_evaluate(cfg, plan, model, objective, bundle, teacher, device, echo, train_cfg, inferred)
+        except BaseException as e:
+            _failed(plan, e)
+            raise
+        distributed.on_main(lambda: close_out(plan, ok=True))
     return final
+
+
+def _failed(plan: OutPlan, e: BaseException) -> None:
+    """After a run failed: drop a replacing run (``force``), unless it stopped to be resumed (a signal)."""
+    if isinstance(e, Preempted):
+        return  # its checkpoint is what `resume` continues, in the replacing run's folder too
+    if distributed.is_main_process():
+        close_out(plan, ok=False)
+    if plan.replaces and isinstance(e, NumericalError):
+        message = str(e).replace(str(RunPaths(plan.work).last), "none")
+        raise NumericalError(f"{message} (`force` dropped the new run; {plan.paths.root} is as it was)") from None
 
 
 def _fit_and_evaluate(
@@ -336,8 +345,9 @@ def _fit_and_evaluate(
     }
     writer = RunWriter(work.root, weight_names(objective, bundle))
     try:
-        resume_epoch = int(load_checkpoint(work.last)["epoch"]) if plan.resume else None
-        writer.start(dump_yaml(cfg), resume_epoch=resume_epoch)
+        ck = load_checkpoint(work.last) if plan.resume else None
+        writer.start(dump_yaml(cfg), resume_epoch=int(ck["epoch"]) if ck else None,
+                     resume_step=int(ck["step"]) if ck and ck.get("batches") else None)
         groups_info = (distributed.on_main(lambda: group_report(work, bundle, inferred))
                        if inferred is not None else None)
         result = fit(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import shlex
 import sys
 
 import typer
@@ -10,6 +12,8 @@ import typer
 from groupdistil.cli.flags import cli_text
 from groupdistil.errors import STORAGE_EXIT_CODE, NumericalError, StorageError, UserError
 from groupdistil.parallel import distributed
+from groupdistil.training.preempt import EXIT_CODE as PREEMPTED_EXIT
+from groupdistil.training.preempt import Preempted
 
 app = typer.Typer(
     name="groupdistil",
@@ -60,6 +64,11 @@ def run_app(argv: list[str] | None = None) -> int:
         if distributed.is_main_process():
             print(f"error: {cli_text(str(e))}", file=sys.stderr)
         return 3
+    except Preempted as e:
+        if distributed.env_rank_info()[0] == 0:  # the process group is gone by now: torchrun's RANK says
+            print(f"{e}; continue with: {resume_command(sys.argv[1:] if argv is None else argv)}",
+                  file=sys.stderr, flush=True)
+        return PREEMPTED_EXIT
     except typer.Exit as e:
         return int(getattr(e, "exit_code", 0) or 0)
     except (typer.Abort, KeyboardInterrupt):
@@ -71,6 +80,16 @@ def run_app(argv: list[str] | None = None) -> int:
             return 2
         raise
     return result if isinstance(result, int) else 0
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command that continues a run stopped by a signal: this one, with ``--resume`` (``run``:
+    ``--set resume=true``); under torchrun, inside the same torchrun launch."""
+    args = list(argv)
+    if "--resume" not in args and "resume=true" not in args:
+        args += ["--set", "resume=true"] if args[:1] == ["run"] else ["--resume"]
+    launcher = "torchrun <its options> -m groupdistil" if "TORCHELASTIC_RUN_ID" in os.environ else "groupdistil"
+    return f"{launcher} {shlex.join(args)}"
 
 
 @app.callback()

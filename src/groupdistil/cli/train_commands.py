@@ -40,12 +40,14 @@ def _run(raw: dict[str, Any], source: str) -> dict[str, Any]:
     from groupdistil.app.runner import run_experiment
     from groupdistil.parallel.distributed import session  # heavy imports only when a command runs
     from groupdistil.runs.rundir import RunPaths
+    from groupdistil.training.preempt import stop_on_signals
 
     cfg = validate_config(raw, source)
     echo = _echo(cfg.quiet)
     # --resume of a finished run does nothing (and says so): a requeued job may always pass --resume.
     done = cfg.resume and not cfg.force and RunPaths(cfg.out).final.is_file()
-    with session(cfg.train.device):  # the process group when torchrun launched several processes
+    # SIGTERM and SIGUSR1 stop the run resumably (training/preempt.py; the command line reports it).
+    with session(cfg.train.device), stop_on_signals():  # the process group when torchrun launched several
         final = run_experiment(cfg, echo=echo)
     echo(format_final(final))
     if not done:

@@ -72,8 +72,10 @@ class RunWriter:
             with _storage(self.paths.tb):
                 self._tb = SummaryWriter(str(self.paths.tb))
 
-    def start(self, config_yaml: str, resume_epoch: int | None) -> None:
-        """Write config.yaml; on resume drop any line logged after the checkpoint's epoch."""
+    def start(self, config_yaml: str, resume_epoch: int | None, resume_step: int | None = None) -> None:
+        """Write config.yaml; on resume drop any line logged after the checkpoint's epoch (``resume_epoch``,
+        the last whole one), keeping the weight rows of the next epoch up to ``resume_step`` when the
+        checkpoint was written within that epoch."""
         if not self.active:
             return
         # A kill during an atomic write leaves a temporary file; this is the one place that removes
@@ -87,13 +89,13 @@ class RunWriter:
                 self.paths.metrics.unlink(missing_ok=True)
             atomic_write(self.paths.weights, lambda f: f.write(self._header().encode()))
             return
-        self._truncate(resume_epoch)
+        self._truncate(resume_epoch, resume_step)
 
     def _header(self) -> str:
         # csv quoting: a group name may hold a comma, a quote or a line break.
         return _csv_line(["step", "epoch", *self.weight_names])
 
-    def _truncate(self, last_epoch: int) -> None:
+    def _truncate(self, last_epoch: int, last_step: int | None) -> None:
         # A kill mid-epoch leaves lines of an epoch the resumed run will redo: keep what the
         # checkpoint covers, drop the rest (including a half-written or non-UTF-8 last line).
         kept = []
@@ -108,18 +110,21 @@ class RunWriter:
         # The header is this run's own (its names may hold line breaks); each data row is one line of
         # numbers, parsed on its own so that damage stays within its line.
         for line in _utf8_lines(self.paths.weights)[self._header().count("\n"):]:
-            if self._kept_row(line, last_epoch):
+            if self._kept_row(line, last_epoch, last_step):
                 rows.append(line + "\n")
         atomic_write(self.paths.weights, lambda f: f.write("".join(rows).encode()))
 
-    def _kept_row(self, line: str, last_epoch: int) -> bool:
-        """Whether a group_weights.csv line is a whole row (step, epoch, one number per weight) of an
-        epoch the checkpoint covers."""
+    def _kept_row(self, line: str, last_epoch: int, last_step: int | None) -> bool:
+        """Whether a group_weights.csv line is a whole row (step, epoch, one number per weight) that the
+        checkpoint covers: of a whole epoch, or of the next up to ``last_step``."""
         row = line.split(",")
-        if len(row) != len(self.weight_names) + 2 or _int(row[0]) is None:
+        step = _int(row[0])
+        if len(row) != len(self.weight_names) + 2 or step is None:
             return False
         epoch = _int(row[1])
-        return epoch is not None and epoch <= last_epoch and all(_float(v) is not None for v in row[2:])
+        covered = epoch is not None and (epoch <= last_epoch or (
+            last_step is not None and epoch == last_epoch + 1 and step <= last_step))
+        return covered and all(_float(v) is not None for v in row[2:])
 
     def log_weights(self, step: int, epoch: int, weights: Sequence[float] | None) -> None:
         if self.active and weights is not None and self.weight_names:
@@ -129,9 +134,7 @@ class RunWriter:
         """Append one metrics line (and flush the step rows of this epoch)."""
         if not self.active:
             return
-        if self._rows:
-            _append(self.paths.weights, "".join(_csv_line(row) for row in self._rows))
-            self._rows = []
+        self.flush_weights()
         line = {"epoch": epoch, "split": split, **metrics}
         _append(self.paths.metrics, json.dumps(_json_safe(line)) + "\n")
         if self._tb is not None:
@@ -141,6 +144,13 @@ class RunWriter:
                     if isinstance(v, (int, float)) and math.isfinite(v):
                         self._tb.add_scalar(f"{split}/{k}", v, epoch)
                 self._tb.flush()
+
+    def flush_weights(self) -> None:
+        """Append the step rows logged so far to group_weights.csv (at an epoch's end, and before a
+        mid-epoch checkpoint, which covers them)."""
+        if self.active and self._rows:
+            _append(self.paths.weights, "".join(_csv_line(row) for row in self._rows))
+            self._rows = []
 
     def finish(self, final: dict[str, Any]) -> None:
         """Write final.json (checked against its schema first: what is written can be read back)."""

@@ -22,6 +22,8 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from groupdistil.checkpoint import check_resumable, load_checkpoint
 from groupdistil.config import RunConfig, leaf_fields
 from groupdistil.errors import StorageError, UserError
 from groupdistil.parallel import distributed
+from groupdistil.runs.lock import RunLock, check_unlocked
 
 MARKER = ".groupdistil-run"
 MARKER_TEXT = "groupdistil run folder (--force replaces only folders that hold this file)\n"
@@ -177,16 +180,18 @@ def plan_out(cfg: RunConfig) -> OutPlan:
     unfinished one needs ``resume`` or ``force``; ``force`` replaces only a folder of ours; a folder
     that is not ours is used only when empty. A torchrun attempt restarted after a failure
     (``--max-restarts``) continues the folder holding its job's id, as if ``--resume`` had been given
-    (or starts again when no epoch had ended). Under DDP only rank 0 calls it.
+    (or starts again when no epoch had ended). A folder that a live run holds (runs/lock.py) is refused
+    first, naming its PID and host. Under DDP only rank 0 calls it.
     """
     paths = RunPaths(cfg.out)
     check_location(paths.root)
     job = _elastic_job()
     try:
+        check_unlocked(paths.root)
         _recover_swap(paths)
         plan = _elastic_plan(paths, job[0]) if job is not None and job[1] > 0 else None
         if plan is None:
-            plan = _force_plan(paths) if cfg.force else _plan(cfg, paths)
+            plan = _force_plan(cfg, paths) if cfg.force else _plan(cfg, paths)
     except OSError as e:
         raise UserError(f"`out` {paths.root}: cannot read the folder ({e.strerror or e})") from None
     return replace(plan, job=job[0] if job is not None else None)
@@ -224,15 +229,18 @@ def _refuse_finished(paths: RunPaths) -> None:
         raise UserError(f"`out` {paths.root}: holds a finished run; pass `force` to overwrite it")
 
 
-def _force_plan(paths: RunPaths) -> OutPlan:
+def _force_plan(cfg: RunConfig, paths: RunPaths) -> OutPlan:
     if paths.is_empty():
         return OutPlan(paths, paths.root)
     _refuse_foreign(paths, "`force` replaces only a run folder that groupdistil made")
     if not (paths.final.exists() or paths.last.exists()):
         return OutPlan(paths, paths.root, clear=True)
     staged = RunPaths(paths.staging)
-    if staged.root.exists():  # left by a --force run that was killed: ours to remove, nobody else's
+    if staged.root.exists():  # left by a --force run that was killed or stopped: ours, nobody else's
         _refuse_foreign(staged, "groupdistil writes a replacing run there")
+        if cfg.resume and staged.last.is_file():  # `force` and `resume`: continue that replacing run
+            check_resume_options(cfg, staged.last)
+            return OutPlan(paths, staged.root, resume=True)
     return OutPlan(paths, staged.root, clear=True)
 
 
@@ -259,6 +267,39 @@ def _plan(cfg: RunConfig, paths: RunPaths) -> OutPlan:
         return OutPlan(paths, paths.root, notice=notice)
     _refuse_foreign(paths, "choose a new or empty folder")
     return OutPlan(paths, paths.root, clear=True, notice=notice)
+
+
+@contextmanager
+def holding_out(cfg: RunConfig, plan: OutPlan, echo: Callable[[str], None]) -> Iterator[OutPlan]:
+    """Hold the run folder's lock (runs/lock.py) from before :func:`open_out` to after :func:`close_out`.
+
+    Rank 0 takes the lock and plans again under it: a plan that another run made stale since
+    :func:`plan_out` (it used the folder meanwhile) is refused rather than acted on. Every rank enters;
+    rank 0's refusal reaches them all. Yields the plan.
+    """
+    held: list[RunLock] = []
+
+    def take() -> OutPlan:
+        held.append(RunLock.acquire(plan.paths.root))
+        try:
+            now = plan_out(cfg)
+        except BaseException:
+            held.pop().release()
+            raise
+        if now != plan:
+            held.pop().release()
+            raise UserError(f"`out` {plan.paths.root}: another run used the folder while this one was starting; "
+                            "start again")
+        return now
+
+    plan = distributed.on_main(take)
+    if held and held[0].notice:
+        echo(held[0].notice)
+    try:
+        yield plan
+    finally:
+        for lock in held:
+            lock.release()
 
 
 def open_out(plan: OutPlan) -> None:
@@ -342,9 +383,11 @@ def check_resume_options(cfg: RunConfig, last: Path) -> None:
             f"`resume`: `train.batch_size` {cfg.train.batch_size} on {world} process(es) differs from the run's "
             f"recorded {rec_batch} on {rec_world} (global batch {rec_batch * rec_world}); keep the global "
             "batch, or start again with `force`")
-    if cfg.train.epochs <= int(ck["epoch"]):
+    started = int(ck["epoch"]) + (1 if ck.get("batches") else 0)  # a mid-epoch checkpoint: within the next one
+    if cfg.train.epochs <= started:
+        more = " and started the next" if ck.get("batches") else ""
         raise UserError(f"`resume`: `train.epochs` {cfg.train.epochs}: the run in {cfg.out} has completed "
-                        f"{int(ck['epoch']) + 1} epochs already")
+                        f"{int(ck['epoch']) + 1} epochs already{more}")
     rec_epochs = _get(recorded, "train.epochs", cfg.train.epochs)
     if cfg.optim.schedule == "cosine" and rec_epochs != cfg.train.epochs:
         _refuse_change(cfg, "train.epochs", rec_epochs, cfg.train.epochs,

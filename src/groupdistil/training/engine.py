@@ -4,6 +4,9 @@
 (worst-group accuracy by default; ties by average accuracy), and writes ``last.pt`` every epoch and
 ``best.pt`` on improvement, atomically. ``last.pt`` holds everything needed to resume bit for bit on
 CPU: model, optimiser, scheduler, objective state (q or lambda), RNG state, epoch, step, best metric.
+It is also written within an epoch (``train.checkpoint_every``, or a signal: training/preempt.py),
+then with the batches of the epoch done and the epoch's metric accumulators, and a resumed run
+continues with the next batch.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from groupdistil import faults
 from groupdistil.checkpoint import FitState, restore_training, save_checkpoint, training_payload
 from groupdistil.config import OptimConfig, TrainConfig
 from groupdistil.data.base import DatasetBundle
+from groupdistil.errors import CheckpointError
 from groupdistil.loaders import default_workers, epoch_loaders
-from groupdistil.metrics import is_better
+from groupdistil.metrics import GroupMetrics, is_better
 from groupdistil.objectives import Objective
 from groupdistil.parallel import distributed
 from groupdistil.parallel.batchnorm import convert_global_batchnorm
@@ -34,6 +38,7 @@ from groupdistil.training.devices import make_scaler, resolve_device
 from groupdistil.training.evaluation import evaluate
 from groupdistil.training.finetune import freeze_backbone, param_groups
 from groupdistil.training.optim import make_optimizer, make_scheduler
+from groupdistil.training.preempt import Preempted, Watch
 from groupdistil.training.trainer import Trainer
 
 log = logging.getLogger("groupdistil")
@@ -87,20 +92,19 @@ def fit(
     device = resolve_device(train.device)
     if objective.requires_teacher and teacher is None:
         raise ValueError(f"teacher: objective {type(objective).__name__} needs a teacher")
-    meta = dict(meta or {})
-    model = _place(model, objective, teacher, train, device, str(meta.get("model_name", "model")))
+    model = _place(model, objective, teacher, train, device, str((meta or {}).get("model_name", "model")))
     opt, sched, scaler = _optimisation(model, optim, train, device)
-    saver = _Saver(RunPaths(out) if out is not None else None, meta)
-    state = FitState()
-    if resume and saver.paths is not None:
-        state = restore_training(saver.paths.last, model, objective, opt, sched, scaler)
-        echo(f"resumed from {saver.paths.last} after epoch {state.epoch + 1}")
+    saver = _Saver(RunPaths(out) if out is not None else None, dict(meta or {}))
+    state = (_restore(saver.paths.last, bundle, model, objective, opt, sched, scaler, echo)
+             if resume and saver.paths is not None else FitState())
     trainer = Trainer(_wrap(model, device, train), objective, opt, scaler, train=train, device=device,
                       state=state, teacher=teacher)
-    loaders = _epoch_loaders(bundle, train, device)
+    progress = _Progress(saver, state, Watch(train.checkpoint_every), writer, (model, objective, opt, sched, scaler),
+                         _epoch_loaders(bundle, train, device))
+    trainer.after_batch = progress.after_batch
     for epoch in range(state.epoch + 1, train.epochs):
         trainer.last_good = saver.last_good(state)
-        train_metrics = trainer.train_epoch(bundle, epoch, writer, quiet, loader=loaders(epoch))
+        train_metrics = progress.train_epoch(trainer, bundle, epoch, quiet)
         _step_schedule(sched)
         val_metrics = _validate(model, bundle, train, device, epoch, quiet)
         if writer is not None:
@@ -113,9 +117,69 @@ def fit(
         saver.save(state, improved, model, objective, opt, sched, scaler)
         if not quiet and distributed.is_main_process():
             echo(_epoch_line(epoch, train.epochs, train_metrics, val_metrics, train.select_on, improved))
+        progress.epoch_end()
     distributed.barrier()  # the other ranks may read the checkpoints rank 0 has just written
     best = saver.paths.best if saver.paths is not None else None
     return FitResult(state.best_epoch, state.best_metrics, state.skipped_steps, best)
+
+
+def _restore(
+    path: Path, bundle: DatasetBundle, model: nn.Module, objective: Objective, opt: torch.optim.Optimizer,
+    sched: Any, scaler: torch.amp.GradScaler, echo: Callable[[str], None],
+) -> FitState:
+    """The run's state from ``last.pt``, loaded into the objects; says where the run continues."""
+    state = restore_training(path, model, objective, opt, sched, scaler)
+    if state.epoch_metrics is not None:  # a mid-epoch checkpoint: its metrics must fit this data
+        try:
+            GroupMetrics(bundle.fit_grouping.n_groups, bundle.n_classes).load_state_dict(state.epoch_metrics)
+        except ValueError as e:
+            raise CheckpointError(f"{path}: does not match this run's data: {e}") from None
+    within = f"in epoch {state.epoch + 2} after batch {state.batches}"
+    echo(f"resumed from {path} {within if state.batches else f'after epoch {state.epoch + 1}'}")
+    return state
+
+
+@dataclass
+class _Progress:
+    """Where the run stands within an epoch: a mid-epoch checkpoint after a batch when one is due
+    (``train.checkpoint_every``, or a signal), then, on a signal, the stop (:class:`Preempted`)."""
+
+    saver: _Saver
+    state: FitState
+    watch: Watch
+    writer: RunWriter | None
+    objects: tuple[Any, ...]  # model, objective, optimiser, schedule, grad scaler
+    loaders: Callable[..., Any]  # (epoch, skip) -> the epoch's training batches
+
+    def train_epoch(self, trainer: Trainer, bundle: DatasetBundle, epoch: int, quiet: bool) -> dict[str, Any]:
+        """Epoch ``epoch``'s training; a run resumed within it continues after the batches done, with
+        their metrics (rank 0 carries their sums over the ranks)."""
+        start, partial = self.state.batches, self.state.epoch_metrics
+        self.state.batches, self.state.epoch_metrics = 0, None
+        return trainer.train_epoch(bundle, epoch, self.writer, quiet, loader=self.loaders(epoch, start), start=start,
+                                   epoch_metrics=partial if distributed.is_main_process() else None)
+
+    def after_batch(self, done: int, metrics: GroupMetrics) -> None:
+        save, stop = self.watch.poll()
+        if not save:
+            return
+        self.state.batches, self.state.epoch_metrics = done, metrics.state_dict()  # a collective under DDP
+        if self.writer is not None:
+            self.writer.flush_weights()  # the rows up to this step, which the checkpoint covers
+        self.saver.save_last(self.state, *self.objects)
+        self.state.batches, self.state.epoch_metrics = 0, None
+        self.watch.saved()
+        if stop:
+            raise Preempted(self.watch.signame(), self._last(), self.state.epoch + 1, done, self.state.step)
+
+    def epoch_end(self) -> None:
+        """After the epoch's checkpoint: stop there on a signal that came during the epoch's validation."""
+        self.watch.saved()
+        if self.watch.poll()[1]:
+            raise Preempted(self.watch.signame(), self._last(), self.state.epoch, 0, self.state.step)
+
+    def _last(self) -> Path | None:
+        return self.saver.paths.last if self.saver.paths is not None else None
 
 
 def _optimisation(
@@ -172,9 +236,16 @@ class _Saver:
             return
         if improved:
             save_checkpoint(self.paths.best, training_payload(model, objective, state, self.meta))
-        payload = training_payload(model, objective, state, self.meta, opt, sched, scaler)
-        save_checkpoint(self.paths.last, payload)
+        self.save_last(state, model, objective, opt, sched, scaler)
         faults.point(f"epoch:{state.epoch}")
+
+    def save_last(
+        self, state: FitState, model: nn.Module, objective: Objective, opt: torch.optim.Optimizer, sched: Any,
+        scaler: torch.amp.GradScaler,
+    ) -> None:
+        """``last.pt``: everything resuming needs (at an epoch's end, or within one: ``state.batches``)."""
+        if self.paths is not None and distributed.is_main_process():
+            save_checkpoint(self.paths.last, training_payload(model, objective, state, self.meta, opt, sched, scaler))
 
 
 def _place(

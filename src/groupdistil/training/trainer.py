@@ -12,7 +12,7 @@ gathers the logs.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal, NamedTuple
 
 import torch
@@ -83,6 +83,9 @@ class Trainer:
         self.train, self.device, self.state, self.teacher = train, device, state, teacher
         self.epoch = 0
         self.last_good = "none"  # the checkpoint a non-finite loss's message points to
+        # Called after every batch with (batches of the epoch done, the epoch's metrics so far): where
+        # fit writes mid-epoch checkpoints and stops on a signal.
+        self.after_batch: Callable[[int, GroupMetrics], None] | None = None
         # The loss scale before the next step: the scaler lowers it exactly when it skips a step.
         self._scale = scaler.get_scale() if scaler.is_enabled() else 0.0
 
@@ -152,12 +155,15 @@ class Trainer:
 
     def train_epoch(
         self, bundle: DatasetBundle, epoch: int, writer: RunWriter | None = None, quiet: bool = True,
-        loader: Iterable[tuple[torch.Tensor, ...]] | None = None,
+        loader: Iterable[tuple[torch.Tensor, ...]] | None = None, start: int = 0,
+        epoch_metrics: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Train one epoch on ``bundle.train``; the epoch's training metrics (all ranks together).
 
         ``loader`` yields the epoch's batches (``fit`` keeps one whose workers persist across epochs);
-        by default, a fresh :func:`~groupdistil.loaders.train_loader` of this epoch.
+        by default, a fresh :func:`~groupdistil.loaders.train_loader` of this epoch. A run resumed
+        within the epoch passes a loader without the ``start`` batches done, and the metrics
+        accumulated over them (``epoch_metrics``, :meth:`GroupMetrics.state_dict`).
         """
         self.epoch = epoch
         self.net.train()
@@ -166,22 +172,26 @@ class Trainer:
         # and test keep the data's groups.
         grouping = bundle.fit_grouping
         metrics = GroupMetrics(grouping.n_groups, bundle.n_classes)
+        if epoch_metrics is not None:
+            metrics.load_state_dict(epoch_metrics)
         tr = self.train
         if loader is None:
             loader = train_loader(
                 bundle.fit_train, tr.batch_size, seed=tr.seed, epoch=epoch, sampler=tr.sampler,
                 n_groups=grouping.n_groups, num_workers=tr.num_workers, pin_memory=self.device.type == "cuda",
+                skip=start,
             )
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tr.epochs}", leave=False,
                    disable=quiet or not distributed.is_main_process())
-        for batch in bar:
+        for done, batch in enumerate(bar, start + 1):
             r = self.step(batch)
-            if r.status != "stepped":
-                continue
-            if writer is not None and r.output.weights is not None:
-                writer.log_weights(self.state.step, epoch, r.output.weights.tolist())
-            metrics.update(r.logits, r.y, r.g, r.loss, r.terms)
-            self._update_from_validation(bundle)
+            if r.status == "stepped":
+                if writer is not None and r.output.weights is not None:
+                    writer.log_weights(self.state.step, epoch, r.output.weights.tolist())
+                metrics.update(r.logits, r.y, r.g, r.loss, r.terms)
+                self._update_from_validation(bundle)
+            if self.after_batch is not None:
+                self.after_batch(done, metrics)
         metrics.all_reduce()
         summary = metrics.summary(grouping, bundle.fit_group_counts())
         summary["skipped_steps"] = self.state.skipped_steps

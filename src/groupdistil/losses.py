@@ -9,6 +9,7 @@ still get stable losses, while float64 logits stay float64 (which makes ``gradch
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -18,9 +19,11 @@ from groupdistil._validate import (
     check_finite,
     check_labels,
     check_logits,
+    check_nonnegative,
     check_same_shape,
     check_temperature,
     check_unit_interval,
+    shape_of,
 )
 
 
@@ -97,6 +100,211 @@ def soft_cross_entropy(
     check_same_shape("student_logits", student_logits, "target_probs", target_probs)
     log_s = F.log_softmax(upcast(student_logits) / t, dim=1)
     return -(t * t) * (target_probs.detach().to(log_s.dtype) * log_s).sum(dim=1)
+
+
+def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """``sum_k p_k (log p_k - log q_k)`` per row of (B, K) log-probabilities (finite entries)."""
+    return (log_p.exp() * (log_p - log_q)).sum(dim=1)
+
+
+def _target_split(z: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For (B, C) tempered logits: (B, 2) log binary masses (target, all others) and (B, C) log
+    distribution over the non-target classes, 0 (not -inf) at the target so that KL terms stay finite."""
+    lse = torch.logsumexp(z, dim=1, keepdim=True)
+    others = z.masked_fill(target, float("-inf"))
+    lse_others = torch.logsumexp(others, dim=1, keepdim=True)
+    log_b = torch.cat([z.gather(1, y.unsqueeze(1)) - lse, lse_others - lse], dim=1)
+    return log_b, torch.where(target, torch.zeros_like(z), z - lse_others)
+
+
+def decoupled_distillation(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    y: torch.Tensor,
+    temperature: float = 4.0,
+    alpha: float = 1.0,
+    beta: float = 8.0,
+    *,
+    check: bool = True,
+) -> torch.Tensor:
+    """Per-sample DKD (Zhao et al., CVPR 2022): ``T^2 (alpha KL(b_t || b_s) + beta KL(n_t || n_s))``.
+
+    ``b`` = the binary masses (target class, all others) of ``softmax(./T)``; ``n`` = ``softmax(./T)``
+    over the non-target classes only. Its batch mean is DKD's loss (the warm-up factor aside: see
+    :class:`groupdistil.kd_terms.DistillTerm`). No gradient flows into ``teacher_logits``.
+
+    Args:
+        student_logits, teacher_logits: (B, C), C >= 2. y: (B,) labels (the target classes).
+        temperature: T > 0. alpha: weight of the target-class term (TCKD). beta: weight of the
+            non-target term (NCKD).
+        check: validate the inputs (the objectives, which have, pass False).
+
+    Returns:
+        (B,) losses >= 0, float32 (float64 for float64 student logits).
+    """
+    t = check_temperature(temperature)
+    a, b = check_nonnegative("alpha", alpha), check_nonnegative("beta", beta)
+    if check:
+        check_logits("student_logits", student_logits)
+        check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
+        check_labels("y", y, student_logits.shape[0], student_logits.shape[1])
+    if student_logits.shape[1] < 2:
+        raise ValueError(f"student_logits: DKD needs at least 2 classes, got shape {tuple(student_logits.shape)}")
+    zs = upcast(student_logits) / t
+    zt = teacher_logits.detach().to(zs.dtype) / t
+    y = y.long().to(zs.device)
+    target = F.one_hot(y, zs.shape[1]).bool()
+    bs, ns = _target_split(zs, y, target)
+    bt, nt = _target_split(zt, y, target)
+    return (t * t) * (a * _kl_rows(bt, bs) + b * _kl_rows(nt, ns))
+
+
+def class_groups_by_count(class_counts: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """Head / medium / tail group of each class from its training count (or frequency).
+
+    Classes sorted by count, largest first (ties: the smaller class id first): head = the ceil(C/3)
+    first, tail = the ceil(C/3) last, medium the rest; an empty medium group (C = 4) is left out, and
+    with C < 3 every class is its own group (our choice: docs/methods.md, "LTKD").
+
+    Args:
+        class_counts: (C,) non-negative counts or frequencies.
+
+    Returns:
+        (C,) int64 group ids 0..K-1 (0 = head, K-1 = tail).
+    """
+    counts = torch.as_tensor(class_counts, dtype=torch.float64).flatten()
+    c = counts.numel()
+    if c == 0 or not torch.isfinite(counts).all() or (counts < 0).any():
+        raise ValueError(f"class_counts: expected non-negative finite counts, got {counts.tolist()}")
+    # Descending count, ties by class id: a stable sort of the negated counts.
+    order = torch.sort(-counts, stable=True).indices
+    rank = torch.empty(c, dtype=torch.long)
+    rank[order] = torch.arange(c)
+    if c < 3:
+        return rank
+    third = -(-c // 3)
+    groups = torch.where(rank < third, 0, torch.where(rank >= c - third, 2, 1))
+    return torch.unique(groups, return_inverse=True)[1]
+
+
+def check_class_groups(class_groups: torch.Tensor, n_classes: int) -> int:
+    """The number of groups K of a (C,) vector of group ids 0..K-1, every group non-empty."""
+    g = class_groups
+    if not isinstance(g, torch.Tensor) or g.shape != (n_classes,) or g.dtype.is_floating_point or g.dtype == torch.bool:
+        raise ValueError(f"class_groups: expected a ({n_classes},) integer tensor, got {shape_of(g)}")
+    k = int(g.max()) + 1 if n_classes else 0
+    if int(g.min()) < 0 or (torch.bincount(g.long(), minlength=k) == 0).any():
+        raise ValueError(f"class_groups: expected ids 0..K-1 with every group non-empty, got {g.tolist()}")
+    return k
+
+
+class GroupKL(NamedTuple):
+    """KL(p_t || p_s) over a partition of the classes, ``p = softmax(./T)``, taken apart.
+
+    Attributes:
+        log_mass_t, log_mass_s: (B, K) log group masses ``log m_G = log sum_{k in G} p_k``.
+        within: (B, K) ``KL(p_t|G || p_s|G)`` of the within-group distributions ``p_k / m_G``.
+
+    ``KL(p_t || p_s) = KL(m_t || m_s) + sum_G m_t[G] within[:, G]`` (an identity).
+    """
+
+    log_mass_t: torch.Tensor
+    log_mass_s: torch.Tensor
+    within: torch.Tensor
+
+
+def class_group_members(class_groups: torch.Tensor) -> list[torch.Tensor]:
+    """The class ids of each group of a (C,) vector of group ids 0..K-1: K int64 index tensors."""
+    k = int(class_groups.max()) + 1
+    return [(class_groups == g).nonzero().flatten() for g in range(k)]
+
+
+def group_parts(zs: torch.Tensor, zt: torch.Tensor, members: Sequence[torch.Tensor]) -> GroupKL:
+    """:class:`GroupKL` of tempered (B, C) logits (checked, in the compute dtype; ``zt`` detached) over
+    the groups whose class ids are ``members``: one pass over each group's classes."""
+    lse_s, lse_t, within = [], [], []
+    for idx in members:  # K <= 3 for LTKD's head / medium / tail
+        gs, gt = zs.index_select(1, idx), zt.index_select(1, idx)
+        ls_g, lt_g = torch.logsumexp(gs, dim=1, keepdim=True), torch.logsumexp(gt, dim=1, keepdim=True)
+        # Within a group, p_k / m_G is the softmax of the group's own logits.
+        within.append(_kl_rows(gt - lt_g, gs - ls_g))
+        lse_s.append(ls_g)
+        lse_t.append(lt_g)
+    ms, mt = torch.cat(lse_s, dim=1), torch.cat(lse_t, dim=1)
+    return GroupKL(mt - torch.logsumexp(mt, dim=1, keepdim=True), ms - torch.logsumexp(ms, dim=1, keepdim=True),
+                   torch.stack(within, dim=1))
+
+
+def group_kl_decomposition(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, class_groups: torch.Tensor, temperature: float = 4.0
+) -> GroupKL:
+    """The parts of ``KL(softmax(t/T) || softmax(s/T))`` over the groups of ``class_groups`` (unscaled).
+
+    Args:
+        student_logits, teacher_logits: (B, C). class_groups: (C,) group ids 0..K-1 (every group
+            non-empty). temperature: T > 0.
+
+    Returns:
+        :class:`GroupKL`, float32 at least.
+    """
+    t = check_temperature(temperature)
+    check_logits("student_logits", student_logits)
+    check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
+    check_class_groups(class_groups, student_logits.shape[1])
+    zs = upcast(student_logits) / t
+    members = [m.to(zs.device) for m in class_group_members(class_groups)]
+    return group_parts(zs, teacher_logits.detach().to(zs.dtype) / t, members)
+
+
+def ltkd_from_parts(parts: GroupKL, log_group_prior: torch.Tensor, temperature: float, alpha: float,
+                    beta: float) -> torch.Tensor:
+    """(B,) ``T^2 (alpha KL(r_t || m_s) + beta (1/K) sum_G within_G)`` from checked parts and (K,) log P_G."""
+    k = parts.within.shape[1]
+    log_r = parts.log_mass_t - log_group_prior.to(parts.within)
+    log_r = log_r - torch.logsumexp(log_r, dim=1, keepdim=True)
+    t = float(temperature)
+    return (t * t) * (alpha * _kl_rows(log_r, parts.log_mass_s) + (beta / k) * parts.within.sum(dim=1))
+
+
+def check_group_prior(group_prior: Sequence[float] | torch.Tensor, n_groups: int) -> torch.Tensor:
+    """(K,) float32 training shares P_G of the groups: a distribution with every entry > 0."""
+    prior = check_distribution("group_prior", group_prior, n_groups)
+    if (prior <= 0).any():
+        raise ValueError(f"group_prior: expected training samples in every group, got shares {prior.tolist()}")
+    return prior
+
+
+def long_tail_distillation(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    class_groups: torch.Tensor,
+    group_prior: Sequence[float] | torch.Tensor,
+    temperature: float = 4.0,
+    alpha: float = 1.0,
+    beta: float | None = None,
+) -> torch.Tensor:
+    """Per-sample LTKD (after Kim, CVPR 2026; our reading, docs/methods.md):
+    ``T^2 (alpha KL(r_t || m_s) + beta (1/K) sum_G KL(p_t|G || p_s|G))``.
+
+    ``m`` = the group masses of ``softmax(./T)``; ``r_t[G] ∝ m_t[G] / P_G`` the teacher's masses with
+    the training share ``P_G`` of each group divided out (its group-level bias removed); the
+    within-group terms are weighted equally, not by ``m_t``. No gradient flows into ``teacher_logits``.
+
+    Args:
+        student_logits, teacher_logits: (B, C). class_groups: (C,) group ids 0..K-1
+            (:func:`class_groups_by_count`). group_prior: (K,) training shares P_G, all > 0.
+        temperature: T > 0. alpha: weight of the cross-group term. beta: weight of the mean
+            within-group term (default K: their plain sum).
+
+    Returns:
+        (B,) losses >= 0, float32 (float64 for float64 student logits).
+    """
+    parts = group_kl_decomposition(student_logits, teacher_logits, class_groups, temperature)
+    k = parts.within.shape[1]
+    log_prior = check_group_prior(group_prior, k).log()
+    a = check_nonnegative("alpha", alpha)
+    b = float(k) if beta is None else check_nonnegative("beta", beta)
+    return ltkd_from_parts(parts, log_prior, temperature, a, b)
 
 
 def mixed(ce: torch.Tensor, kd: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -7,6 +7,7 @@ the objectives built from them. Data, models, the engine and reports live in sub
 # First: sets OpenMP's wait policy for the command line before anything imports torch.
 import groupdistil._omp  # noqa: F401
 from groupdistil.errors import CheckpointError, ConfigError, DataError, UserError
+from groupdistil.kd_terms import KD_TERMS, DistillTerm
 from groupdistil.losses import (
     adjust_logits,
     adjust_logits_weighted,
@@ -20,7 +21,6 @@ from groupdistil.losses import (
     mixed,
     soft_cross_entropy,
 )
-from groupdistil.kd_terms import KD_TERMS, DistillTerm
 from groupdistil.objectives import (
     DKD,
     DRO,

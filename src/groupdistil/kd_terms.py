@@ -15,9 +15,9 @@ from torch import nn
 
 from groupdistil._validate import check_nonnegative, check_temperature
 from groupdistil.losses import (
+    check_group_prior,
     class_group_members,
     class_groups_by_count,
-    check_group_prior,
     decoupled_distillation,
     distillation,
     group_parts,

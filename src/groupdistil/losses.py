@@ -267,11 +267,13 @@ def ltkd_from_parts(parts: GroupKL, log_group_prior: torch.Tensor, temperature: 
 
 
 def check_group_prior(group_prior: Sequence[float] | torch.Tensor, n_groups: int) -> torch.Tensor:
-    """(K,) float32 training shares P_G of the groups: a distribution with every entry > 0."""
+    """(K,) float64 training shares P_G of the groups: a distribution with every entry > 0."""
     prior = check_distribution("group_prior", group_prior, n_groups)
     if (prior <= 0).any():
         raise ValueError(f"group_prior: expected training samples in every group, got shares {prior.tolist()}")
-    return prior
+    # float64, so that float64 logits get the exact term (check_distribution's result is float32).
+    exact = torch.as_tensor(group_prior, dtype=torch.float64).flatten()
+    return exact / exact.sum()
 
 
 def long_tail_distillation(

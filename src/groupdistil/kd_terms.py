@@ -16,12 +16,11 @@ from torch import nn
 from groupdistil._validate import check_nonnegative, check_temperature
 from groupdistil.losses import (
     check_group_prior,
-    class_group_members,
     class_groups_by_count,
     decoupled_distillation,
     distillation,
-    group_parts,
-    ltkd_from_parts,
+    group_columns,
+    ltkd_core,
     upcast,
 )
 
@@ -83,16 +82,14 @@ class DistillTerm(nn.Module):
             raise ValueError("class_prior: kd_term ltkd needs the training class frequencies")
         prior = torch.as_tensor(class_prior, dtype=torch.float32).flatten()
         groups = class_groups_by_count(prior)
-        members = class_group_members(groups)
-        k = len(members)
-        shares = torch.stack([prior[m].sum() for m in members])
+        k = int(groups.max()) + 1
+        shares = torch.stack([prior[groups == g].sum() for g in range(k)])
         self.b = float(k) if beta is None else check_nonnegative("ltkd_beta", beta)
         # Not persistent: derived from the prior, so checkpoints keep the objective's state as before.
         self.register_buffer("class_groups", groups, persistent=False)
         self.register_buffer("log_group_prior", check_group_prior(shares / shares.sum(), k).log(), persistent=False)
-        for g, m in enumerate(members):
-            self.register_buffer(f"members{g}", m, persistent=False)
-        self.n_term_groups = k
+        # Slices, or index tensors moved to the logits' device at use.
+        self.columns = group_columns(groups)
 
     def warmup_factor(self) -> float:
         """DKD's linear warm-up of the term's weight at :attr:`epoch` (1 for kd and ltkd)."""
@@ -108,7 +105,6 @@ class DistillTerm(nn.Module):
         if self.kind == "ltkd":
             zs = upcast(student_logits) / t
             zt = teacher_logits.detach().to(zs.dtype) / t
-            members = [getattr(self, f"members{g}") for g in range(self.n_term_groups)]
-            return ltkd_from_parts(group_parts(zs, zt, members), self.log_group_prior, t, self.a, self.b)
+            return (t * t) * ltkd_core(zs, zt, self.columns, self.log_group_prior, self.a, self.b)
         return self.warmup_factor() * decoupled_distillation(
             student_logits, teacher_logits, y, t, self.a, self.b, check=False)

@@ -9,7 +9,7 @@ still get stable losses, while float64 logits stay float64 (which makes ``gradch
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -107,14 +107,52 @@ def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return (log_p.exp() * (log_p - log_q)).sum(dim=1)
 
 
-def _target_split(z: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For (B, C) tempered logits: (B, 2) log binary masses (target, all others) and (B, C) log
-    distribution over the non-target classes, 0 (not -inf) at the target so that KL terms stay finite."""
-    lse = torch.logsumexp(z, dim=1, keepdim=True)
-    others = z.masked_fill(target, float("-inf"))
-    lse_others = torch.logsumexp(others, dim=1, keepdim=True)
-    log_b = torch.cat([z.gather(1, y.unsqueeze(1)) - lse, lse_others - lse], dim=1)
-    return log_b, torch.where(target, torch.zeros_like(z), z - lse_others)
+def _masked_lse(z: torch.Tensor, y1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C) ``log_softmax`` over the non-target classes (-inf at the target) and (B,) their logsumexp.
+
+    ``log_softmax`` is one fused kernel where ``logsumexp`` is several passes; the logsumexp is read
+    back at the row's largest non-target logit ``k'`` as ``z_k' - log_softmax_k'`` (no cancellation:
+    ``log_softmax_k'`` lies in [-log C, 0])."""
+    masked = z.scatter(1, y1, float("-inf"))
+    log_n = torch.log_softmax(masked, dim=1)
+    top = masked.detach().argmax(dim=1, keepdim=True)
+    return log_n, (z.gather(1, top) - log_n.gather(1, top)).squeeze(1)
+
+
+class _DKD(torch.autograd.Function):
+    """DKD's two KL terms with their gradient written out: one fused ``log_softmax`` a side forward,
+    a handful of element-wise passes backward, and no autograd graph of its own (on a CPU the graph
+    of the composite form cost twice KD at C = 100).
+
+    With ``L_o`` the logsumexp over the non-target classes and ``L = logaddexp(L_o, z_y)``:
+    ``log b = (z_y - L, L_o - L)``, ``log n_k = z_k - L_o`` (k != y), and
+    ``KL(n_t || n_s) = sum_k n_t,k (zt_k - zs_k) - Lt_o + Ls_o`` (n_t is 0 at the target). The
+    gradient of ``alpha KL(b_t || b_s) + beta KL(n_t || n_s)`` in ``zs`` is
+    ``n_s (alpha (b_s[o] - b_t[o]) + beta) - beta n_t`` off the target and ``alpha (b_s[y] - b_t[y])`` on it.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, zs: torch.Tensor, zt: torch.Tensor, y1: torch.Tensor, a: float, b: float) -> torch.Tensor:
+        log_ns, lse_os = _masked_lse(zs, y1)
+        log_nt, lse_ot = _masked_lse(zt, y1)
+        zs_y, zt_y = zs.gather(1, y1).squeeze(1), zt.gather(1, y1).squeeze(1)
+        log_bs = torch.stack([zs_y, lse_os], dim=1) - torch.logaddexp(lse_os, zs_y).unsqueeze(1)
+        log_bt = torch.stack([zt_y, lse_ot], dim=1) - torch.logaddexp(lse_ot, zt_y).unsqueeze(1)
+        bt, n_t = log_bt.exp(), log_nt.exp()
+        tckd = (bt * (log_bt - log_bs)).sum(dim=1)
+        nckd = (n_t * (zt - zs)).sum(dim=1) - lse_ot + lse_os
+        ctx.save_for_backward(log_ns, n_t, log_bs.exp(), bt, y1)
+        ctx.a, ctx.b = a, b
+        return a * tckd + b * nckd
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        log_ns, n_t, bs, bt, y1 = ctx.saved_tensors
+        a, b = ctx.a, ctx.b
+        g = log_ns.exp() * (a * (bs[:, 1] - bt[:, 1]) + b).unsqueeze(1) - b * n_t
+        g.scatter_(1, y1, (a * (bs[:, 0] - bt[:, 0])).unsqueeze(1))
+        return g * grad.unsqueeze(1), None, None, None, None
 
 
 def decoupled_distillation(
@@ -151,12 +189,8 @@ def decoupled_distillation(
     if student_logits.shape[1] < 2:
         raise ValueError(f"student_logits: DKD needs at least 2 classes, got shape {tuple(student_logits.shape)}")
     zs = upcast(student_logits) / t
-    zt = teacher_logits.detach().to(zs.dtype) / t
-    y = y.long().to(zs.device)
-    target = F.one_hot(y, zs.shape[1]).bool()
-    bs, ns = _target_split(zs, y, target)
-    bt, nt = _target_split(zt, y, target)
-    return (t * t) * (a * _kl_rows(bt, bs) + b * _kl_rows(nt, ns))
+    y1 = y.long().to(zs.device).unsqueeze(1)
+    return (t * t) * _DKD.apply(zs, teacher_logits.detach().to(zs.dtype) / t, y1, a, b)
 
 
 def class_groups_by_count(class_counts: Sequence[float] | torch.Tensor) -> torch.Tensor:
@@ -256,14 +290,75 @@ def group_kl_decomposition(
     return group_parts(zs, teacher_logits.detach().to(zs.dtype) / t, members)
 
 
-def ltkd_from_parts(parts: GroupKL, log_group_prior: torch.Tensor, temperature: float, alpha: float,
-                    beta: float) -> torch.Tensor:
-    """(B,) ``T^2 (alpha KL(r_t || m_s) + beta (1/K) sum_G within_G)`` from checked parts and (K,) log P_G."""
-    k = parts.within.shape[1]
-    log_r = parts.log_mass_t - log_group_prior.to(parts.within)
-    log_r = log_r - torch.logsumexp(log_r, dim=1, keepdim=True)
-    t = float(temperature)
-    return (t * t) * (alpha * _kl_rows(log_r, parts.log_mass_s) + (beta / k) * parts.within.sum(dim=1))
+def group_columns(class_groups: torch.Tensor) -> list[slice | torch.Tensor]:
+    """Each group's columns: a slice where its class ids are a contiguous range (long-tailed datasets
+    usually number their classes from head to tail: no copy), else the (n_G,) index tensor."""
+    cols: list[slice | torch.Tensor] = []
+    for idx in class_group_members(class_groups):
+        lo, hi = int(idx[0]), int(idx[-1]) + 1
+        cols.append(slice(lo, hi) if hi - lo == idx.numel() else idx)
+    return cols
+
+
+def _columns(z: torch.Tensor, cols: slice | torch.Tensor) -> torch.Tensor:
+    return z[:, cols] if isinstance(cols, slice) else z.index_select(1, cols.to(z.device))
+
+
+def _group_lse(z: torch.Tensor, cols: slice | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A group's (B, n_G) within-group ``log_softmax`` and (B,) logsumexp (read back as in :func:`_masked_lse`)."""
+    zg = _columns(z, cols)
+    log_p = torch.log_softmax(zg, dim=1)
+    top = zg.detach().argmax(dim=1, keepdim=True)
+    return log_p, (zg.gather(1, top) - log_p.gather(1, top)).squeeze(1)
+
+
+class _LTKD(torch.autograd.Function):
+    """LTKD before the ``T^2`` with its gradient written out (as :class:`_DKD`). One fused
+    within-group ``log_softmax`` per group and side; ``log m[G] = L_G - logsumexp_H L_H`` from the
+    groups' logsumexps ``L_G``. The gradient in ``zs_k``, k in G, is
+    ``p_s|G,k (alpha (m_s[G] - r_t[G]) + beta / K) - (beta / K) p_t|G,k``."""
+
+    @staticmethod
+    def forward(ctx: Any, zs: torch.Tensor, zt: torch.Tensor, columns: Sequence[slice | torch.Tensor],
+                log_group_prior: torch.Tensor, a: float, b: float) -> torch.Tensor:
+        k = len(columns)
+        within = zs.new_zeros(zs.shape[0])
+        log_ps, p_t, lse_s, lse_t = [], [], [], []
+        for c in columns:  # K <= 3 for head / medium / tail
+            (ls, l_s), (lt, l_t) = _group_lse(zs, c), _group_lse(zt, c)
+            pt = lt.exp()
+            within += (pt * (lt - ls)).sum(dim=1)
+            log_ps.append(ls)
+            p_t.append(pt)
+            lse_s.append(l_s)
+            lse_t.append(l_t)
+        ls_g, lt_g = torch.stack(lse_s, dim=1), torch.stack(lse_t, dim=1)
+        log_ms = ls_g - torch.logsumexp(ls_g, dim=1, keepdim=True)
+        log_r = lt_g - log_group_prior.to(zt)
+        log_r = log_r - torch.logsumexp(log_r, dim=1, keepdim=True)
+        r = log_r.exp()
+        ctx.save_for_backward(log_ms.exp() - r, *log_ps, *p_t)
+        ctx.columns, ctx.a, ctx.b, ctx.shape = columns, a, b, zs.shape
+        return a * (r * (log_r - log_ms)).sum(dim=1) + (b / k) * within
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        gap, *rest = ctx.saved_tensors
+        k = len(ctx.columns)
+        w = ctx.b / k
+        g = grad.new_empty(ctx.shape)
+        for i, c in enumerate(ctx.columns):
+            coef = (ctx.a * gap[:, i] + w).unsqueeze(1)
+            g[:, c] = (rest[i].exp() * coef - w * rest[k + i]) * grad.unsqueeze(1)
+        return g, None, None, None, None, None
+
+
+def ltkd_core(zs: torch.Tensor, zt: torch.Tensor, columns: Sequence[slice | torch.Tensor],
+              log_group_prior: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    """(B,) LTKD of tempered (B, C) logits (``zt`` detached) before the ``T^2``, over the groups'
+    ``columns`` (:func:`group_columns`), with (K,) ``log P_G``."""
+    return _LTKD.apply(zs, zt, columns, log_group_prior, alpha, beta)
 
 
 def check_group_prior(group_prior: Sequence[float] | torch.Tensor, n_groups: int) -> torch.Tensor:
@@ -301,12 +396,16 @@ def long_tail_distillation(
     Returns:
         (B,) losses >= 0, float32 (float64 for float64 student logits).
     """
-    parts = group_kl_decomposition(student_logits, teacher_logits, class_groups, temperature)
-    k = parts.within.shape[1]
+    t = check_temperature(temperature)
+    check_logits("student_logits", student_logits)
+    check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
+    k = check_class_groups(class_groups, student_logits.shape[1])
     log_prior = check_group_prior(group_prior, k).log()
     a = check_nonnegative("alpha", alpha)
     b = float(k) if beta is None else check_nonnegative("beta", beta)
-    return ltkd_from_parts(parts, log_prior, temperature, a, b)
+    zs = upcast(student_logits) / t
+    return (t * t) * ltkd_core(zs, teacher_logits.detach().to(zs.dtype) / t, group_columns(class_groups),
+                               log_prior, a, b)
 
 
 def mixed(ce: torch.Tensor, kd: torch.Tensor, alpha: float) -> torch.Tensor:

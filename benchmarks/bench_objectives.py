@@ -16,7 +16,7 @@ from groupdistil.robust import GroupDRO
 CASES = [((10, 4), 1.5), ((100, 100), 1.25), ((1000, 1000), 1.15)]
 #: Issue 22's targets for the distillation terms, at C = 100 and 1000.
 TERM_CLASSES = (100, 1000)
-TERM_TARGETS = {"dkd": 1.3, "ltkd": 1.5}
+TERM_TARGETS = {"dkd": 1.3, "ltkd": 1.5, "ltkd_shuffled": 1.5}
 B = 512
 
 
@@ -66,14 +66,18 @@ def _step(s: torch.Tensor, fn):
 
 
 def _terms_case(c: int, repeats: int, timer) -> list[dict[str, Any]]:
-    """KD, DKD and LTKD objectives (long-tailed class prior for LTKD's groups) in one interleaved run:
-    one row per term, each with its own target."""
+    """KD, DKD and LTKD objectives in one interleaved run, one row per term, each with its own target.
+    LTKD's class prior is long-tailed from class 0 down (its groups are contiguous column ranges, as in
+    CIFAR-LT's numbering) and, for ``ltkd_shuffled``, the same prior over shuffled class ids (its groups
+    are gathered columns)."""
     gen = torch.Generator().manual_seed(1)
     s = torch.randn(B, c, generator=gen).requires_grad_()
     t = torch.randn(B, c, generator=gen)
     y = torch.randint(0, c, (B,), generator=gen)
     prior = 0.99 ** torch.arange(c, dtype=torch.float32)
-    objectives = {"kd": KD(0.5, 4.0), "dkd": DKD(4.0), "ltkd": LTKD(prior / prior.sum(), 4.0)}
+    prior = prior / prior.sum()
+    shuffled = prior[torch.randperm(c, generator=gen)]
+    objectives = {"kd": KD(0.5, 4.0), "dkd": DKD(4.0), "ltkd": LTKD(prior, 4.0), "ltkd_shuffled": LTKD(shuffled, 4.0)}
     med = timer({name: _step(s, lambda o=o: o(s, y, None, t).loss) for name, o in objectives.items()},
                 repeats=repeats)
     return [{"case": f"C={c}, {term}", "kd_ms": 1e3 * med["kd"], "target": target,

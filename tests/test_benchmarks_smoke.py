@@ -15,14 +15,14 @@ def test_quick_objective_benchmark_writes_ratios(tmp_path):
     assert r.returncode == 0, r.stderr
     data = json.loads((tmp_path / "perf.json").read_text())
     rows = data["results"]["objectives"]
-    assert [row["case"] for row in rows] == ["C=10, G=4", "C=100, G=100", "C=1000, G=1000", "C=100, dkd",
-                                             "C=100, ltkd", "C=1000, dkd", "C=1000, ltkd"]
+    assert [row["case"] for row in rows] == ["C=10, G=4", "C=100, G=100", "C=1000, G=1000"] + [
+        f"C={c}, {term}" for c in (100, 1000) for term in ("dkd", "ltkd", "ltkd_shuffled")]
     for row in rows[:3]:
         for key in ("groupdistil_over_kd", "class_robust_kd_over_kd", "dense_groupdistil_over_kd"):
             assert row[key] > 0
     for row in rows[3:]:
         term = row["case"].split(", ")[1]
-        assert row[f"{term}_over_kd"] > 0 and row["target"] == {"dkd": 1.3, "ltkd": 1.5}[term]
+        assert row[f"{term}_over_kd"] > 0 and row["target"] == {"dkd": 1.3, "ltkd": 1.5, "ltkd_shuffled": 1.5}[term]
     assert data["machine"]["cores"] >= 1
     assert data["machine"]["threads"] == 1 and "--threads 1" in data["command"]
     assert "| case |" in (tmp_path / "perf.md").read_text()

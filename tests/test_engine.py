@@ -40,7 +40,8 @@ def _teacher(bundle):
     [("erm", {}), ("reweight", {}), ("group-dro", {"step_size": 0.5}), ("balanced", {}),
      ("robust-teacher", {"validation_every": 3}), ("kd", {}), ("groupdistil", {"step_size": 0.5}),
      ("groupdistil", {"dro_on": "kd"}), ("class-robust-kd", {"mode": "tradeoff", "beta": 0.5}),
-     ("class-robust-kd", {"lambda_source": "val", "validation_every": 2})],
+     ("class-robust-kd", {"lambda_source": "val", "validation_every": 2}), ("dkd", {}), ("ltkd", {}),
+     ("groupdistil", {"kd_term": "dkd"}), ("class-robust-kd", {"kd_term": "ltkd"})],
 )
 def test_every_objective_trains_and_logs(blobs, tmp_path, method, opts):
     obj = _objective(method, blobs, **opts)
@@ -86,8 +87,8 @@ def _sawtooth_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, init_scale=2.0**10, growth_interval=1, enabled=amp == "fp16")
 
 
-@pytest.mark.parametrize("amp", ["none", "fp16"])
-def test_stopped_after_epoch_one_and_resumed_equals_uninterrupted(blobs, tmp_path, amp, monkeypatch):
+@pytest.mark.parametrize("amp,opts", [("none", {}), ("fp16", {}), ("none", {"kd_term": "dkd", "dkd_warmup": 4})])
+def test_stopped_after_epoch_one_and_resumed_equals_uninterrupted(blobs, tmp_path, amp, opts, monkeypatch):
     # Under fp16 the checkpoint must carry the loss scale and its growth tracker: a fresh scaler
     # would skip other steps than the uninterrupted run's.
     monkeypatch.setattr(engine, "make_scaler", _sawtooth_scaler)
@@ -95,7 +96,7 @@ def test_stopped_after_epoch_one_and_resumed_equals_uninterrupted(blobs, tmp_pat
 
     def run(out, stop_after=None, resume=False):
         torch.manual_seed(0)
-        obj = _objective("groupdistil", blobs, step_size=0.5)
+        obj = _objective("groupdistil", blobs, step_size=0.5, **opts)
         model = _net()
         teacher = Teacher([TeacherMember(_net(7))], blobs.class_prior())
         writer = RunWriter(out, weight_names(obj, blobs), tensorboard=False)
@@ -120,6 +121,8 @@ def test_stopped_after_epoch_one_and_resumed_equals_uninterrupted(blobs, tmp_pat
     for a, b in zip(full_model.state_dict().values(), cut_model.state_dict().values()):
         assert torch.equal(a, b)
     assert torch.equal(full_obj.dro.q, cut_obj.dro.q)
+    # DKD's warm-up weight follows the epoch, the resumed run's included: the third of 3 epochs.
+    assert cut_obj.term.warmup_factor() == (0.75 if opts else 1.0)
     assert (tmp_path / "full/group_weights.csv").read_text() == (tmp_path / "cut/group_weights.csv").read_text()
     full_lines = (tmp_path / "full/metrics.jsonl").read_text()
     assert full_lines == (tmp_path / "cut/metrics.jsonl").read_text()

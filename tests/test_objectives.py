@@ -356,6 +356,8 @@ def test_build_objective_by_name_with_options() -> None:
         "balanced": gd.LogitAdjusted,
         "robust-teacher": gd.RobustTeacher,
         "kd": gd.KD,
+        "dkd": gd.DKD,
+        "ltkd": gd.LTKD,
         "kd-reweight": gd.KDReweight,
         "groupdistil": gd.GroupDistil,
         "class-robust-kd": gd.ClassRobustKD,
@@ -370,7 +372,15 @@ def test_objective_options_are_the_documented_defaults() -> None:
         "adjustment": 0.0,
         "normalize_loss": False,
         "dro_on": "both",
+        # The distillation term and its options (None: the term's own default, docs/methods.md).
+        "kd_term": "kd",
+        "dkd_alpha": None,
+        "dkd_beta": None,
+        "dkd_warmup": None,
+        "ltkd_alpha": None,
+        "ltkd_beta": None,
     }
+    assert gd.objective_options("ltkd") == {"temperature": 4.0, "ltkd_alpha": 1.0, "ltkd_beta": None}
     assert gd.objective_options("kd") == {"alpha": 0.5, "temperature": 4.0}
     assert gd.objective_options("erm") == {}
     assert gd.objective_options("class-robust-kd")["mode"] == "robust"
@@ -493,4 +503,5 @@ def test_the_registry_says_what_each_objective_needs():
                 obj(logits, y, None, teacher)
         else:
             assert torch.isfinite(obj(logits, y, None, teacher).loss), name
-        assert cls.class_level == (obj.weights_over == "classes" or name == "balanced"), name
+        # balanced and ltkd aim at the rare classes without class weights of their own.
+        assert cls.class_level == (obj.weights_over == "classes" or name in ("balanced", "ltkd")), name

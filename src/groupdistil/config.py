@@ -76,7 +76,7 @@ class ObjectiveConfig(BaseModel):
     model_config = FINITE
 
     method: str = Field("erm", description="objective: erm, reweight, jtt, group-dro, balanced, robust-teacher, "
-                        "kd, kd-reweight, groupdistil, class-robust-kd")
+                        "kd, dkd, ltkd, kd-reweight, groupdistil, class-robust-kd")
     alpha: float | None = Field(None, ge=0, le=1, description="teacher weight in [0, 1]")
     temperature: float | None = Field(None, gt=0, description="distillation temperature T")
     step_size: float | None = Field(None, ge=0, description="EG step size eta of q or lambda")
@@ -90,6 +90,15 @@ class ObjectiveConfig(BaseModel):
     lambda_source: Literal["train", "val"] | None = Field(None, description="class-robust-kd lambda from")
     validation_every: int | None = Field(None, ge=1, le=10**9, description="K: validation-driven lambda every K steps")
     upweight: float | None = Field(None, ge=1, le=1e6, description="jtt: weight of the error set (lambda_up)")
+    kd_term: Literal["kd", "dkd", "ltkd"] | None = Field(
+        None, description="groupdistil / class-robust-kd: the distillation term the aggregation acts on")
+    dkd_alpha: float | None = Field(None, ge=0, description="DKD: weight of the target-class term (default 1)")
+    dkd_beta: float | None = Field(None, ge=0, description="DKD: weight of the non-target term (default 8)")
+    dkd_warmup: int | None = Field(None, ge=0, le=MAX_COUNT,
+                                   description="DKD: epochs of the linear warm-up of its weight (default 20; 0: none)")
+    ltkd_alpha: float | None = Field(None, ge=0, description="LTKD: weight of the cross-group term (default 1)")
+    ltkd_beta: float | None = Field(None, ge=0, description="LTKD: weight of the mean within-group term "
+                                    "(default K, the number of class groups)")
 
     def options(self) -> dict[str, Any]:
         """The options the user set (not None), without the method name."""

@@ -7,9 +7,14 @@
 - ``balanced``: logit-adjusted cross-entropy ``ce(s + tau log pi, y)``, mean (a balanced teacher).
 - ``robust-teacher``: ``ce(s + tau log pi - log lambda, y)``, mean; lambda from validation (classes).
 - ``kd``: ``(1-alpha) ce + alpha kd``, mean.
+- ``dkd``: ``ce + dkd`` (decoupled KD, Zhao et al.), mean.
+- ``ltkd``: ``ce + ltkd`` (long-tail KD over head / medium / tail classes, after Kim), mean.
 - ``kd-reweight``: ``(1-alpha) ce + alpha kd``, mean weighted by ``1 / n_{g_i}`` (data groups).
 - ``groupdistil``: ``(1-alpha) ce + alpha kd``, online group DRO (data groups).
 - ``class-robust-kd``: per-class risks R_k, weighted standard | balanced | robust | tradeoff (classes).
+
+``groupdistil`` and ``class-robust-kd`` take ``kd_term`` (kd | dkd | ltkd): the distillation term
+their aggregation acts on (:mod:`groupdistil.kd_terms`).
 
 Every objective is called as ``objective(student_logits, y, groups, teacher_logits)`` and returns an
 :class:`ObjectiveOutput`: the scalar loss plus per-group loss, count and current weights for logging.
@@ -39,6 +44,7 @@ from groupdistil._validate import (
     check_unit_interval,
     shape_of,
 )
+from groupdistil.kd_terms import DistillTerm
 from groupdistil.losses import (
     cross_entropy,
     distillation,
@@ -188,6 +194,13 @@ class Objective(nn.Module):
             out = out._replace(loss=out.loss + _global_mean(terms.plain))
         named = {"ce": terms.ce, "kd": terms.kd}
         return out._replace(terms={k: v.detach().mean() for k, v in named.items() if v is not None})
+
+    def set_epoch(self, epoch: int) -> None:
+        """Tell the objective which (0-based) epoch the next steps belong to: the training loop calls it
+        at the start of every epoch (resumed ones too). Only DKD's warm-up reads it."""
+        for m in self.modules():
+            if isinstance(m, DistillTerm):
+                m.epoch = int(epoch)
 
     def update_from_validation(self, per_group_error: torch.Tensor) -> None:
         """Objectives with validation-driven weights override this."""
@@ -415,12 +428,81 @@ class KDReweight(Reweight):
     per_sample = KD.per_sample
 
 
+class _CEPlusTerm(Objective):
+    """Mean of ``ce + term`` with a :class:`~groupdistil.kd_terms.DistillTerm` (DKD, LTKD)."""
+
+    distills = True
+    requires_teacher = True
+
+    term: DistillTerm
+
+    def per_sample(
+        self, student_logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None
+    ) -> Terms:
+        ce = cross_entropy(student_logits, y, check=False)
+        kd = self.term(student_logits, teacher_logits, y)  # forward() has checked: a teacher is required
+        return Terms(ce + kd, ce=ce, kd=kd)
+
+
+class DKD(_CEPlusTerm):
+    """Decoupled knowledge distillation (Zhao et al., CVPR 2022): mean of ``ce + w dkd`` with
+    ``dkd = T^2 (dkd_alpha KL(b_t || b_s) + dkd_beta KL(n_t || n_s))`` (binary target / non-target
+    masses, and the distribution over the non-target classes) and the warm-up weight
+    ``w = min((epoch + 1) / dkd_warmup, 1)`` (1 when ``dkd_warmup`` = 0).
+
+    Args:
+        temperature: T > 0. dkd_alpha, dkd_beta: weights of the two terms (DKD's CIFAR setting: 1, 8).
+        dkd_warmup: epochs of the linear warm-up (20). n_groups: only for per-group logs.
+    """
+
+    def __init__(self, temperature: float = 4.0, dkd_alpha: float = 1.0, dkd_beta: float = 8.0,
+                 dkd_warmup: int = 20, n_groups: int | None = None) -> None:
+        super().__init__(n_groups=n_groups)
+        self.temperature = check_temperature(temperature)
+        self.term = DistillTerm("dkd", temperature, dkd_alpha=dkd_alpha, dkd_beta=dkd_beta, dkd_warmup=dkd_warmup)
+
+
+class LTKD(_CEPlusTerm):
+    """Long-tail knowledge distillation (after Kim, CVPR 2026; our reading, docs/methods.md): mean of
+    ``ce + T^2 (ltkd_alpha KL(r_t || m_s) + ltkd_beta (1/K) sum_G KL(p_t|G || p_s|G))`` over head /
+    medium / tail groups of classes by training count, the teacher's group masses rebalanced by the
+    groups' training shares (``r_t``) and the within-group terms weighted equally.
+
+    Args:
+        class_prior: (C,) training class frequencies (they define the groups and their shares).
+        temperature: T > 0. ltkd_alpha: cross-group weight (1). ltkd_beta: within-group weight
+        (default K). n_groups: only for per-group logs.
+    """
+
+    class_level = True
+
+    def __init__(self, class_prior: Sequence[float] | torch.Tensor, temperature: float = 4.0,
+                 ltkd_alpha: float = 1.0, ltkd_beta: float | None = None, n_groups: int | None = None) -> None:
+        n = int(torch.as_tensor(class_prior).numel())
+        super().__init__(n_groups=n_groups, n_classes=n)
+        self.temperature = check_temperature(temperature)
+        prior = check_distribution("class_prior", class_prior, n)
+        self.term = DistillTerm("ltkd", temperature, prior, ltkd_alpha=ltkd_alpha, ltkd_beta=ltkd_beta)
+
+
+def _kd_term(kd_term: str, temperature: float, class_prior: Sequence[float] | torch.Tensor | None,
+             options: dict[str, Any]) -> tuple[DistillTerm, int | None]:
+    """The distillation term of a robust aggregation, and the class count it fixes (ltkd's prior)."""
+    prior = None
+    if kd_term == "ltkd" and class_prior is not None:
+        prior = check_distribution("class_prior", class_prior, int(torch.as_tensor(class_prior).numel()))
+    term = DistillTerm(kd_term, temperature, prior, **options)
+    return term, None if prior is None else int(prior.numel())
+
+
 DRO_ON = ("both", "kd", "ce")
 
 
 class GroupDistil(_DROMixin, Objective):
     """GroupDistil (Vilouras et al., 2023): distillation loss aggregated by online group DRO.
 
+    ``kd_term`` picks the distillation term ``kd``: Hinton's (default), ``dkd`` or ``ltkd``
+    (:class:`~groupdistil.kd_terms.DistillTerm`, with its options; ``ltkd`` needs ``class_prior``).
     ``dro_on`` picks what the group weights apply to: ``both`` (the whole mix
     ``(1-alpha) ce + alpha kd``, default), ``kd`` (the term ``alpha kd``; ``(1-alpha) ce`` is averaged)
     or ``ce`` (the reverse). ``group_loss`` in the output is the per-group mean of that part.
@@ -428,7 +510,9 @@ class GroupDistil(_DROMixin, Objective):
     Args:
         n_groups: G. alpha: teacher weight in [0, 1] (0: no teacher needed). temperature: T > 0.
         step_size: eta >= 0 (0: a fixed group weighting). group_counts, adjustment, normalize_loss:
-        as :class:`GroupDRO`. dro_on: both | kd | ce.
+        as :class:`GroupDRO`. dro_on: both | kd | ce. kd_term: kd | dkd | ltkd; dkd_alpha, dkd_beta,
+        dkd_warmup, ltkd_alpha, ltkd_beta: that term's options (None: its default). class_prior: (C,)
+        training class frequencies (ltkd).
     """
 
     distills = True
@@ -446,10 +530,20 @@ class GroupDistil(_DROMixin, Objective):
         adjustment: float | Sequence[float] = 0.0,
         normalize_loss: bool = False,
         dro_on: str = "both",
+        kd_term: str = "kd",
+        dkd_alpha: float | None = None,
+        dkd_beta: float | None = None,
+        dkd_warmup: int | None = None,
+        ltkd_alpha: float | None = None,
+        ltkd_beta: float | None = None,
+        class_prior: Sequence[float] | torch.Tensor | None = None,
     ) -> None:
-        super().__init__(n_groups=n_groups)
+        term, n_classes = _kd_term(kd_term, temperature, class_prior, {
+            "dkd_alpha": dkd_alpha, "dkd_beta": dkd_beta, "dkd_warmup": dkd_warmup,
+            "ltkd_alpha": ltkd_alpha, "ltkd_beta": ltkd_beta})
+        super().__init__(n_groups=n_groups, n_classes=n_classes)
+        self.term, self.temperature = term, term.temperature
         self.alpha = check_unit_interval("alpha", alpha)
-        self.temperature = check_temperature(temperature)
         if dro_on not in DRO_ON:
             raise ValueError(f"dro_on: expected one of {', '.join(DRO_ON)}, got {dro_on!r}")
         self.dro_on = dro_on
@@ -464,7 +558,7 @@ class GroupDistil(_DROMixin, Objective):
             # No teacher: the kd term is zero, whichever part the weights act on.
             kd = torch.zeros_like(ce)
         else:
-            kd = self.alpha * distillation(student_logits, teacher_logits, self.temperature)
+            kd = self.alpha * self.term(student_logits, teacher_logits, y)
         if self.dro_on == "both":
             return Terms(ce + kd, None, ce, kd)
         return Terms(*((kd, ce) if self.dro_on == "kd" else (ce, kd)), ce, kd)
@@ -567,7 +661,9 @@ class ClassRobustKD(_ClassWeightsMixin, Objective):
     Args:
         n_classes: C. class_prior: (C,) training class frequencies. alpha: teacher weight in [0, 1].
         temperature: T > 0. mode: see above. beta: tradeoff in [0, 1]. step_size: eta >= 0 for
-        lambda. lambda_source: ``train`` or ``val``. validation_every: K for ``val``.
+        lambda. lambda_source: ``train`` or ``val``. validation_every: K for ``val``. kd_term: kd |
+        dkd | ltkd, with that term's options (as :class:`GroupDistil`); for dkd and ltkd sample i's
+        term is charged to class k with weight p_ik (the kd term keeps its per-class form above).
     """
 
     distills = True
@@ -588,11 +684,20 @@ class ClassRobustKD(_ClassWeightsMixin, Objective):
         step_size: float = 0.01,
         lambda_source: str = "train",
         validation_every: int = 32,
+        kd_term: str = "kd",
+        dkd_alpha: float | None = None,
+        dkd_beta: float | None = None,
+        dkd_warmup: int | None = None,
+        ltkd_alpha: float | None = None,
+        ltkd_beta: float | None = None,
     ) -> None:
         super().__init__(n_groups=n_classes, n_classes=n_classes)
         self.register_buffer("prior", check_distribution("class_prior", class_prior, n_classes))
         self.alpha = check_unit_interval("alpha", alpha)
-        self.temperature = check_temperature(temperature)
+        self.term, _ = _kd_term(kd_term, temperature, self.prior, {
+            "dkd_alpha": dkd_alpha, "dkd_beta": dkd_beta, "dkd_warmup": dkd_warmup,
+            "ltkd_alpha": ltkd_alpha, "ltkd_beta": ltkd_beta})
+        self.temperature = self.term.temperature
         if mode not in CLASS_ROBUST_MODES:
             raise ValueError(f"mode: expected one of {', '.join(CLASS_ROBUST_MODES)}, got {mode!r}")
         self.mode = mode
@@ -621,6 +726,11 @@ class ClassRobustKD(_ClassWeightsMixin, Objective):
         if teacher_logits is None or self.alpha == 0:
             return Terms(charged, ce=ce)
         p = torch.softmax(teacher_logits.detach().to(s.dtype) / t, dim=1)
+        if self.term.kind != "kd":
+            # dkd / ltkd do not split by class: sample i's term is charged to the classes in
+            # proportion to the teacher's p_i (our choice), so w = pi still gives the plain mean.
+            kd = self.alpha * self.term(s, teacher_logits, y)
+            return Terms(charged + p * kd.unsqueeze(1), ce=ce, kd=kd)
         soft = self.alpha * p * (-(t * t) * torch.log_softmax(s / t, dim=1))
         return Terms(charged + soft, ce=ce, kd=soft.sum(dim=1))
 
@@ -659,6 +769,8 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "balanced": LogitAdjusted,
     "robust-teacher": RobustTeacher,
     "kd": KD,
+    "dkd": DKD,
+    "ltkd": LTKD,
     "kd-reweight": KDReweight,
     "groupdistil": GroupDistil,
     "class-robust-kd": ClassRobustKD,

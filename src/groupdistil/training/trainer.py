@@ -168,6 +168,9 @@ class Trainer:
         self.epoch = epoch
         self.net.train()
         self.objective.train()
+        # Set every epoch, a resumed run's first included: what depends on it (DKD's warm-up) is a
+        # function of the epoch alone, so resuming reproduces the uninterrupted run.
+        self.objective.set_epoch(epoch)
         # Training sees the training groups (inferred ones when data.train_groups says so); validation
         # and test keep the data's groups.
         grouping = bundle.fit_grouping

@@ -11,18 +11,19 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from groupdistil import faults
-from groupdistil.checkpoint import FitState, restore_training, save_checkpoint, training_payload
+from groupdistil.checkpoint import FitState, restore_training, training_payload
 from groupdistil.config import OptimConfig, TrainConfig
 from groupdistil.data.base import DatasetBundle
-from groupdistil.loaders import default_workers, epoch_loaders
+from groupdistil.loaders import default_workers, epoch_loaders, eval_loader
 from groupdistil.metrics import is_better
 from groupdistil.objectives import Objective
 from groupdistil.parallel import distributed
@@ -30,10 +31,12 @@ from groupdistil.parallel.batchnorm import convert_global_batchnorm
 from groupdistil.runs.outputs import RunWriter
 from groupdistil.runs.rundir import RunPaths
 from groupdistil.teachers import Teacher
+from groupdistil.training.async_save import CheckpointWriter, cpu_snapshot
 from groupdistil.training.devices import make_scaler, resolve_device
 from groupdistil.training.evaluation import evaluate
 from groupdistil.training.finetune import freeze_backbone, param_groups
 from groupdistil.training.optim import make_optimizer, make_scheduler
+from groupdistil.training.timing import EpochClock, time_text
 from groupdistil.training.trainer import Trainer
 
 log = logging.getLogger("groupdistil")
@@ -45,6 +48,7 @@ class FitResult:
     best_metrics: dict[str, Any] | None
     skipped_steps: int
     checkpoint: Path | None
+    first_batch_s: float | None = None  # the wait for the first epoch's first batch (None: no epoch ran)
 
 
 def weight_names(objective: Objective, bundle: DatasetBundle) -> list[str]:
@@ -97,25 +101,39 @@ def fit(
         echo(f"resumed from {saver.paths.last} after epoch {state.epoch + 1}")
     trainer = Trainer(_wrap(model, device, train), objective, opt, scaler, train=train, device=device,
                       state=state, teacher=teacher)
-    loaders = _epoch_loaders(bundle, train, device)
-    for epoch in range(state.epoch + 1, train.epochs):
-        trainer.last_good = saver.last_good(state)
-        train_metrics = trainer.train_epoch(bundle, epoch, writer, quiet, loader=loaders(epoch))
-        _step_schedule(sched)
-        val_metrics = _validate(model, bundle, train, device, epoch, quiet)
-        if writer is not None:
-            writer.log_epoch(epoch, "train", train_metrics)
-            writer.log_epoch(epoch, "val", val_metrics)
-        improved = is_better(val_metrics, state.best_metrics, train.select_on)
-        state.epoch = epoch
-        if improved:
-            state.best_metrics, state.best_epoch = val_metrics, epoch
-        saver.save(state, improved, model, objective, opt, sched, scaler)
-        if not quiet and distributed.is_main_process():
-            echo(_epoch_line(epoch, train.epochs, train_metrics, val_metrics, train.select_on, improved))
+    loaders, val_loader = _epoch_loaders(bundle, train, device), _val_loader(bundle, train, device)
+    first_batch_s = None
+    try:
+        for epoch in range(state.epoch + 1, train.epochs):
+            clock = EpochClock(device)
+            trainer.last_good = saver.last_good(state)
+            train_metrics = trainer.train_epoch(bundle, epoch, writer, quiet, loader=loaders(epoch), clock=clock)
+            first_batch_s = clock.first_batch_s if first_batch_s is None else first_batch_s
+            _step_schedule(sched)
+            with clock.phase("validation"):
+                val_metrics = _validate(model, bundle, train, device, epoch, quiet, val_loader)
+            with clock.phase("logs"):  # before the checkpoint: a checkpoint of epoch e implies e's lines
+                if writer is not None:
+                    writer.log_epoch(epoch, "train", train_metrics)
+                    writer.log_epoch(epoch, "val", val_metrics)
+            improved = is_better(val_metrics, state.best_metrics, train.select_on)
+            state.epoch = epoch
+            if improved:
+                state.best_metrics, state.best_epoch = val_metrics, epoch
+            with clock.phase("checkpoint"):
+                saver.save(state, improved, model, objective, opt, sched, scaler)
+            times = clock.record()
+            if writer is not None:
+                writer.log_time(epoch, times)
+            if not quiet and distributed.is_main_process():
+                echo(_epoch_line(epoch, train.epochs, train_metrics, val_metrics, train.select_on, improved, times))
+        saver.writer.wait()  # the last checkpoint is on disk before anyone reads it
+    except BaseException:
+        saver.writer.drain()  # the last good checkpoint stays whole; the run's own error is raised
+        raise
     distributed.barrier()  # the other ranks may read the checkpoints rank 0 has just written
     best = saver.paths.best if saver.paths is not None else None
-    return FitResult(state.best_epoch, state.best_metrics, state.skipped_steps, best)
+    return FitResult(state.best_epoch, state.best_metrics, state.skipped_steps, best, first_batch_s)
 
 
 def _optimisation(
@@ -141,24 +159,32 @@ def _step_schedule(sched: Any) -> None:
         sched.step()
 
 
+def _val_loader(bundle: DatasetBundle, train: TrainConfig, device: torch.device) -> DataLoader:
+    """The validation loader of every epoch: its workers (for data read from files) persist."""
+    return eval_loader(bundle.val, max(train.batch_size, 256), default_workers(bundle.val, train.num_workers),
+                       pin_memory=device.type == "cuda", persistent_workers=True)
+
+
 def _validate(
-    model: nn.Module, bundle: DatasetBundle, train: TrainConfig, device: torch.device, epoch: int, quiet: bool
+    model: nn.Module, bundle: DatasetBundle, train: TrainConfig, device: torch.device, epoch: int, quiet: bool,
+    loader: DataLoader,
 ) -> dict[str, Any]:
     """The metrics of ``bundle.val`` after ``epoch``."""
     distributed.broadcast_buffers(model)  # every rank validates (and rank 0 saves) the same model
     return evaluate(
         model, bundle.val, bundle.grouping, train_group_counts=bundle.group_counts("train"),
-        batch_size=max(train.batch_size, 256), device=device, amp=train.amp, quiet=quiet,
-        desc=f"val {epoch + 1}", num_workers=default_workers(bundle.val, train.num_workers),
+        device=device, amp=train.amp, quiet=quiet, desc=f"val {epoch + 1}", loader=loader,
     )
 
 
 @dataclass
 class _Saver:
-    """The run's checkpoints: ``last.pt`` after every epoch, ``best.pt`` on improvement (rank 0)."""
+    """The run's checkpoints: ``last.pt`` after every epoch, ``best.pt`` on improvement (rank 0),
+    snapshotted here and written in the background (:mod:`groupdistil.training.async_save`)."""
 
     paths: RunPaths | None  # None: a run that writes nothing
     meta: dict[str, Any]
+    writer: CheckpointWriter = field(default_factory=CheckpointWriter)
 
     def last_good(self, state: FitState) -> str:
         """The checkpoint a run that fails now can go back to."""
@@ -170,11 +196,17 @@ class _Saver:
     ) -> None:
         if self.paths is None or not distributed.is_main_process():
             return
-        if improved:
-            save_checkpoint(self.paths.best, training_payload(model, objective, state, self.meta))
-        payload = training_payload(model, objective, state, self.meta, opt, sched, scaler)
-        save_checkpoint(self.paths.last, payload)
-        faults.point(f"epoch:{state.epoch}")
+        last = cpu_snapshot(training_payload(model, objective, state, self.meta, opt, sched, scaler))
+        files = []
+        if improved:  # best.pt: last.pt without what only resuming needs (the tensors are shared)
+            files.append((self.paths.best, {k: v for k, v in last.items() if k not in _RESUME_ONLY}))
+        files.append((self.paths.last, last))
+        epoch = state.epoch
+        self.writer.submit(files, then=lambda: faults.point(f"epoch:{epoch}"))
+
+
+#: What last.pt holds beyond best.pt (training_payload with the optimiser).
+_RESUME_ONLY = ("optimizer", "scheduler", "rng", "scaler")
 
 
 def _place(
@@ -219,12 +251,14 @@ def _pct(v: float | None) -> str:
 
 
 def _epoch_line(
-    epoch: int, epochs: int, tr: dict[str, Any], va: dict[str, Any], select_on: str, improved: bool
+    epoch: int, epochs: int, tr: dict[str, Any], va: dict[str, Any], select_on: str, improved: bool,
+    times: dict[str, Any] | None = None,
 ) -> str:
     loss = tr.get("loss")
     loss_s = "n/a" if loss is None else f"{loss:.4f}"
     return (
         f"epoch {epoch + 1:3d}/{epochs}  loss {loss_s}  train acc {_pct(tr['avg_acc'])}  "
         f"val avg {_pct(va['avg_acc'])}  worst-group {_pct(va['worst_group_acc'])}"
+        + (f"  {time_text(times)}" if times is not None else "")
         + ("  *best" if improved else "")
     )

@@ -4,9 +4,10 @@
 out-of-memory killer or a pre-empted node would. ``GROUPDISTIL_NAN_AT=<n>[,<n>...]`` turns the
 loss of the n-th training batch of the run (skipped batches counted) into NaN.
 
-Points: ``step:<n>`` (right after optimisation step n, counted over the run), ``epoch:<e>`` (right
-after epoch e's ``last.pt`` is written, 0-based), ``replace:<file name>:<k>`` (the k-th time this
-process is about to rename a finished temporary file onto ``<file name>``: the temporary file is
+Points: ``step:<n>`` (right after optimisation step n, counted over the run, once a checkpoint write
+still in flight on the background writer is on disk: so the point names one state of the run folder,
+whatever the disk's speed), ``epoch:<e>`` (right after epoch e's ``last.pt`` is written, 0-based),
+``replace:<file name>:<k>`` (the k-th time this process is about to rename a finished temporary file onto ``<file name>``: the temporary file is
 complete and fsynced, the target still holds its old content).
 
 Both act in the first attempt of a torchrun job only (``TORCHELASTIC_RESTART_COUNT`` unset or 0), so
@@ -18,11 +19,22 @@ from __future__ import annotations
 import os
 import signal
 from collections import Counter
+from collections.abc import Callable
 
 from groupdistil.parallel import distributed
 
 ENV = "GROUPDISTIL_KILL_AT"
 _seen: Counter[str] = Counter()
+#: What a ``step:`` kill waits for first (the background checkpoint writer's join).
+_settle: list[Callable[[], None]] = []
+
+
+def settle_before_step_kill(wait: Callable[[], None], active: bool) -> None:
+    """Register (``active``) or drop ``wait``: called before a ``step:`` kill."""
+    if active and wait not in _settle:
+        _settle.append(wait)
+    elif not active and wait in _settle:
+        _settle.remove(wait)
 
 
 def point(name: str) -> None:
@@ -34,6 +46,9 @@ def point(name: str) -> None:
         _seen[name] += 1
         name = f"{name}:{_seen[name]}"
     if name == target:
+        if name.startswith("step:"):
+            for wait in list(_settle):
+                wait()
         os.kill(os.getpid(), signal.SIGKILL)
 
 

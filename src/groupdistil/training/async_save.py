@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from groupdistil import faults
 from groupdistil.checkpoint import save_checkpoint
 
 
@@ -61,12 +62,18 @@ class CheckpointWriter:
         # Not a daemon: an interpreter that exits still finishes the write it started.
         self._thread = threading.Thread(target=work, name="groupdistil-checkpoint")
         self._thread.start()
+        faults.settle_before_step_kill(self._join, True)
+
+    def _join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
 
     def wait(self) -> None:
         """Wait for the write in flight; raise its exception, if it raised one."""
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+            faults.settle_before_step_kill(self._join, False)
         if self._error is not None:
             error, self._error = self._error, None
             raise error

@@ -7,8 +7,8 @@ loss of the n-th training batch of the run (skipped batches counted) into NaN.
 Points: ``step:<n>`` (right after optimisation step n, counted over the run, once a checkpoint write
 still in flight on the background writer is on disk: so the point names one state of the run folder,
 whatever the disk's speed), ``epoch:<e>`` (right after epoch e's ``last.pt`` is written, 0-based),
-``replace:<file name>:<k>`` (the k-th time this process is about to rename a finished temporary file onto ``<file name>``: the temporary file is
-complete and fsynced, the target still holds its old content).
+``replace:<file name>:<k>`` (the k-th time this process is about to rename a finished temporary file
+onto ``<file name>``: the temporary file is complete and fsynced, the target still holds its old content).
 
 Both act in the first attempt of a torchrun job only (``TORCHELASTIC_RESTART_COUNT`` unset or 0), so
 that the attempt torchrun restarts after the injected fault runs clean.

@@ -48,11 +48,18 @@ from groupdistil.training.timing import RunClock
 Echo = Callable[[str], None]
 
 
-def seed_everything(seed: int) -> None:
-    """Seed every RNG the run uses and make CPU kernels deterministic."""
+def seed_everything(seed: int, compiled: bool = False) -> None:
+    """Seed every RNG the run uses and make CPU kernels deterministic (and, for a ``compiled`` run,
+    inductor's generated kernels)."""
     random.seed(seed)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    # torch.use_deterministic_algorithms also sets inductor's flag, and importing inductor's config for
+    # it costs seconds of every run's start; only a torch.compile run reads that flag.
+    set_kernels = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if compiled or set_kernels is None:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        set_kernels(True, warn_only=True)
 
 
 def default_cache_dir() -> Path:
@@ -312,7 +319,7 @@ def run_experiment(cfg: RunConfig, echo: Echo = print) -> dict[str, Any]:
              "many times slower than float32; use none here")
     if cfg.train.threads is not None:
         torch.set_num_threads(cfg.train.threads)
-    seed_everything(cfg.train.seed)
+    seed_everything(cfg.train.seed, cfg.train.compile)
     clock = RunClock()
     with clock.phase("data_index"):
         bundle = load_dataset(cfg.data)
@@ -323,7 +330,7 @@ def run_experiment(cfg: RunConfig, echo: Echo = print) -> dict[str, Any]:
     with clock.phase("teacher"):
         teacher = build_teacher(cfg, bundle, objective, device, echo, clock)
     train_cfg = selection_settings(cfg, echo)
-    seed_everything(cfg.train.seed)  # the model's initialisation does not depend on teacher loading
+    seed_everything(cfg.train.seed, cfg.train.compile)  # the model's initialisation does not depend on teacher loading
     in_shape = tuple(bundle.input_shape)
     with clock.phase("model_build"):
         model = create_model(

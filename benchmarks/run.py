@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--only", choices=list(BENCHES), action="append")
     p.add_argument("--quick", action="store_true", help="3 repeats instead of 20 (smoke test)")
+    p.add_argument("--repeats", type=int, default=None, help="interleaved samples per variant (default 20; 3 quick)")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (default: torch's own choice, one per core)")
@@ -97,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads < 1:
             p.error(f"--threads: expected a positive integer, got {args.threads}")
         torch.set_num_threads(args.threads)
-    repeats = 3 if args.quick else 20
+    repeats = args.repeats or (3 if args.quick else 20)
+    if repeats < 1:
+        p.error(f"--repeats: expected a positive integer, got {repeats}")
     results = {}
     for name in args.only or DEFAULT:
         print(f"running {name} ...", flush=True)
@@ -105,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = BENCHES[name].run(repeats, interleaved, **extra)
     info = machine()
     command = "python benchmarks/run.py" + "".join(f" --only {n}" for n in args.only or []) + (
-        " --quick" if args.quick else "") + (f" --threads {args.threads}" if args.threads else "")
+        " --quick" if args.quick else "") + (f" --threads {args.threads}" if args.threads else "") + (
+        f" --repeats {args.repeats}" if args.repeats else "")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "perf.json").write_text(json.dumps({"machine": info, "command": command, "results": results},
                                                    indent=2) + "\n")

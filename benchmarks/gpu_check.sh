@@ -35,9 +35,9 @@ export device out py work
 
 # Part 1 learns: the CPU run of the same command reaches a worst-group test accuracy far above 0
 # (benchmarks/results/perf-notes.md, "gpu_check part 1"); fewer epochs in the CPU check.
-epochs=8 quick=() amps=(none bf16 fp16) teachers=(cached online) images=2000
-if [ "$device" = cpu ]; then epochs=2 quick=(--quick) amps=(none fp16) teachers=(online) images=120; fi
-export epochs images
+epochs=8 quick=() amps=(none bf16 fp16) teachers=(cached online) images=2000 repeats=5
+if [ "$device" = cpu ]; then epochs=2 quick=(--quick) amps=(none fp16) teachers=(online) images=120 repeats=3; fi
+export epochs images repeats
 amps_s="${amps[*]}" teachers_s="${teachers[*]}" quick_s="${quick[*]:-}"
 export amps_s teachers_s quick_s
 
@@ -73,7 +73,7 @@ part2() {
     set -euo pipefail
     # Bounded repeats: 5 interleaved samples per variant on CUDA (3 in the CPU check).
     # shellcheck disable=SC2086
-    "$py" benchmarks/run.py --only gpu $quick_s --repeats 5 --out "$out"
+    "$py" benchmarks/run.py --only gpu $quick_s --repeats "$repeats" --out "$out"
 }
 
 part3() {

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,17 @@ class CheckpointWriter:
         if self._error is not None:
             error, self._error = self._error, None
             raise error
+
+    @contextlib.contextmanager
+    def settled(self) -> Iterator[None]:
+        """A block after which no write is in flight: on success :meth:`wait` (a write's error is
+        raised), on an error :meth:`drain` (the block's own error is raised)."""
+        try:
+            yield
+        except BaseException:
+            self.drain()
+            raise
+        self.wait()
 
     def drain(self) -> None:
         """Wait for the write in flight, keeping quiet about its error (for a run already failing with

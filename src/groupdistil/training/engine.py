@@ -94,7 +94,7 @@ def fit(
     meta = dict(meta or {})
     model = _place(model, objective, teacher, train, device, str(meta.get("model_name", "model")))
     opt, sched, scaler = _optimisation(model, optim, train, device)
-    saver = _Saver(RunPaths(out) if out is not None else None, meta)
+    saver = _Saver(RunPaths(out) if out is not None else None, meta, (model, objective, opt, sched, scaler))
     state = FitState()
     if resume and saver.paths is not None:
         state = restore_training(saver.paths.last, model, objective, opt, sched, scaler)
@@ -103,7 +103,7 @@ def fit(
                       state=state, teacher=teacher)
     loaders, val_loader = _epoch_loaders(bundle, train, device), _val_loader(bundle, train, device)
     first_batch_s = None
-    try:
+    with saver.writer.settled():  # the last checkpoint is on disk (or whole) before anyone reads it
         for epoch in range(state.epoch + 1, train.epochs):
             clock = EpochClock(device)
             trainer.last_good = saver.last_good(state)
@@ -112,28 +112,37 @@ def fit(
             _step_schedule(sched)
             with clock.phase("validation"):
                 val_metrics = _validate(model, bundle, train, device, epoch, quiet, val_loader)
-            with clock.phase("logs"):  # before the checkpoint: a checkpoint of epoch e implies e's lines
-                if writer is not None:
-                    writer.log_epoch(epoch, "train", train_metrics)
-                    writer.log_epoch(epoch, "val", val_metrics)
-            improved = is_better(val_metrics, state.best_metrics, train.select_on)
-            state.epoch = epoch
-            if improved:
-                state.best_metrics, state.best_epoch = val_metrics, epoch
-            with clock.phase("checkpoint"):
-                saver.save(state, improved, model, objective, opt, sched, scaler)
-            times = clock.record()
-            if writer is not None:
-                writer.log_time(epoch, times)
+            improved, times = _end_epoch(epoch, clock, (train_metrics, val_metrics), state, train, writer, saver)
             if not quiet and distributed.is_main_process():
                 echo(_epoch_line(epoch, train.epochs, train_metrics, val_metrics, train.select_on, improved, times))
-        saver.writer.wait()  # the last checkpoint is on disk before anyone reads it
-    except BaseException:
-        saver.writer.drain()  # the last good checkpoint stays whole; the run's own error is raised
-        raise
     distributed.barrier()  # the other ranks may read the checkpoints rank 0 has just written
     best = saver.paths.best if saver.paths is not None else None
     return FitResult(state.best_epoch, state.best_metrics, state.skipped_steps, best, first_batch_s)
+
+
+def _end_epoch(
+    epoch: int, clock: EpochClock, metrics: tuple[dict[str, Any], dict[str, Any]], state: FitState,
+    train: TrainConfig, writer: RunWriter | None, saver: _Saver,
+) -> tuple[bool, dict[str, Any]]:
+    """Log the epoch's train and val lines, advance ``state`` to it, hand its checkpoint to the writer
+    and log its time; whether it is the best so far, and its time record.
+
+    The lines come before the checkpoint: a checkpoint of epoch e always comes with e's lines."""
+    train_metrics, val_metrics = metrics
+    with clock.phase("logs"):
+        if writer is not None:
+            writer.log_epoch(epoch, "train", train_metrics)
+            writer.log_epoch(epoch, "val", val_metrics)
+    improved = is_better(val_metrics, state.best_metrics, train.select_on)
+    state.epoch = epoch
+    if improved:
+        state.best_metrics, state.best_epoch = val_metrics, epoch
+    with clock.phase("checkpoint"):
+        saver.save(state, improved)
+    times = clock.record()
+    if writer is not None:
+        writer.log_time(epoch, times)
+    return improved, times
 
 
 def _optimisation(
@@ -184,18 +193,17 @@ class _Saver:
 
     paths: RunPaths | None  # None: a run that writes nothing
     meta: dict[str, Any]
+    parts: tuple[nn.Module, Objective, torch.optim.Optimizer, Any, torch.amp.GradScaler]  # model ... scaler
     writer: CheckpointWriter = field(default_factory=CheckpointWriter)
 
     def last_good(self, state: FitState) -> str:
         """The checkpoint a run that fails now can go back to."""
         return str(self.paths.last) if self.paths is not None and state.epoch >= 0 else "none"
 
-    def save(
-        self, state: FitState, improved: bool, model: nn.Module, objective: Objective,
-        opt: torch.optim.Optimizer, sched: Any, scaler: torch.amp.GradScaler,
-    ) -> None:
+    def save(self, state: FitState, improved: bool) -> None:
         if self.paths is None or not distributed.is_main_process():
             return
+        model, objective, opt, sched, scaler = self.parts
         last = cpu_snapshot(training_payload(model, objective, state, self.meta, opt, sched, scaler))
         files = []
         if improved:  # best.pt: last.pt without what only resuming needs (the tensors are shared)

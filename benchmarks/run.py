@@ -1,7 +1,7 @@
 """`make bench`: every performance figure as a ratio measured within one run, written to
 benchmarks/results/perf.json and perf.md with a description of the machine.
 
-    python benchmarks/run.py [--only objectives|train_step|cache|e2e|ddp|layout|paper_scale|load|gpu] [--quick]
+    python benchmarks/run.py [--only objectives|train_step|cache|e2e|ddp|layout|paper_scale|load|steady|gpu] [--quick]
         [--threads N] [--out DIR]
 
 The GPU benchmark runs by default only where CUDA is available; record it with
@@ -30,14 +30,15 @@ import bench_layout
 import bench_load
 import bench_objectives
 import bench_paper_scale
+import bench_steady
 import bench_train_step
 from timing import interleaved
 
 BENCHES = {"objectives": bench_objectives, "train_step": bench_train_step, "cache": bench_cache, "e2e": bench_e2e,
            "ddp": bench_ddp, "layout": bench_layout, "paper_scale": bench_paper_scale, "load": bench_load,
-           "gpu": bench_gpu}
+           "steady": bench_steady, "gpu": bench_gpu}
 #: What a plain `make bench` runs: the GPU benchmark only where there is a GPU.
-DEFAULT = ["objectives", "train_step", "cache", "e2e", "ddp", "layout", "paper_scale", "load"] + (
+DEFAULT = ["objectives", "train_step", "cache", "e2e", "ddp", "layout", "paper_scale", "load", "steady"] + (
     ["gpu"] if torch.cuda.is_available() else [])
 
 
@@ -64,7 +65,7 @@ def _verdict(row: dict[str, Any]) -> str:
     if target is None:
         return ""
     ratios = [v for k, v in row.items() if (k.endswith("_over_kd") and not k.startswith("dense"))
-              or k in ("cached_over_no_teacher", "reader_over_pillow")]
+              or k in ("cached_over_no_teacher", "reader_over_pillow", "more_epoch_over_bare", "fixed_over_allowed")]
     return "pass" if all(r <= target for r in ratios) else "MISS"
 
 
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--only", choices=list(BENCHES), action="append")
     p.add_argument("--quick", action="store_true", help="3 repeats instead of 20 (smoke test)")
+    p.add_argument("--repeats", type=int, default=None, help="interleaved samples per variant (default 20; 3 quick)")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (default: torch's own choice, one per core)")
@@ -96,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads < 1:
             p.error(f"--threads: expected a positive integer, got {args.threads}")
         torch.set_num_threads(args.threads)
-    repeats = 3 if args.quick else 20
+    repeats = args.repeats or (3 if args.quick else 20)
+    if repeats < 1:
+        p.error(f"--repeats: expected a positive integer, got {repeats}")
     results = {}
     for name in args.only or DEFAULT:
         print(f"running {name} ...", flush=True)
@@ -104,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = BENCHES[name].run(repeats, interleaved, **extra)
     info = machine()
     command = "python benchmarks/run.py" + "".join(f" --only {n}" for n in args.only or []) + (
-        " --quick" if args.quick else "") + (f" --threads {args.threads}" if args.threads else "")
+        " --quick" if args.quick else "") + (f" --threads {args.threads}" if args.threads else "") + (
+        f" --repeats {args.repeats}" if args.repeats else "")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "perf.json").write_text(json.dumps({"machine": info, "command": command, "results": results},
                                                    indent=2) + "\n")

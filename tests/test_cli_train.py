@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,14 @@ def test_train_writes_every_output(teacher):
     assert any((teacher / "tb").iterdir())
     final = json.loads((teacher / "final.json").read_text())
     assert final["method"] == "erm" and final["role"] == "teacher"
+    # The start-up phases: non-negative, and together within the run's wall time.
+    t = final["time"]
+    phases = [t[k] for k in ("data_index_s", "model_build_s", "teacher_s", "fit_s")]
+    assert all(v >= 0 for v in phases) and 0 < t["first_batch_s"] <= t["fit_s"]
+    assert sum(phases) <= t["wall_s"] + 1e-3 and t["teacher_s"] == 0 and t["teacher_images_per_s"] is None
+    lines = [json.loads(x) for x in (teacher / "metrics.jsonl").read_text().splitlines()]
+    assert [x["split"] for x in lines] == ["train", "val", "time"] * (len(lines) // 3)
+    assert all(0 <= x["data_wait_share"] <= 1 and x["images_per_s"] > 0 for x in lines if x["split"] == "time")
     test = final["splits"]["test"]
     for key in ("avg_acc", "worst_group_acc", "balanced_acc", "adjusted_avg_acc", "worst_class_acc",
                 "group_acc", "group_count", "class_acc", "group_ece"):
@@ -52,7 +61,9 @@ def test_distill_groupdistil_uses_then_reuses_the_cache(teacher, tmp_path, capsy
     args = ["distill", *FAST, "--teacher", str(teacher / "checkpoints/best.pt"), "--method", "groupdistil",
             "--step-size", "0.1", "--teacher-cache-dir", str(cache), "--no-quiet"]
     assert run_app([*args, "--out", str(tmp_path / "a")]) == 0
-    assert "cache miss" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "cache miss" in said
+    assert re.search(r"epoch +1/2 .* [0-9.]+ s  [0-9]+ img/s  data wait [0-9]+%", said), said
     assert run_app([*args, "--out", str(tmp_path / "b")]) == 0
     assert "cache hit" in capsys.readouterr().out
     rows = (tmp_path / "a/group_weights.csv").read_text().splitlines()
@@ -61,6 +72,9 @@ def test_distill_groupdistil_uses_then_reuses_the_cache(teacher, tmp_path, capsy
     a = json.loads((tmp_path / "a/final.json").read_text())
     b = json.loads((tmp_path / "b/final.json").read_text())
     assert a["splits"] == b["splits"]  # cached logits give the identical run
+    # The teacher's pass: timed with its rate where it ran (a), absent where the cache served it (b).
+    assert a["time"]["teacher_images_per_s"] > 0 and 0 < a["time"]["teacher_pass_s"] <= a["time"]["teacher_s"]
+    assert b["time"]["teacher_images_per_s"] is None and b["time"]["teacher_pass_s"] is None
     assert a["options"] == {"step_size": 0.1}
 
 

@@ -14,6 +14,7 @@ from groupdistil.runs.outputs import RunWriter
 from groupdistil.teachers import Teacher, TeacherMember
 from groupdistil.training import engine
 from groupdistil.training.engine import fit, weight_names
+from groupdistil.training.timing import PHASES
 
 
 def _net(seed: int = 0) -> nn.Module:
@@ -26,6 +27,11 @@ def _objective(name, bundle, **opts):
         name, n_groups=bundle.n_groups, n_classes=bundle.n_classes,
         group_counts=bundle.group_counts().float(), class_prior=bundle.class_prior(), **opts,
     )
+
+
+def _metric_lines(path):
+    """metrics.jsonl without its ``time`` lines (measurements: they differ between identical runs)."""
+    return "".join(x + "\n" for x in path.read_text().splitlines() if json.loads(x)["split"] != "time")
 
 
 def _teacher(bundle):
@@ -53,7 +59,9 @@ def test_every_objective_trains_and_logs(blobs, tmp_path, method, opts):
               quiet=True)
     assert res.best_epoch in (0, 1)
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [(x["epoch"], x["split"]) for x in lines] == [(0, "train"), (0, "val"), (1, "train"), (1, "val")]
+    assert [(x["epoch"], x["split"]) for x in lines] == [(0, "train"), (0, "val"), (0, "time"),
+                                                         (1, "train"), (1, "val"), (1, "time")]
+    lines = [x for x in lines if x["split"] != "time"]
     # The separate terms of the loss are logged beside it (the distillation part when there is a teacher).
     assert set(lines[0]) >= ({"loss_ce", "loss_kd"} if obj.requires_teacher else {"loss_ce"})
     assert "loss_ce" not in lines[1]
@@ -124,8 +132,8 @@ def test_stopped_after_epoch_one_and_resumed_equals_uninterrupted(blobs, tmp_pat
     # DKD's warm-up weight follows the epoch, the resumed run's included: the third of 3 epochs.
     assert cut_obj.term.warmup_factor() == (0.75 if opts else 1.0)
     assert (tmp_path / "full/group_weights.csv").read_text() == (tmp_path / "cut/group_weights.csv").read_text()
-    full_lines = (tmp_path / "full/metrics.jsonl").read_text()
-    assert full_lines == (tmp_path / "cut/metrics.jsonl").read_text()
+    full_lines = _metric_lines(tmp_path / "full/metrics.jsonl")
+    assert full_lines == _metric_lines(tmp_path / "cut/metrics.jsonl")
     overflows = [json.loads(x).get("overflow_steps") for x in full_lines.splitlines()]
     assert (overflows[-2] > 0) == (amp == "fp16")  # the scaler did skip steps (train line of epoch 3)
 
@@ -181,3 +189,61 @@ def test_weight_columns_name_groups_or_classes(blobs):
     assert weight_names(_objective("groupdistil", blobs), blobs) == list(blobs.grouping.group_names)
     assert weight_names(_objective("class-robust-kd", blobs), blobs) == list(blobs.grouping.class_names)
     assert weight_names(_objective("kd", blobs), blobs) == []
+
+
+def test_each_epoch_records_where_its_time_went(blobs, tmp_path):
+    obj = _objective("groupdistil", blobs, step_size=0.5)
+    writer = RunWriter(tmp_path, weight_names(obj, blobs), tensorboard=False)
+    writer.start("", None)
+    said = []
+    fit(_net(), obj, blobs, train=TrainConfig(epochs=2, batch_size=32), optim=OptimConfig(lr=0.1),
+        teacher=_teacher(blobs), out=tmp_path, writer=writer, meta={"model_name": "t", "num_classes": 2},
+        echo=said.append)
+    times = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    times = [x for x in times if x["split"] == "time"]
+    assert [x["epoch"] for x in times] == [0, 1]
+    for t in times:
+        assert t["images"] == len(blobs.train)
+        phases = [t[f"{k}_s"] for k in PHASES]
+        assert all(v >= 0 for v in phases) and t["other_s"] >= 0
+        assert sum(phases) <= t["wall_s"] + 1e-3  # each rounded to 0.1 ms
+        assert t["checkpoint_s"] > 0 and t["validation_s"] > 0 and t["train_steps_s"] > 0
+        assert 0 <= t["data_wait_share"] <= 1
+        assert t["images_per_s"] == pytest.approx(t["images"] / (t["train_steps_s"] + t["data_wait_s"]), rel=0.01)
+    assert len(said) == 2 and all(" img/s  data wait " in line for line in said)
+    assert f"{times[0]['wall_s']:.1f} s" in said[0]
+
+
+def test_a_failing_background_write_raises_the_writes_error_and_keeps_the_last_checkpoint(
+    blobs, tmp_path, monkeypatch
+):
+    from groupdistil.training import async_save
+
+    obj = _objective("erm", blobs)
+    writes = []
+
+    def failing_save(path, payload):
+        writes.append((path.name, payload["epoch"]))
+        if payload["epoch"] == 1 and path.name == "last.pt":
+            raise OSError(28, "No space left on device")
+        real_save(path, payload)
+
+    real_save = async_save.save_checkpoint
+    monkeypatch.setattr(async_save, "save_checkpoint", failing_save)
+    with pytest.raises(OSError, match="No space left"):
+        fit(_net(), obj, blobs, train=TrainConfig(epochs=3, batch_size=32), optim=OptimConfig(lr=0.1),
+            out=tmp_path, meta={"model_name": "t", "num_classes": 2}, quiet=True)
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["epoch"] == 0  # the last good one, whole
+    # The error surfaced at the next wait (epoch 2's save), before epoch 2's write started.
+    assert ("last.pt", 2) not in writes and ("last.pt", 1) in writes
+
+
+def test_the_checkpoint_snapshot_shares_no_storage_with_the_training_state():
+    from groupdistil.training.async_save import cpu_snapshot
+
+    w = torch.ones(3)
+    state = {"model": {"w": w}, "opt": {"state": {0: {"m": w * 2}}, "param_groups": [{"lr": 0.1, "params": [0]}]}}
+    snap = cpu_snapshot(state)
+    w.add_(1)
+    state["opt"]["param_groups"][0]["lr"] = 9.0
+    assert torch.equal(snap["model"]["w"], torch.ones(3)) and snap["opt"]["param_groups"][0]["lr"] == 0.1

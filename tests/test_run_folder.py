@@ -260,7 +260,7 @@ def test_resume_may_add_epochs_when_the_schedule_does_not_span_them(tmp_path):
     (tmp_path / "r" / "final.json").unlink()
     assert run_app([*args, "--epochs", "2", "--resume"]) == 0
     assert json.loads((tmp_path / "r" / "final.json").read_text())["selected_epoch"] in (0, 1)
-    assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 4  # 2 epochs x (train, val)
+    assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 6  # 2 epochs x (train, val, time)
 
 
 def test_resume_with_fewer_epochs_than_done_is_refused(tmp_path, capsys):

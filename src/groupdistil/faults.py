@@ -4,10 +4,11 @@
 out-of-memory killer or a pre-empted node would. ``GROUPDISTIL_NAN_AT=<n>[,<n>...]`` turns the
 loss of the n-th training batch of the run (skipped batches counted) into NaN.
 
-Points: ``step:<n>`` (right after optimisation step n, counted over the run), ``epoch:<e>`` (right
-after epoch e's ``last.pt`` is written, 0-based), ``replace:<file name>:<k>`` (the k-th time this
-process is about to rename a finished temporary file onto ``<file name>``: the temporary file is
-complete and fsynced, the target still holds its old content).
+Points: ``step:<n>`` (right after optimisation step n, counted over the run, once a checkpoint write
+still in flight on the background writer is on disk: so the point names one state of the run folder,
+whatever the disk's speed), ``epoch:<e>`` (right after epoch e's ``last.pt`` is written, 0-based),
+``replace:<file name>:<k>`` (the k-th time this process is about to rename a finished temporary file
+onto ``<file name>``: the temporary file is complete and fsynced, the target still holds its old content).
 
 ``GROUPDISTIL_NOSPACE_AT=<file name>[:<k>]`` makes an atomic write of ``<file name>`` (every one, or
 only the k-th of this process) and an append to it fail with ``OSError(ENOSPC)`` after part of the
@@ -27,11 +28,22 @@ import os
 import signal
 import sys
 from collections import Counter
+from collections.abc import Callable
 
 from groupdistil.parallel import distributed
 
 ENV = "GROUPDISTIL_KILL_AT"
 _seen: Counter[str] = Counter()
+#: What a ``step:`` kill waits for first (the background checkpoint writer's join).
+_settle: list[Callable[[], None]] = []
+
+
+def settle_before_step_kill(wait: Callable[[], None], active: bool) -> None:
+    """Register (``active``) or drop ``wait``: called before a ``step:`` kill."""
+    if active and wait not in _settle:
+        _settle.append(wait)
+    elif not active and wait in _settle:
+        _settle.remove(wait)
 
 
 PAUSE_ENV = "GROUPDISTIL_PAUSE_AT"
@@ -47,6 +59,9 @@ def point(name: str) -> None:
         _seen[name] += 1
         name = f"{name}:{_seen[name]}"
     if name == target:
+        if name.startswith("step:"):
+            for wait in list(_settle):
+                wait()
         os.kill(os.getpid(), signal.SIGKILL)
     if name == pause:
         _pause(name)

@@ -191,12 +191,16 @@ class _Dropping:
 
 
 def eval_loader(
-    dataset: GroupedDataset, batch_size: int, num_workers: int = 0, pin_memory: bool = False
+    dataset: GroupedDataset, batch_size: int, num_workers: int = 0, pin_memory: bool = False,
+    persistent_workers: bool = False,
 ) -> DataLoader:
     """Sequential loader; under DDP each rank takes a disjoint strided share (metrics are all-reduced),
-    and the shares together hold every sample exactly once."""
+    and the shares together hold every sample exactly once. With ``persistent_workers`` (and workers)
+    one loader serves many passes without starting its workers again: the view has no augmentation,
+    so nothing random carries over between passes."""
     ds = dataset.without_augmentation()
     if distributed.is_distributed():
         idx = list(range(distributed.rank(), len(ds), distributed.world_size()))
         ds = torch.utils.data.Subset(ds, idx)  # type: ignore[assignment]
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin_memory)
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin_memory,
+                      persistent_workers=persistent_workers and num_workers > 0)

@@ -22,6 +22,11 @@ HEADLINE_METRICS = ("avg_acc", "worst_group_acc", "balanced_acc", "adjusted_avg_
 N_BINS = 15  # equal-width confidence bins for ECE (docs/methods.md, "Training and evaluation choices")
 
 
+def confidence_and_prediction(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,) the top softmax probability and its class for (B, C) logits, on the logits' device."""
+    return torch.softmax(logits.detach().float(), dim=1).max(dim=1)
+
+
 class GroupMetrics:
     """Accumulates predictions of one split.
 
@@ -50,19 +55,28 @@ class GroupMetrics:
     ) -> None:
         """Add a batch: logits (B, C), labels (B,), groups (B,); ``loss`` is the batch's mean loss and
         ``terms`` the means of its separate terms (logged as ``loss_<name>``), with it."""
-        probs = torch.softmax(logits.detach().float(), dim=1).cpu()
-        conf, pred = probs.max(dim=1)
+        self.update_predictions(*confidence_and_prediction(logits), y, g)
+        if loss is not None:
+            self.add_loss(loss, terms or {}, int(y.numel()))
+
+    def update_predictions(self, conf: torch.Tensor, pred: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> None:
+        """Add predictions: (B,) confidences and predicted classes (:func:`confidence_and_prediction`),
+        labels and groups. One call with many batches concatenated adds exactly what one call per
+        batch would (the sums run in the same order)."""
+        conf, pred = conf.cpu(), pred.cpu()
         y, g = y.cpu().long(), g.cpu().long()
         correct = (pred == y).double()
         b = (conf.double() * N_BINS).long().clamp_(0, N_BINS - 1)
         stats = torch.stack([torch.ones_like(correct), conf.double(), correct])
         self.group_bins.index_add_(1, g * N_BINS + b, stats)
         self.class_bins.index_add_(1, y * N_BINS + b, stats)
-        if loss is not None:
-            self.loss_sum += float(loss) * int(y.numel())
-            self.loss_count += int(y.numel())
-            for k, v in (terms or {}).items():
-                self.term_sums[k] = self.term_sums.get(k, 0.0) + float(v) * int(y.numel())
+
+    def add_loss(self, loss: float, terms: Mapping[str, float], n: int) -> None:
+        """Add a batch of ``n`` samples whose mean loss is ``loss`` (and mean separate ``terms``)."""
+        self.loss_sum += float(loss) * n
+        self.loss_count += n
+        for k, v in terms.items():
+            self.term_sums[k] = self.term_sums.get(k, 0.0) + float(v) * n
 
     def all_reduce(self) -> None:
         """Sum the accumulators over ranks (no-op in one process)."""

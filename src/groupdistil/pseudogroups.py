@@ -23,8 +23,6 @@ from typing import Any, NamedTuple, get_args
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
-from sklearn.metrics import adjusted_rand_score
 from torch import nn
 
 from groupdistil.checkpoint import atomic_write
@@ -85,6 +83,8 @@ def _kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
     """Cluster ids of x (n, D), renumbered by decreasing size (ties: first occurrence) so ids are canonical."""
     if len(x) <= k:
         return np.arange(len(x))
+    from sklearn.cluster import KMeans  # here: importing scikit-learn costs every command a second
+
     labels = KMeans(n_clusters=k, n_init=KMEANS_RESTARTS, random_state=seed).fit_predict(x)
     sizes = np.bincount(labels, minlength=k)
     first = np.array([np.flatnonzero(labels == j)[0] if sizes[j] else len(x) for j in range(k)])
@@ -158,6 +158,8 @@ def agreement(pseudo: torch.Tensor, true: torch.Tensor, n_pseudo: int, n_true: i
     adjusted Rand index (1: the same partition, about 0: chance)."""
     table = torch.zeros(n_pseudo, n_true, dtype=torch.long)
     table.index_put_((pseudo.long(), true.long()), torch.ones_like(pseudo, dtype=torch.long), accumulate=True)
+    from sklearn.metrics import adjusted_rand_score
+
     ari = float(adjusted_rand_score(true.numpy(), pseudo.numpy()))
     return {"ari": ari, "contingency": table.tolist()}
 

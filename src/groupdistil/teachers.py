@@ -47,15 +47,34 @@ def weights_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-@torch.no_grad()
 def compute_logits(
-    model: nn.Module, dataset: GroupedDataset, batch_size: int = 256, device: torch.device | str = "cpu"
+    model: nn.Module, dataset: GroupedDataset, batch_size: int = 256, device: torch.device | str = "cpu",
+    *, num_workers: int | None = None, amp: str = "none", channels_last: bool = False,
 ) -> torch.Tensor:
-    """(N, C) float32 logits of ``model`` on every sample of ``dataset``, in index order."""
+    """(N, C) float32 logits of ``model`` on every sample of ``dataset``, in index order.
+
+    Runs at the speed of the training loop's data: ``num_workers`` loader workers (default: as
+    :func:`~groupdistil.loaders.default_workers` chooses), pinned memory on CUDA, inference mode,
+    autocast to ``amp`` (``none``, ``bf16`` or ``fp16``) and, with ``channels_last``, NHWC images.
+    The outputs stay on the device until the pass ends (one copy to the host, not one per batch).
+    """
+    device = torch.device(device)
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=default_workers(dataset))
-    out = [model(x.to(device)).float().cpu() for x, *_ in loader]
-    return torch.cat(out) if out else torch.zeros(0, 0)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    workers = default_workers(dataset) if num_workers is None else num_workers
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda")
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    out = []
+    with torch.inference_mode(), torch.autocast(device.type, dtype=half, enabled=half is not None):
+        for x, *_ in loader:
+            x = x.to(device, non_blocking=True)
+            if channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            out.append(model(x).float())
+    # Concatenated outside inference mode: the result is an ordinary tensor (calibration fits on it).
+    return torch.cat(out).cpu() if out else torch.zeros(0, 0)
 
 
 class LogitCache:
@@ -125,18 +144,19 @@ def penultimate_layer(model: nn.Module) -> nn.Linear:
     return linears[-1]
 
 
-@torch.no_grad()
 def compute_logits_and_features(
-    model: nn.Module, dataset: GroupedDataset, batch_size: int = 256, device: torch.device | str = "cpu"
+    model: nn.Module, dataset: GroupedDataset, batch_size: int = 256, device: torch.device | str = "cpu",
+    **speed: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, C) float32 logits and (N, D) penultimate features (the classifier's input), in one pass."""
+    """(N, C) float32 logits and (N, D) penultimate features (the classifier's input), in one pass
+    (``speed``: :func:`compute_logits`'s keywords)."""
     model.eval()
     feats: list[torch.Tensor] = []
     hook = penultimate_layer(model).register_forward_pre_hook(
         lambda _m, args: feats.append(args[0].detach().flatten(1).float().cpu())
     )
     try:
-        logits = compute_logits(model, dataset, batch_size, device)
+        logits = compute_logits(model, dataset, batch_size, device, **speed)
     finally:
         hook.remove()
     return logits, torch.cat(feats) if feats else torch.zeros(0, 0)
@@ -159,23 +179,29 @@ def cached_or_computed(
     features: bool = False,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
+    num_workers: int | None = None,
+    amp: str = "none",
+    channels_last: bool = False,
 ) -> CachedPass:
     """A frozen model's logits (N, C) on ``dataset``, and with ``features`` its penultimate features
-    (N, D), from the cache; computed in one pass and stored on a miss.
+    (N, D), from the cache; computed in one pass (:func:`compute_logits`, with ``num_workers``,
+    ``amp`` and ``channels_last``) and stored on a miss.
 
     The logits have the same key with or without features, so a student distilled after the groups
-    were inferred from the same teacher reads them without another pass.
+    were inferred from the same teacher reads them without another pass. Logits computed under
+    ``amp`` bf16 or fp16 are other numbers than float32's: they have a key of their own.
     """
-    key = cache_key(model, dataset)
+    key = cache_key(model, dataset, *([f"amp={amp}"] if amp != "none" else []))
+    speed = {"num_workers": num_workers, "amp": amp, "channels_last": channels_last}
     logits = cache.load(key, (len(dataset), n_classes))
     if not features:
         if logits is not None:
             return CachedPass(logits, None, "hit")
-        return CachedPass(cache.store(key, compute_logits(model, dataset, batch_size, device)), None, "miss")
+        return CachedPass(cache.store(key, compute_logits(model, dataset, batch_size, device, **speed)), None, "miss")
     feats = cache.load(f"{key}-features", (len(dataset), penultimate_layer(model).in_features))
     if logits is not None and feats is not None:
         return CachedPass(logits, feats, "hit")
-    logits, feats = compute_logits_and_features(model, dataset, batch_size, device)
+    logits, feats = compute_logits_and_features(model, dataset, batch_size, device, **speed)
     return CachedPass(cache.store(key, logits), cache.store(f"{key}-features", feats), "miss")
 
 

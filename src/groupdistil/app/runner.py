@@ -32,6 +32,7 @@ from groupdistil.runs.final import read_final
 from groupdistil.runs.outputs import RunWriter
 from groupdistil.runs.rundir import OutPlan, RunPaths, close_out, holding_out, open_out, plan_out
 from groupdistil.teachers import (
+    CachedPass,
     LogitCache,
     Teacher,
     TeacherMember,
@@ -43,15 +44,23 @@ from groupdistil.training.devices import check_device, cpu_has_native, resolve_d
 from groupdistil.training.engine import fit, weight_names
 from groupdistil.training.evaluation import evaluate
 from groupdistil.training.preempt import Preempted
+from groupdistil.training.timing import RunClock
 
 Echo = Callable[[str], None]
 
 
-def seed_everything(seed: int) -> None:
-    """Seed every RNG the run uses and make CPU kernels deterministic."""
+def seed_everything(seed: int, compiled: bool = False) -> None:
+    """Seed every RNG the run uses and make CPU kernels deterministic (and, for a ``compiled`` run,
+    inductor's generated kernels)."""
     random.seed(seed)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    # torch.use_deterministic_algorithms also sets inductor's flag, and importing inductor's config for
+    # it costs seconds of every run's start; only a torch.compile run reads that flag.
+    set_kernels = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if compiled or set_kernels is None:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        set_kernels(True, warn_only=True)
 
 
 def default_cache_dir() -> Path:
@@ -203,9 +212,13 @@ def group_report(paths: RunPaths, bundle: DatasetBundle, inferred: InferredGroup
 
 
 def build_teacher(
-    cfg: RunConfig, bundle: DatasetBundle, objective: Objective, device: torch.device, echo: Echo
+    cfg: RunConfig, bundle: DatasetBundle, objective: Objective, device: torch.device, echo: Echo,
+    clock: RunClock | None = None,
 ) -> Teacher | None:
-    """Load the teacher checkpoint(s), check them against the data, and set up the logit cache."""
+    """Load the teacher checkpoint(s), check them against the data, and set up the logit cache.
+
+    The pass over the training set runs as the training loop's data does (its workers, batch size,
+    precision and memory layout); ``clock`` records its time and the images it computed."""
     tc = cfg.teacher
     if not objective.requires_teacher:
         if tc.checkpoints:
@@ -230,11 +243,7 @@ def build_teacher(
             echo(f"teacher {path}: calibrated by {tc.calibrate}; validation NLL "
                  f"{info['val']['nll']['before']:.4f} -> {info['val']['nll']['after']:.4f}")
         if use_cache:
-            # Rank 0 fills the cache, then the other ranks read the same file.
-            m.cached, _, status = distributed.main_first(lambda: cached_or_computed(
-                model, bundle.train.without_augmentation(), cache, bundle.n_classes, device=device,
-            ))
-            echo(f"teacher logits for {path}: cache {status} ({cache.directory})")
+            m.cached = _teacher_pass(cfg, model, bundle, cache, device, clock or RunClock(), path, echo)
         return m
 
     members = [member(p, tc.adjust) for p in tc.checkpoints]
@@ -248,6 +257,29 @@ def build_teacher(
     ).to(device)
     teacher.calibration_report = reports
     return teacher
+
+
+def _teacher_pass(
+    cfg: RunConfig, model: nn.Module, bundle: DatasetBundle, cache: LogitCache, device: torch.device,
+    clock: RunClock, path: Path, echo: Echo,
+) -> torch.Tensor:
+    """(N, C) a teacher's logits on the training split, from the cache or computed (and stored) at the
+    training loader's speed: its workers, batch size, ``train.amp`` and ``train.channels_last``."""
+    tr, train = cfg.train, bundle.train.without_augmentation()
+
+    def compute() -> CachedPass:
+        return cached_or_computed(
+            model, train, cache, bundle.n_classes, device=device, batch_size=max(tr.batch_size, 256),
+            num_workers=default_workers(train, tr.num_workers), amp=tr.amp, channels_last=tr.channels_last,
+        )
+
+    with clock.phase("teacher_pass"):
+        # Rank 0 fills the cache, then the other ranks read the same file.
+        logits, _, status = distributed.main_first(compute)
+    if status == "miss":
+        clock.teacher_images += len(train)
+    echo(f"teacher logits for {path}: cache {status} ({cache.directory})")
+    return logits
 
 
 def _calibrate(
@@ -288,24 +320,29 @@ def run_experiment(cfg: RunConfig, echo: Echo = print) -> dict[str, Any]:
              "many times slower than float32; use none here")
     if cfg.train.threads is not None:
         torch.set_num_threads(cfg.train.threads)
-    seed_everything(cfg.train.seed)
-    bundle = load_dataset(cfg.data)
+    seed_everything(cfg.train.seed, cfg.train.compile)
+    clock = RunClock()
+    with clock.phase("data_index"):
+        bundle = load_dataset(cfg.data)
     for w in bundle.warnings:
         echo(f"warning: {w}")
     bundle, inferred = training_groups(cfg, bundle, device, echo)
     objective = build_objective_for(cfg, bundle)
-    teacher = build_teacher(cfg, bundle, objective, device, echo)
+    with clock.phase("teacher"):
+        teacher = build_teacher(cfg, bundle, objective, device, echo, clock)
     train_cfg = selection_settings(cfg, echo)
-    seed_everything(cfg.train.seed)  # the model's initialisation does not depend on teacher loading
+    seed_everything(cfg.train.seed, cfg.train.compile)  # the model's initialisation does not depend on teacher loading
     in_shape = tuple(bundle.input_shape)
-    model = create_model(
-        cfg.model.name, num_classes=bundle.n_classes, in_channels=in_shape[0],
-        input_shape=in_shape, weights=cfg.model.weights, pretrained=cfg.model.pretrained,
-    )
+    with clock.phase("model_build"):
+        model = create_model(
+            cfg.model.name, num_classes=bundle.n_classes, in_channels=in_shape[0],
+            input_shape=in_shape, weights=cfg.model.weights, pretrained=cfg.model.pretrained,
+        )
     with holding_out(cfg, plan, echo) as plan:  # one live process per run folder, until the swap is done
         distributed.on_main(lambda: open_out(plan))
         try:
-            final = _fit_and_evaluate(cfg, plan, model, objective, bundle, teacher, device, echo, train_cfg, inferred)
+            final = _fit_and_evaluate(cfg, plan, model, objective, bundle, teacher, device, echo, train_cfg, inferred,
+                                      clock)
         except BaseException as e:
             _failed(plan, e)
             raise
@@ -327,12 +364,13 @@ def _failed(plan: OutPlan, e: BaseException) -> None:
 def _fit_and_evaluate(
     cfg: RunConfig, plan: OutPlan, model: nn.Module, objective: Objective, bundle: DatasetBundle,
     teacher: Teacher | None, device: torch.device, echo: Echo, train_cfg: TrainConfig,
-    inferred: InferredGroups | None,
+    inferred: InferredGroups | None, clock: RunClock,
 ) -> dict[str, Any]:
     """Train into ``plan.work`` and write final.json there: the selected checkpoint's metrics per split.
 
     ``train_cfg`` is ``cfg.train`` with the selection rule of ``data.val_groups``; ``inferred``, the
-    inferred training groups (None for the data's own), written to ``pseudo_groups.csv``.
+    inferred training groups (None for the data's own), written to ``pseudo_groups.csv``; ``clock``,
+    the run's start-up phases so far (final.json's ``time``).
     """
     work = RunPaths(plan.work)
     in_shape = tuple(bundle.input_shape)
@@ -350,10 +388,11 @@ def _fit_and_evaluate(
                      resume_step=int(ck["step"]) if ck and ck.get("batches") else None)
         groups_info = (distributed.on_main(lambda: group_report(work, bundle, inferred))
                        if inferred is not None else None)
-        result = fit(
-            model, objective, bundle, train=train_cfg, optim=cfg.optim, teacher=teacher, out=work.root,
-            writer=writer, meta=meta, resume=plan.resume, quiet=cfg.quiet, echo=echo,
-        )
+        with clock.phase("fit"):
+            result = fit(
+                model, objective, bundle, train=train_cfg, optim=cfg.optim, teacher=teacher, out=work.root,
+                writer=writer, meta=meta, resume=plan.resume, quiet=cfg.quiet, echo=echo,
+            )
         best, _ = model_from_checkpoint(work.best, device)
         counts = bundle.group_counts("train")
         splits = {
@@ -371,6 +410,7 @@ def _fit_and_evaluate(
             "teacher_calibration": teacher.calibration_report if teacher is not None else [],
             "splits": splits, "val_groups": cfg.data.val_groups,
             **({"train_groups": groups_info} if groups_info is not None else {}),
+            "time": clock.record(result.first_batch_s),
         }
         writer.finish(final)
     finally:

@@ -3,7 +3,7 @@ through and that ``report``, ``sweep`` and a resumed run read back through.
 
 Every field is checked with a message of the form ``<key>: expected <what>, got <value>``; the
 readers prefix the file, so a damaged or hand-edited final.json is one line naming file and key.
-Fields that older versions did not write (``val_groups``, ``train_groups``, ``skipped_steps``...)
+Fields that older versions did not write (``val_groups``, ``train_groups``, ``skipped_steps``, ``time``...)
 may be absent.
 """
 
@@ -121,6 +121,32 @@ class Splits(BaseModel):
     test: Split = _required()
 
 
+def _is_seconds(value: Any) -> bool:
+    # Bounded and compared before any float conversion (10**400 is valid JSON): at most ~30 years.
+    return _is((int, float))(value) and 0 <= value <= 1e9
+
+
+Seconds = Annotated[float | None, _check(_is_seconds, "a number of seconds in [0, 1e9] or null", optional=True)]
+Rate = Annotated[float | None, _check(lambda v: _is((int, float))(v) and 0 <= v <= 1e12,
+                                      "a rate in [0, 1e12] or null", optional=True)]
+
+
+class TimeRecord(BaseModel):
+    """Where the run's time went before and around training (training/timing.py ``RunClock``): all in
+    seconds of wall time, and the teacher pass's images per second (null where nothing was computed)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    wall_s: Annotated[float, _check(_is_seconds, "a number of seconds in [0, 1e9]")] = _required()
+    data_index_s: Seconds = None
+    model_build_s: Seconds = None
+    teacher_s: Seconds = None
+    teacher_pass_s: Seconds = None
+    teacher_images_per_s: Rate = None
+    first_batch_s: Seconds = None
+    fit_s: Seconds = None
+
+
 class FinalRecord(BaseModel):
     """final.json: what the run was and its selected checkpoint's metrics per split."""
 
@@ -140,6 +166,7 @@ class FinalRecord(BaseModel):
     train_groups: Annotated[dict[str, Any] | None, _check(_is(dict), "an object or null", optional=True)] = None
     val_groups: Text = "labels"
     splits: Annotated[Splits, _check(_is(dict), "an object with a 'test' split")] = _required()
+    time: Annotated[TimeRecord | None, _check(_is(dict), "an object or null", optional=True)] = None
 
 
 def check_final(data: Any, path: Path | str) -> FinalRecord:

@@ -2,7 +2,8 @@
 :class:`groupdistil.runs.rundir.RunPaths`).
 
 - ``config.yaml``: the resolved configuration.
-- ``metrics.jsonl``: a line per epoch and split.
+- ``metrics.jsonl``: a line per epoch and split (``train``, ``val``), and per epoch a ``time`` line (where
+  the epoch's time went: training/timing.py).
 - ``group_weights.csv``: header ``step,epoch,<group or class names>``, then a row per optimisation step.
 - ``final.json``: the selected checkpoint's metrics per split (written last: its presence marks a
   finished run); its schema is :class:`groupdistil.runs.final.FinalRecord`.
@@ -151,6 +152,19 @@ class RunWriter:
         if self.active and self._rows:
             _append(self.paths.weights, "".join(_csv_line(row) for row in self._rows))
             self._rows = []
+
+    def log_time(self, epoch: int, record: dict[str, Any]) -> None:
+        """Append the epoch's ``time`` line (wall seconds, images/s, the phases; a measurement, so it
+        differs between runs where every other line is the same) and its TensorBoard scalars."""
+        if not self.active:
+            return
+        with open(self.paths.metrics, "a", encoding="utf-8") as f:
+            f.write(json.dumps(_json_safe({"epoch": epoch, "split": "time", **record})) + "\n")
+        if self._tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    self._tb.add_scalar(f"time/{k}", v, epoch)
+            self._tb.flush()
 
     def finish(self, final: dict[str, Any]) -> None:
         """Write final.json (checked against its schema first: what is written can be read back)."""

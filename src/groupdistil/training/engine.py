@@ -14,19 +14,20 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from groupdistil import faults
-from groupdistil.checkpoint import FitState, restore_training, save_checkpoint, training_payload
+from groupdistil.checkpoint import FitState, restore_training, training_payload
 from groupdistil.config import OptimConfig, TrainConfig
 from groupdistil.data.base import DatasetBundle
 from groupdistil.errors import CheckpointError
-from groupdistil.loaders import default_workers, epoch_loaders
+from groupdistil.loaders import default_workers, epoch_loaders, eval_loader
 from groupdistil.metrics import GroupMetrics, is_better
 from groupdistil.objectives import Objective
 from groupdistil.parallel import distributed
@@ -34,11 +35,13 @@ from groupdistil.parallel.batchnorm import convert_global_batchnorm
 from groupdistil.runs.outputs import RunWriter
 from groupdistil.runs.rundir import RunPaths
 from groupdistil.teachers import Teacher
+from groupdistil.training.async_save import CheckpointWriter, cpu_snapshot
 from groupdistil.training.devices import make_scaler, resolve_device
 from groupdistil.training.evaluation import evaluate
 from groupdistil.training.finetune import freeze_backbone, param_groups
 from groupdistil.training.optim import make_optimizer, make_scheduler
 from groupdistil.training.preempt import Preempted, Watch
+from groupdistil.training.timing import EpochClock, time_text
 from groupdistil.training.trainer import Trainer
 
 log = logging.getLogger("groupdistil")
@@ -50,6 +53,7 @@ class FitResult:
     best_metrics: dict[str, Any] | None
     skipped_steps: int
     checkpoint: Path | None
+    first_batch_s: float | None = None  # the wait for the first epoch's first batch (None: no epoch ran)
 
 
 def weight_names(objective: Objective, bundle: DatasetBundle) -> list[str]:
@@ -94,33 +98,55 @@ def fit(
         raise ValueError(f"teacher: objective {type(objective).__name__} needs a teacher")
     model = _place(model, objective, teacher, train, device, str((meta or {}).get("model_name", "model")))
     opt, sched, scaler = _optimisation(model, optim, train, device)
-    saver = _Saver(RunPaths(out) if out is not None else None, dict(meta or {}))
+    saver = _Saver(RunPaths(out) if out is not None else None, dict(meta or {}), (model, objective, opt, sched, scaler))
     state = (_restore(saver.paths.last, bundle, model, objective, opt, sched, scaler, echo)
              if resume and saver.paths is not None else FitState())
     trainer = Trainer(_wrap(model, device, train), objective, opt, scaler, train=train, device=device,
                       state=state, teacher=teacher)
-    progress = _Progress(saver, state, Watch(train.checkpoint_every), writer, (model, objective, opt, sched, scaler),
-                         _epoch_loaders(bundle, train, device))
+    progress = _Progress(saver, state, Watch(train.checkpoint_every), writer, _epoch_loaders(bundle, train, device))
     trainer.after_batch = progress.after_batch
-    for epoch in range(state.epoch + 1, train.epochs):
-        trainer.last_good = saver.last_good(state)
-        train_metrics = progress.train_epoch(trainer, bundle, epoch, quiet)
-        _step_schedule(sched)
-        val_metrics = _validate(model, bundle, train, device, epoch, quiet)
+    val_loader, first_batch_s = _val_loader(bundle, train, device), None
+    with saver.writer.settled():  # the last checkpoint is on disk (or whole) before anyone reads it
+        for epoch in range(state.epoch + 1, train.epochs):
+            clock = EpochClock(device)
+            trainer.last_good = saver.last_good(state)
+            train_metrics = progress.train_epoch(trainer, bundle, epoch, quiet, clock)
+            first_batch_s = clock.first_batch_s if first_batch_s is None else first_batch_s
+            _step_schedule(sched)
+            with clock.phase("validation"):
+                val_metrics = _validate(model, bundle, train, device, epoch, quiet, val_loader)
+            improved, times = _end_epoch(epoch, clock, (train_metrics, val_metrics), state, train, writer, saver)
+            if not quiet and distributed.is_main_process():
+                echo(_epoch_line(epoch, train.epochs, train_metrics, val_metrics, train.select_on, improved, times))
+            progress.epoch_end()
+    distributed.barrier()  # the other ranks may read the checkpoints rank 0 has just written
+    best = saver.paths.best if saver.paths is not None else None
+    return FitResult(state.best_epoch, state.best_metrics, state.skipped_steps, best, first_batch_s)
+
+
+def _end_epoch(
+    epoch: int, clock: EpochClock, metrics: tuple[dict[str, Any], dict[str, Any]], state: FitState,
+    train: TrainConfig, writer: RunWriter | None, saver: _Saver,
+) -> tuple[bool, dict[str, Any]]:
+    """Log the epoch's train and val lines, advance ``state`` to it, hand its checkpoint to the writer
+    and log its time; whether it is the best so far, and its time record.
+
+    The lines come before the checkpoint: a checkpoint of epoch e always comes with e's lines."""
+    train_metrics, val_metrics = metrics
+    with clock.phase("logs"):
         if writer is not None:
             writer.log_epoch(epoch, "train", train_metrics)
             writer.log_epoch(epoch, "val", val_metrics)
-        improved = is_better(val_metrics, state.best_metrics, train.select_on)
-        state.epoch = epoch
-        if improved:
-            state.best_metrics, state.best_epoch = val_metrics, epoch
-        saver.save(state, improved, model, objective, opt, sched, scaler)
-        if not quiet and distributed.is_main_process():
-            echo(_epoch_line(epoch, train.epochs, train_metrics, val_metrics, train.select_on, improved))
-        progress.epoch_end()
-    distributed.barrier()  # the other ranks may read the checkpoints rank 0 has just written
-    best = saver.paths.best if saver.paths is not None else None
-    return FitResult(state.best_epoch, state.best_metrics, state.skipped_steps, best)
+    improved = is_better(val_metrics, state.best_metrics, train.select_on)
+    state.epoch = epoch
+    if improved:
+        state.best_metrics, state.best_epoch = val_metrics, epoch
+    with clock.phase("checkpoint"):
+        saver.save(state, improved)
+    times = clock.record()
+    if writer is not None:
+        writer.log_time(epoch, times)
+    return improved, times
 
 
 def _restore(
@@ -148,25 +174,27 @@ class _Progress:
     state: FitState
     watch: Watch
     writer: RunWriter | None
-    objects: tuple[Any, ...]  # model, objective, optimiser, schedule, grad scaler
     loaders: Callable[..., Any]  # (epoch, skip) -> the epoch's training batches
 
-    def train_epoch(self, trainer: Trainer, bundle: DatasetBundle, epoch: int, quiet: bool) -> dict[str, Any]:
+    def train_epoch(
+        self, trainer: Trainer, bundle: DatasetBundle, epoch: int, quiet: bool, clock: EpochClock
+    ) -> dict[str, Any]:
         """Epoch ``epoch``'s training; a run resumed within it continues after the batches done, with
         their metrics (rank 0 carries their sums over the ranks)."""
         start, partial = self.state.batches, self.state.epoch_metrics
         self.state.batches, self.state.epoch_metrics = 0, None
-        return trainer.train_epoch(bundle, epoch, self.writer, quiet, loader=self.loaders(epoch, start), start=start,
-                                   epoch_metrics=partial if distributed.is_main_process() else None)
+        return trainer.train_epoch(bundle, epoch, self.writer, quiet, loader=self.loaders(epoch, start), clock=clock,
+                                   start=start, epoch_metrics=partial if distributed.is_main_process() else None)
 
-    def after_batch(self, done: int, metrics: GroupMetrics) -> None:
+    def after_batch(self, done: int, settled: Callable[[], GroupMetrics]) -> None:
         save, stop = self.watch.poll()
         if not save:
             return
+        metrics = settled()  # the epoch's metrics and weight rows up to this batch
         self.state.batches, self.state.epoch_metrics = done, metrics.state_dict()  # a collective under DDP
         if self.writer is not None:
             self.writer.flush_weights()  # the rows up to this step, which the checkpoint covers
-        self.saver.save_last(self.state, *self.objects)
+        self.saver.save_last(self.state)
         self.state.batches, self.state.epoch_metrics = 0, None
         self.watch.saved()
         if stop:
@@ -176,6 +204,7 @@ class _Progress:
         """After the epoch's checkpoint: stop there on a signal that came during the epoch's validation."""
         self.watch.saved()
         if self.watch.poll()[1]:
+            self.saver.writer.wait()  # the epoch's checkpoint is on disk before the run says so
             raise Preempted(self.watch.signame(), self._last(), self.state.epoch, 0, self.state.step)
 
     def _last(self) -> Path | None:
@@ -205,47 +234,64 @@ def _step_schedule(sched: Any) -> None:
         sched.step()
 
 
+def _val_loader(bundle: DatasetBundle, train: TrainConfig, device: torch.device) -> DataLoader:
+    """The validation loader of every epoch: its workers (for data read from files) persist."""
+    return eval_loader(bundle.val, max(train.batch_size, 256), default_workers(bundle.val, train.num_workers),
+                       pin_memory=device.type == "cuda", persistent_workers=True)
+
+
 def _validate(
-    model: nn.Module, bundle: DatasetBundle, train: TrainConfig, device: torch.device, epoch: int, quiet: bool
+    model: nn.Module, bundle: DatasetBundle, train: TrainConfig, device: torch.device, epoch: int, quiet: bool,
+    loader: DataLoader,
 ) -> dict[str, Any]:
     """The metrics of ``bundle.val`` after ``epoch``."""
     distributed.broadcast_buffers(model)  # every rank validates (and rank 0 saves) the same model
     return evaluate(
         model, bundle.val, bundle.grouping, train_group_counts=bundle.group_counts("train"),
-        batch_size=max(train.batch_size, 256), device=device, amp=train.amp, quiet=quiet,
-        desc=f"val {epoch + 1}", num_workers=default_workers(bundle.val, train.num_workers),
+        device=device, amp=train.amp, quiet=quiet, desc=f"val {epoch + 1}", loader=loader,
     )
 
 
 @dataclass
 class _Saver:
-    """The run's checkpoints: ``last.pt`` after every epoch, ``best.pt`` on improvement (rank 0)."""
+    """The run's checkpoints: ``last.pt`` after every epoch, ``best.pt`` on improvement (rank 0),
+    snapshotted here and written in the background (:mod:`groupdistil.training.async_save`)."""
 
     paths: RunPaths | None  # None: a run that writes nothing
     meta: dict[str, Any]
+    parts: tuple[nn.Module, Objective, torch.optim.Optimizer, Any, torch.amp.GradScaler]  # model ... scaler
+    writer: CheckpointWriter = field(default_factory=CheckpointWriter)
 
     def last_good(self, state: FitState) -> str:
         """The checkpoint a run that fails now can go back to."""
         return str(self.paths.last) if self.paths is not None and state.epoch >= 0 else "none"
 
-    def save(
-        self, state: FitState, improved: bool, model: nn.Module, objective: Objective,
-        opt: torch.optim.Optimizer, sched: Any, scaler: torch.amp.GradScaler,
-    ) -> None:
+    def save(self, state: FitState, improved: bool) -> None:
         if self.paths is None or not distributed.is_main_process():
             return
-        if improved:
-            save_checkpoint(self.paths.best, training_payload(model, objective, state, self.meta))
-        self.save_last(state, model, objective, opt, sched, scaler)
-        faults.point(f"epoch:{state.epoch}")
+        model, objective, opt, sched, scaler = self.parts
+        last = cpu_snapshot(training_payload(model, objective, state, self.meta, opt, sched, scaler))
+        files = []
+        if improved:  # best.pt: last.pt without what only resuming needs (the tensors are shared)
+            files.append((self.paths.best, {k: v for k, v in last.items() if k not in _RESUME_ONLY}))
+        files.append((self.paths.last, last))
+        epoch = state.epoch
+        self.writer.submit(files, then=lambda: faults.point(f"epoch:{epoch}"))
 
-    def save_last(
-        self, state: FitState, model: nn.Module, objective: Objective, opt: torch.optim.Optimizer, sched: Any,
-        scaler: torch.amp.GradScaler,
-    ) -> None:
-        """``last.pt``: everything resuming needs (at an epoch's end, or within one: ``state.batches``)."""
-        if self.paths is not None and distributed.is_main_process():
-            save_checkpoint(self.paths.last, training_payload(model, objective, state, self.meta, opt, sched, scaler))
+    def save_last(self, state: FitState) -> None:
+        """``last.pt`` within an epoch (``state.batches`` done), written before this returns: a run
+        that stops next must leave it on disk, and a failed write must be what the run reports."""
+        if self.paths is None or not distributed.is_main_process():
+            return
+        model, objective, opt, sched, scaler = self.parts
+        payload = cpu_snapshot(training_payload(model, objective, state, self.meta, opt, sched, scaler))
+        self.writer.submit([(self.paths.last, payload)])
+        self.writer.wait()
+
+
+#: What last.pt holds beyond best.pt (training_payload with the optimiser).
+_RESUME_ONLY = ("optimizer", "scheduler", "rng", "scaler")
+
 
 
 def _place(
@@ -294,7 +340,8 @@ _SELECTION_LABELS = {"worst_group_acc": "worst-group", "worst_class_acc": "worst
 
 
 def _epoch_line(
-    epoch: int, epochs: int, tr: dict[str, Any], va: dict[str, Any], select_on: str, improved: bool
+    epoch: int, epochs: int, tr: dict[str, Any], va: dict[str, Any], select_on: str, improved: bool,
+    times: dict[str, Any] | None = None,
 ) -> str:
     """The console line of an epoch: the training loss and accuracy, validation average accuracy and
     the metric the run selects on. Only that one: a run told not to use validation groups
@@ -306,5 +353,6 @@ def _epoch_line(
     return (
         f"epoch {epoch + 1:3d}/{epochs}  loss {loss_s}  train acc {_pct(tr['avg_acc'])}  "
         f"val avg {_pct(va['avg_acc'])}{selected}"
+        + (f"  {time_text(times)}" if times is not None else "")
         + ("  *best" if improved else "")
     )

@@ -3,6 +3,7 @@ evaluation choices")."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -30,16 +31,20 @@ def evaluate(
     num_workers: int = 0,
     quiet: bool = True,
     desc: str = "eval",
+    loader: Iterable[tuple[torch.Tensor, ...]] | None = None,
 ) -> dict[str, Any]:
     """Metrics of ``model`` on ``dataset`` (augmentation off), all-reduced under DDP.
 
+    ``loader``: the :func:`~groupdistil.loaders.eval_loader` of ``dataset`` to use (``fit`` keeps one
+    whose workers persist across epochs); by default a new one of ``batch_size`` and ``num_workers``.
     Returns the dict of :meth:`GroupMetrics.summary` (accuracies in [0, 1]).
     """
     device = torch.device(device)
     was_training = model.training
     model.eval()
     metrics = GroupMetrics(grouping.n_groups, grouping.n_classes)
-    loader = eval_loader(dataset, batch_size, num_workers, pin_memory=device.type == "cuda")
+    if loader is None:
+        loader = eval_loader(dataset, batch_size, num_workers, pin_memory=device.type == "cuda")
     bar = tqdm(loader, desc=desc, leave=False, disable=quiet or not distributed.is_main_process())
     for x, y, g, _ in bar:
         with autocast(device, amp):

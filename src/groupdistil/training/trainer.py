@@ -25,13 +25,14 @@ from groupdistil.config import TrainConfig
 from groupdistil.data.base import DatasetBundle
 from groupdistil.errors import NumericalError
 from groupdistil.loaders import epoch_generator, train_loader
-from groupdistil.metrics import GroupMetrics
+from groupdistil.metrics import GroupMetrics, confidence_and_prediction
 from groupdistil.objectives import Objective, ObjectiveOutput
 from groupdistil.parallel import distributed
 from groupdistil.runs.outputs import RunWriter
 from groupdistil.teachers import Teacher
 from groupdistil.training.devices import autocast
 from groupdistil.training.evaluation import per_class_error
+from groupdistil.training.timing import EpochClock
 
 
 class StepResult(NamedTuple):
@@ -83,9 +84,10 @@ class Trainer:
         self.train, self.device, self.state, self.teacher = train, device, state, teacher
         self.epoch = 0
         self.last_good = "none"  # the checkpoint a non-finite loss's message points to
-        # Called after every batch with (batches of the epoch done, the epoch's metrics so far): where
+        # Called after every batch with (batches of the epoch done, a function that brings the epoch's
+        # metrics and weight rows up to date and returns the metrics): where
         # fit writes mid-epoch checkpoints and stops on a signal.
-        self.after_batch: Callable[[int, GroupMetrics], None] | None = None
+        self.after_batch: Callable[[int, Callable[[], GroupMetrics]], None] | None = None
         # The loss scale before the next step: the scaler lowers it exactly when it skips a step.
         self._scale = scaler.get_scale() if scaler.is_enabled() else 0.0
 
@@ -123,10 +125,16 @@ class Trainer:
         keep = self.train.skip_nonfinite or self.scaler.is_enabled()
         snapshot = {k: v.clone() for k, v in self.objective.state_dict().items()} if keep else None
         logits, t, out = self._forward(x, y, g, idx)
-        # The loss and its separate terms in one host sync.
-        loss, *terms = torch.stack([out.loss.detach(), *out.terms.values()]).tolist()
+        # The loss, its separate terms and (in one process) whether the teacher's logits are finite, in
+        # the step's one host sync: a non-finite loss must stop the run before the update.
+        values = [out.loss.detach(), *out.terms.values()]
+        local = t is not None and not distributed.is_distributed()
+        if local:
+            values.append((~torch.isfinite(t)).any().to(values[0].dtype))
+        loss, *terms = torch.stack(values).tolist()
+        bad_teacher = bool(terms.pop()) if local else _nonfinite_teacher(t)
         done = (dict(zip(out.terms, terms)), out, logits, y, g)
-        if not math.isfinite(loss) or _nonfinite_teacher(t):
+        if not math.isfinite(loss) or bad_teacher:
             if not self.train.skip_nonfinite:
                 raise NumericalError(
                     f"non-finite loss at step {self.state.step + 1} (epoch {self.epoch + 1}); last good "
@@ -155,15 +163,16 @@ class Trainer:
 
     def train_epoch(
         self, bundle: DatasetBundle, epoch: int, writer: RunWriter | None = None, quiet: bool = True,
-        loader: Iterable[tuple[torch.Tensor, ...]] | None = None, start: int = 0,
-        epoch_metrics: dict[str, Any] | None = None,
+        loader: Iterable[tuple[torch.Tensor, ...]] | None = None, clock: EpochClock | None = None,
+        start: int = 0, epoch_metrics: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Train one epoch on ``bundle.train``; the epoch's training metrics (all ranks together).
 
         ``loader`` yields the epoch's batches (``fit`` keeps one whose workers persist across epochs);
-        by default, a fresh :func:`~groupdistil.loaders.train_loader` of this epoch. A run resumed
-        within the epoch passes a loader without the ``start`` batches done, and the metrics
-        accumulated over them (``epoch_metrics``, :meth:`GroupMetrics.state_dict`).
+        by default, a fresh :func:`~groupdistil.loaders.train_loader` of this epoch. ``clock`` times
+        the step loop (data waits and steps). A run resumed within the epoch passes a loader without
+        the ``start`` batches done, and the metrics accumulated over them (``epoch_metrics``,
+        :meth:`GroupMetrics.state_dict`).
         """
         self.epoch = epoch
         self.net.train()
@@ -184,17 +193,24 @@ class Trainer:
                 n_groups=grouping.n_groups, num_workers=tr.num_workers, pin_memory=self.device.type == "cuda",
                 skip=start,
             )
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tr.epochs}", leave=False,
+        batches = clock.batches(loader) if clock is not None else loader
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{tr.epochs}", leave=False, total=_length(loader),
                    disable=quiet or not distributed.is_main_process())
+        log = _EpochLog()
+
+        def settled() -> GroupMetrics:  # the metrics and weight rows up to now, for a mid-epoch checkpoint
+            log.flush(metrics, writer, epoch)
+            return metrics
+
         for done, batch in enumerate(bar, start + 1):
             r = self.step(batch)
             if r.status == "stepped":
-                if writer is not None and r.output.weights is not None:
-                    writer.log_weights(self.state.step, epoch, r.output.weights.tolist())
-                metrics.update(r.logits, r.y, r.g, r.loss, r.terms)
+                log.add(self.state.step, r)
+                metrics.add_loss(r.loss, r.terms, int(r.y.numel()))
                 self._update_from_validation(bundle)
             if self.after_batch is not None:
-                self.after_batch(done, metrics)
+                self.after_batch(done, settled)
+        log.flush(metrics, writer, epoch)
         metrics.all_reduce()
         summary = metrics.summary(grouping, bundle.fit_group_counts())
         summary["skipped_steps"] = self.state.skipped_steps
@@ -212,6 +228,41 @@ class Trainer:
             generator=epoch_generator(self.train.seed, self.state.step), device=self.device,
         )
         self.objective.update_from_validation(err)
+
+
+def _length(loader: Iterable[object]) -> int | None:
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+class _EpochLog:
+    """What the step loop logs, kept on the device until the epoch ends: no host sync per step.
+
+    Per stepped batch: the (B,) confidences, predictions, labels and groups for the training metrics,
+    and the objective's weights (group_weights.csv rows); :meth:`flush` moves them to the host at once.
+    """
+
+    def __init__(self) -> None:
+        self.predictions: list[tuple[torch.Tensor, ...]] = []
+        self.steps: list[int] = []
+        self.weights: list[torch.Tensor] = []
+
+    def add(self, step: int, r: StepResult) -> None:
+        self.predictions.append((*confidence_and_prediction(r.logits), r.y, r.g))
+        if r.output.weights is not None:
+            self.steps.append(step)
+            self.weights.append(r.output.weights.detach())
+
+    def flush(self, metrics: GroupMetrics, writer: RunWriter | None, epoch: int) -> None:
+        """Move what was kept since the last flush into ``metrics`` and ``writer``'s rows."""
+        if self.predictions:
+            metrics.update_predictions(*(torch.cat(parts) for parts in zip(*self.predictions)))
+        if writer is not None and self.weights:
+            for step, row in zip(self.steps, torch.stack(self.weights).tolist()):
+                writer.log_weights(step, epoch, row)
+        self.predictions, self.steps, self.weights = [], [], []
 
 
 def _nonfinite_teacher(t: torch.Tensor | None) -> bool:

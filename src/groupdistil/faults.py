@@ -67,6 +67,13 @@ def point(name: str) -> None:
         _pause(name)
 
 
+def armed(name: str) -> bool:
+    """Whether ``GROUPDISTIL_KILL_AT`` or ``GROUPDISTIL_PAUSE_AT`` names the point ``name`` (not a
+    ``replace:`` point, whose name gains its count in :func:`point`): a caller may then bring the
+    point's precondition about first, on the thread that can pause."""
+    return not _restarted() and name in (os.environ.get(ENV), os.environ.get(PAUSE_ENV))
+
+
 def _pause(name: str) -> None:
     """Print ``paused at <name>`` and wait for a signal that the process handles. Python's own C-level
     handler writes each signal's number to the wakeup fd, whichever thread receives it, so a signal

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,17 +45,15 @@ class CheckpointWriter:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    def submit(self, files: Sequence[tuple[Path, dict[str, Any]]], then: Callable[[], None] | None = None) -> None:
-        """Write ``files`` (path, payload already snapshotted) in order, then call ``then``, in the
-        background, after the previous write has finished (its error is raised here)."""
+    def submit(self, files: Sequence[tuple[Path, dict[str, Any]]]) -> None:
+        """Write ``files`` (path, payload already snapshotted) in order, in the background, after the
+        previous write has finished (its error is raised here)."""
         self.wait()
 
         def work() -> None:
             try:
                 for path, payload in files:
                     save_checkpoint(path, payload)
-                if then is not None:
-                    then()
             except BaseException as e:  # handed to the main thread by wait()
                 self._error = e
 

@@ -275,8 +275,10 @@ class _Saver:
         if improved:  # best.pt: last.pt without what only resuming needs (the tensors are shared)
             files.append((self.paths.best, {k: v for k, v in last.items() if k not in _RESUME_ONLY}))
         files.append((self.paths.last, last))
-        epoch = state.epoch
-        self.writer.submit(files, then=lambda: faults.point(f"epoch:{epoch}"))
+        self.writer.submit(files)
+        if faults.armed(f"epoch:{state.epoch}"):  # a test's point right after this last.pt is on disk
+            self.writer.wait()
+            faults.point(f"epoch:{state.epoch}")
 
     def save_last(self, state: FitState) -> None:
         """``last.pt`` within an epoch (``state.batches`` done), written before this returns: a run

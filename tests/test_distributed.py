@@ -377,6 +377,20 @@ def test_an_error_on_rank_0_stops_every_rank_with_one_line(env, runs, teacher):
 
 @pytest.mark.slow  # each launch starts fresh interpreters that import torch
 @needs_torchrun
+def test_a_nonfinite_loss_on_two_ranks_is_one_line_and_exit_3(env, teacher, tmp_path):
+    # Every rank stops at the same step (the loss is global); only rank 0 says so, after the process
+    # group is gone (torchrun's RANK decides, not the destroyed group).
+    r = _launch({**env, "GROUPDISTIL_NAN_AT": "3"},
+                [*STUDENT, "--teacher", str(teacher), "--epochs", "1", "--batch-size", str(BATCH), "--quiet",
+                 "--out", str(tmp_path / "nan")], ranks=RANKS)
+    assert r.returncode != 0
+    assert r.stderr.count("error: non-finite loss at step 3") == 1, r.stderr[-3000:]
+    codes = dict(re.findall(r"rank\s*:\s*(\d+) \(local_rank.*\n\s*exitcode\s*:\s*(-?\d+)", r.stderr))
+    assert "3" in codes.values() and set(codes.values()) <= {"3", "-15"}, r.stderr[-3000:]
+
+
+@pytest.mark.slow  # each launch starts fresh interpreters that import torch
+@needs_torchrun
 def test_a_frozen_backbone_with_a_head_lr_on_two_ranks_equals_one_process(env, teacher, tmp_path):
     # DDP over a model whose backbone has no gradients (and whose BatchNorm stays in eval mode): the
     # head's gradients are all-reduced as usual, and the run is the one-process run.

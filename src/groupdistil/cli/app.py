@@ -47,6 +47,11 @@ def _print_error(message: str) -> None:
     print(f"error: {cli_text(message)}", file=sys.stderr, flush=True)
 
 
+def _rank_zero() -> bool:
+    """Whether this process is rank 0 (or alone), after the process group is gone: torchrun's RANK says."""
+    return distributed.env_rank_info()[0] == 0
+
+
 def run_app(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code: user errors print one line and return 2, numerical faults
     (a non-finite loss) one line and 3, a file the file system refused to write (no space, read-only)
@@ -61,11 +66,11 @@ def run_app(argv: list[str] | None = None) -> int:
             _print_error(str(e))
         return STORAGE_EXIT_CODE if isinstance(e, StorageError) else 2
     except NumericalError as e:
-        if distributed.is_main_process():
+        if _rank_zero():  # every rank stops at the same step; one line
             print(f"error: {cli_text(str(e))}", file=sys.stderr)
         return 3
     except Preempted as e:
-        if distributed.env_rank_info()[0] == 0:  # the process group is gone by now: torchrun's RANK says
+        if _rank_zero():
             print(f"{e}; continue with: {resume_command(sys.argv[1:] if argv is None else argv)}",
                   file=sys.stderr, flush=True)
         return PREEMPTED_EXIT

@@ -71,3 +71,30 @@ def test_study_without_group_labels_plans_valid_runs(tmp_path):
     # The comparison rows use the same budget and the data's groups.
     assert runs["groupdistil<-erm"][0].config.data.train_groups == "labels"
     assert {r[0].config.train.epochs for r in runs.values()} == {study.BUDGET["train"]["epochs"]}
+
+
+def test_real_images_study_plans_valid_runs(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks" / "experiments"))
+    try:
+        import study
+    finally:
+        sys.path.pop(0)
+    from groupdistil.app.sweep import expand
+
+    images = str(tmp_path / "cifar10")
+    plan = study.real_lt_study(images, tmp_path / "runs")
+    assert len(plan) == 3 + 3 * 6  # three teachers, six students from each
+    runs = {raw["name"]: expand(raw, study.REAL_SEEDS, {}, raw["name"]) for raw in plan}
+    assert all(len(r) == 3 for r in runs.values())
+    student = runs["tradeoff<-balanced-beta=0.25"][2].config
+    assert student.objective.method == "class-robust-kd" and student.objective.mode == "tradeoff"
+    assert student.objective.beta == 0.25 and student.model.name == study.STUDENT_MODEL
+    assert student.teacher.checkpoints == [tmp_path / "runs" / "teacher-balanced" / "seed2" / "checkpoints" / "best.pt"]
+    data = student.data
+    assert (data.dataset, str(data.root), data.image_size, data.imbalance_ratio) == ("imagefolder", images, 16, 100.0)
+    assert {r[0].config.train.epochs for r in runs.values()} == {study.REAL_BUDGET["train"]["epochs"]}
+    assert runs["teacher-robust"][0].config.objective.validation_every == 8
+    # A cut grid keeps the head of the student list from every teacher.
+    cut = [raw["name"] for raw in study.real_lt_study(images, tmp_path / "runs", students=2)]
+    assert cut[3:] == ["standard<-erm", "standard<-balanced", "standard<-robust", "robust<-erm", "robust<-balanced",
+                       "robust<-robust"]

@@ -141,6 +141,7 @@ def test_imbalance_ratio_keeps_the_long_tail_profile(tmp_path):
     assert kept == [again.train.loader.name(i) for i in range(len(again.train))]  # fixed for a seed
     other = build(root, imbalance_ratio=10, data_seed=3)
     assert kept != [other.train.loader.name(i) for i in range(len(other.train))]  # seeded choice
+    assert other.train.fingerprint() != lt.train.fingerprint()  # same labels, other images: another cache key
     assert set(kept) <= {full.train.loader.name(i) for i in range(len(full.train))}
     assert lt.train.fingerprint() != full.train.fingerprint()
 

@@ -58,7 +58,9 @@ def long_tail_view(bundle: DatasetBundle, ratio: float, seed: int) -> DatasetBun
     n_max = int(np.bincount(y, minlength=bundle.n_classes).max()) if y.size else 0
     rng = np.random.default_rng([seed, STREAM])
     keep, warnings = long_tail_index(y, bundle.n_classes, n_max, ratio, rng)
-    train = subset(bundle.train, keep, imbalance_ratio=ratio)
+    # The seed joins the identity: two seeds keep different items with identical labels, and the
+    # teacher-logit cache must tell them apart.
+    train = subset(bundle.train, keep, imbalance_ratio=ratio, imbalance_seed=seed)
     return dataclasses.replace(
         bundle, splits={**bundle.splits, "train": train},
         warnings=[*bundle.warnings, *(f"{bundle.name}: {w}" for w in warnings)],

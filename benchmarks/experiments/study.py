@@ -217,6 +217,14 @@ def real_lt_study(images: str, root: Path, students: int = len(REAL_STUDENTS)) -
     return runs
 
 
+def real_lt_ablation(images: str, root: Path) -> list[dict[str, Any]]:
+    """The robust student from the ERM teacher at T = 1 instead of 2: a sharper teacher charges less
+    soft class membership to the tail classes, the suspected cause of the robust student's collapse
+    (benchmarks/results/cifar10-lt/README.md)."""
+    base = next(r for r in real_lt_study(images, root, 2) if r["name"] == "robust<-erm")
+    return [{**base, "name": "robust<-erm-T=1", "objective": {**base["objective"], "temperature": 1.0}}]
+
+
 STUDIES = {"groups": groups_study, "classes": classes_study, "ablation": ablation_study,
            "calibrate": calibrate_study, "nolabels": nolabels_study, "real-lt": real_lt_study}
 
@@ -228,6 +236,7 @@ def main(kind: str, dataset: str, jobs: int = 2, students: int = len(REAL_STUDEN
     seeds = REAL_SEEDS if kind == "real-lt" else SEEDS
     if kind == "real-lt":
         plan = real_lt_study(dataset, Path("runs/bench/cifar10-lt"), students)
+        plan += real_lt_ablation(dataset, Path("runs/bench/cifar10-lt"))
         dataset, suffix = "cifar10-lt", ""
     else:
         plan = STUDIES[kind](dataset, Path("runs/bench") / f"{dataset}{suffix}")

@@ -99,7 +99,7 @@ def test_real_images_study_plans_valid_runs(tmp_path):
     assert cut[3:] == ["standard<-erm", "standard<-balanced", "standard<-robust", "robust<-erm", "robust<-balanced",
                        "robust<-robust"]
     ablation = study.real_lt_ablation(images, tmp_path / "runs")
-    assert [raw["name"] for raw in ablation] == ["robust<-erm-T=1"]
+    assert [raw["name"] for raw in ablation] == ["robust<-erm-T=1", "standard<-erm-T=1"]
     one = expand(ablation[0], 1, {}, "x")[0].config
     assert one.objective.temperature == 1.0 and one.objective.mode == "robust"
     assert one.model_dump(exclude={"objective", "name", "out"}) == runs["robust<-erm"][0].config.model_dump(

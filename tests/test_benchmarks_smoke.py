@@ -127,3 +127,36 @@ def test_kd_terms_study_plans_each_term_plain_and_robust(tmp_path):
         assert runs[f"{robust}+dkd<-erm"][0].config.objective.dkd_warmup == kd_terms.DKD_WARMUP
         # The same temperature for every student of a dataset.
         assert len({r[0].config.objective.temperature for n, r in runs.items() if n != "teacher-erm"}) == 1
+
+
+def test_real_images_study_plans_valid_runs(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks" / "experiments"))
+    try:
+        import study
+    finally:
+        sys.path.pop(0)
+    from groupdistil.app.sweep import expand
+
+    images = str(tmp_path / "cifar10")
+    plan = study.real_lt_study(images, tmp_path / "runs")
+    assert len(plan) == 3 + 3 * 6  # three teachers, six students from each
+    runs = {raw["name"]: expand(raw, study.REAL_SEEDS, {}, raw["name"]) for raw in plan}
+    assert all(len(r) == 3 for r in runs.values())
+    student = runs["tradeoff<-balanced-beta=0.25"][2].config
+    assert student.objective.method == "class-robust-kd" and student.objective.mode == "tradeoff"
+    assert student.objective.beta == 0.25 and student.model.name == study.STUDENT_MODEL
+    assert student.teacher.checkpoints == [tmp_path / "runs" / "teacher-balanced" / "seed2" / "checkpoints" / "best.pt"]
+    data = student.data
+    assert (data.dataset, str(data.root), data.image_size, data.imbalance_ratio) == ("imagefolder", images, 16, 100.0)
+    assert {r[0].config.train.epochs for r in runs.values()} == {study.REAL_BUDGET["train"]["epochs"]}
+    assert runs["teacher-robust"][0].config.objective.validation_every == 8
+    # A cut grid keeps the head of the student list from every teacher.
+    cut = [raw["name"] for raw in study.real_lt_study(images, tmp_path / "runs", students=2)]
+    assert cut[3:] == ["standard<-erm", "standard<-balanced", "standard<-robust", "robust<-erm", "robust<-balanced",
+                       "robust<-robust"]
+    ablation = study.real_lt_ablation(images, tmp_path / "runs")
+    assert [raw["name"] for raw in ablation] == ["robust<-erm-T=1", "standard<-erm-T=1"]
+    one = expand(ablation[0], 1, {}, "x")[0].config
+    assert one.objective.temperature == 1.0 and one.objective.mode == "robust"
+    assert one.model_dump(exclude={"objective", "name", "out"}) == runs["robust<-erm"][0].config.model_dump(
+        exclude={"objective", "name", "out"})

@@ -80,7 +80,7 @@ def test_datasets_lists_every_name(capsys):
     code, out, _ = run(["datasets"], capsys)
     assert code == 0
     assert [line.split()[0] for line in out.splitlines()] == list(DATASETS)
-    readers = {"waterbirds", "celeba", "cifar10-lt", "cifar100-lt", "mnms", "manifest"}
+    readers = {"waterbirds", "celeba", "cifar10-lt", "cifar100-lt", "mnms", "manifest", "imagefolder"}
     builtin = {"spurious-digits", "scanner-digits", "scanner-digits-reversed", "digits-lt"}
     assert readers | builtin == set(DATASETS)
 

@@ -57,3 +57,24 @@ def long_tail_counts(n_max: int, n_classes: int, ratio: float) -> np.ndarray:
     k = np.arange(n_classes)
     # The epsilon keeps products that are exact in theory (5000 * 100**-1 = 50) from flooring one low.
     return np.floor(n_max * ratio ** (-k / (n_classes - 1)) + 1e-9).astype(np.int64)
+
+
+def long_tail_index(
+    labels: np.ndarray, n_classes: int, n_max: int, ratio: float, rng: np.random.Generator | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """Ascending indices keeping the first floor(n_max * ratio ** (-k / (C - 1))) items of class k.
+
+    "First" is in index order, or in an order shuffled by ``rng`` within each class when given (a
+    fixed, seeded choice for data whose order means nothing, e.g. files sorted by name). Also
+    returns warnings for classes with fewer items than the profile asks for (they keep them all).
+    """
+    keep = long_tail_counts(n_max, n_classes, ratio)
+    index, warnings = [], []
+    for k in range(n_classes):
+        members = np.flatnonzero(labels == k)
+        if rng is not None:
+            members = rng.permutation(members)
+        if len(members) < keep[k]:
+            warnings.append(f"class {k} has {len(members)} training images, fewer than the {keep[k]} to keep")
+        index.append(members[: keep[k]])
+    return np.sort(np.concatenate(index)).astype(np.int64), warnings

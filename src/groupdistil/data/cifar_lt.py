@@ -15,7 +15,7 @@ import torch
 
 from groupdistil.data._bundle import SplitData, make_bundle
 from groupdistil.data._io import file_stamp, load_pickle, require_dir
-from groupdistil.data._splits import long_tail_counts, stratified_split
+from groupdistil.data._splits import long_tail_index, stratified_split
 from groupdistil.data.base import DatasetBundle
 from groupdistil.data.images import ArrayImages, image_pipeline
 from groupdistil.data.options import DataConfig
@@ -25,6 +25,8 @@ from groupdistil.groups import Grouping
 
 #: Seed of the val/test halves of the official test set (fixed, not DataConfig.data_seed).
 EVAL_SPLIT_SEED = 0
+#: The imbalance ratio when `data.imbalance_ratio` is not set.
+DEFAULT_RATIO = 100.0
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
@@ -91,21 +93,6 @@ def class_names(folder: Path, layout: CifarLayout) -> tuple[str, ...]:
     return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
 
 
-def long_tail_index(
-    labels: np.ndarray, n_classes: int, n_max: int, ratio: float
-) -> tuple[np.ndarray, list[str]]:
-    """Ascending indices keeping the first n_k images of class k in file order, and warnings for
-    classes with fewer images than the profile asks for (a non-standard copy)."""
-    keep = long_tail_counts(n_max, n_classes, ratio)
-    index, warnings = [], []
-    for k in range(n_classes):
-        members = np.flatnonzero(labels == k)
-        if len(members) < keep[k]:
-            warnings.append(f"class {k} has {len(members)} training images, fewer than the {keep[k]} to keep")
-        index.append(members[: keep[k]])
-    return np.sort(np.concatenate(index)), warnings
-
-
 def _images(data: np.ndarray) -> torch.Tensor:
     """(N, 3072) uint8 R, G, B planes -> (N, 3, 32, 32) uint8."""
     return torch.from_numpy(np.ascontiguousarray(data.reshape(-1, 3, 32, 32)))
@@ -117,7 +104,8 @@ def _build(name: str, layout: CifarLayout, config: DataConfig) -> DatasetBundle:
     test_path = folder / layout.test_file
     batches = [read_batch(p, layout) for p in train_paths]
     labels = np.concatenate([b[1] for b in batches])
-    keep, warnings = long_tail_index(labels, layout.n_classes, layout.n_max, config.imbalance_ratio)
+    ratio = config.imbalance_ratio or DEFAULT_RATIO
+    keep, warnings = long_tail_index(labels, layout.n_classes, layout.n_max, ratio)
     arrays = {"train": (np.concatenate([b[0] for b in batches])[keep], labels[keep])}
     del batches  # the full training set is several times the long-tailed one
     test_x, test_y = read_batch(test_path, layout)
@@ -131,7 +119,7 @@ def _build(name: str, layout: CifarLayout, config: DataConfig) -> DatasetBundle:
     transform, augmentation = image_pipeline(size, CIFAR_MEAN, CIFAR_STD, augment=config.augment)
     return make_bundle(
         name, Grouping.classes(class_names(folder, layout)), (3, size, size), parts,
-        identity={"imbalance_ratio": config.imbalance_ratio, "files": file_stamp(*train_paths, test_path)},
+        identity={"imbalance_ratio": ratio, "files": file_stamp(*train_paths, test_path)},
         transform=transform, augmentation=augmentation, warnings=[f"{name}: {w}" for w in warnings],
     )
 
@@ -146,5 +134,6 @@ def build_cifar100_lt(config: DataConfig) -> DatasetBundle:
     return _build("cifar100-lt", CIFAR100, config)
 
 
-DATASETS["cifar10-lt"] = DatasetSpec(build_cifar10_lt, "CIFAR-10-LT (python pickles); classes", True)
-DATASETS["cifar100-lt"] = DatasetSpec(build_cifar100_lt, "CIFAR-100-LT (python pickles); classes", True)
+# Both apply `data.imbalance_ratio` themselves (n_max is the published one, in file order).
+DATASETS["cifar10-lt"] = DatasetSpec(build_cifar10_lt, "CIFAR-10-LT (python pickles); classes", True, True)
+DATASETS["cifar100-lt"] = DatasetSpec(build_cifar100_lt, "CIFAR-100-LT (python pickles); classes", True, True)

@@ -28,7 +28,9 @@ class DataConfig(BaseModel):
     features: list[str] | None = Field(None, description="manifest: numeric feature columns")
     target_attr: str = Field("Blond_Hair", description="celeba: target attribute")
     confounder_attr: str = Field("Male", description="celeba: confounder attribute")
-    imbalance_ratio: float = Field(100.0, gt=1.0, description="cifar*-lt: n_max / n_min")
+    imbalance_ratio: float | None = Field(
+        None, gt=1.0, description="long-tailed training split: class k keeps floor(n_max * R^(-k/(C-1))) "
+        "of its images, n_max / n_min = R (any dataset; cifar*-lt: default 100)")
     task: Literal["pathology", "phase"] | None = Field(None, description="mnms: pathology or phase")
     group_attr: Literal["vendor", "centre"] = Field("vendor", description="mnms: groups")
     slices: Literal["central", "all"] = Field("central", description="mnms: which short-axis slices")

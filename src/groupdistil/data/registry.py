@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from groupdistil.data.base import DatasetBundle
+from groupdistil.data.longtail import long_tail_view
 from groupdistil.data.options import DataConfig
 from groupdistil.errors import UserError
 
@@ -20,6 +21,8 @@ class DatasetSpec(NamedTuple):
     build: Callable[[DataConfig], DatasetBundle]
     summary: str
     needs_root: bool
+    #: Whether ``build`` applies `data.imbalance_ratio` itself (cifar*-lt); else load_dataset does.
+    own_imbalance: bool = False
 
 
 DATASETS: dict[str, DatasetSpec] = {}
@@ -32,6 +35,7 @@ SOURCE_MODULES = (
     "groupdistil.data.cifar_lt",
     "groupdistil.data.mnms",
     "groupdistil.data.manifest",
+    "groupdistil.data.imagefolder",
 )
 
 
@@ -49,6 +53,8 @@ def load_dataset(config: DataConfig, *, check_files: bool = True) -> DatasetBund
     if spec.needs_root and config.root is None:
         raise UserError(f"`data.root`: dataset {config.dataset} reads a local copy; pass its folder")
     bundle = spec.build(config)
+    if config.imbalance_ratio is not None and not spec.own_imbalance:
+        bundle = long_tail_view(bundle, config.imbalance_ratio, config.data_seed)
     if check_files:
         for split in bundle.splits.values():
             check = getattr(split.loader, "check", None)

@@ -1,0 +1,185 @@
+"""The imagefolder reader (ROOT/<split>/<class>/<file>) and long-tailed views of any training split."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import write_csv, write_image
+from groupdistil.cli.app import run_app
+from groupdistil.data import DataConfig, load_dataset
+from groupdistil.data._splits import long_tail_counts
+from groupdistil.data.imagefolder import VAL_FRACTION
+from groupdistil.errors import DataError
+
+#: Training images per class of the fixture; classes deliberately not in sorted order on disk.
+TRAIN = {"dog": 20, "cat": 10, "bird": 30}
+
+
+def make_folder(root: Path, train: dict[str, int] = TRAIN, val: bool = True, n_eval: int = 2) -> Path:
+    """Tiny PNG and JPEG images per class; each class colour differs so a model can learn them."""
+    for k, (name, n) in enumerate(train.items()):
+        splits = {"train": n, "test": n_eval} | ({"val": n_eval} if val else {})
+        for split, count in splits.items():
+            for i in range(count):
+                suffix = ".jpg" if i % 2 else ".png"
+                write_image(root / split / name / f"{i:03d}{suffix}", value=40 + 80 * k, size=(9, 7))
+    return root
+
+
+def build(root: Path, **kw) -> object:
+    return load_dataset(DataConfig(dataset="imagefolder", root=root, image_size=8, **kw))
+
+
+def test_classes_sorted_and_counts_with_val(tmp_path):
+    b = build(make_folder(tmp_path / "d"))
+    assert b.grouping.class_names == ("bird", "cat", "dog")  # sorted by name, as torchvision does
+    assert b.grouping.kind == "class"
+    assert b.class_counts("train").tolist() == [30, 10, 20]
+    assert b.class_counts("val").tolist() == [2, 2, 2] and b.class_counts("test").tolist() == [2, 2, 2]
+    x, y, g, _ = b.train[0]
+    assert x.shape == (3, 8, 8) and b.input_shape == (3, 8, 8) and y == g == 0
+    assert b.train.loader.name(0).endswith(os.path.join("train", "bird", "000.png"))
+
+
+def test_val_is_a_stratified_seeded_cut_of_train_when_absent(tmp_path):
+    root = make_folder(tmp_path / "d", val=False)
+    a, b, c = build(root, data_seed=1), build(root, data_seed=1), build(root, data_seed=2)
+    n = np.array([30, 10, 20])
+    val = np.round(n * VAL_FRACTION).astype(int)
+    assert a.class_counts("val").tolist() == val.tolist() and a.class_counts("train").tolist() == (n - val).tolist()
+    names = [a.val.loader.name(i) for i in range(len(a.val))]
+    assert names == [b.val.loader.name(i) for i in range(len(b.val))]  # same seed, same cut
+    assert names != [c.val.loader.name(i) for i in range(len(c.val))]  # another seed, another cut
+    assert all(os.sep + "train" + os.sep in p for p in names)
+    assert not set(names) & {a.train.loader.name(i) for i in range(len(a.train))}
+
+
+def test_hidden_files_and_folders_are_skipped(tmp_path):
+    root = make_folder(tmp_path / "d")
+    (root / "train" / "cat" / ".DS_Store").write_bytes(b"\0junk")
+    write_image(root / "train" / "cat" / ".ipynb_checkpoints" / "x.png")
+    write_image(root / "train" / ".hidden_class" / "x.png")
+    write_image(root / "train" / "cat" / "nested" / "deep.png")  # files at any depth count
+    b = build(root)
+    assert b.grouping.class_names == ("bird", "cat", "dog")
+    assert b.class_counts("train").tolist() == [30, 11, 20]
+
+
+@pytest.mark.parametrize("case", ["empty_class", "only_in_test", "not_an_image", "no_test", "group_by_no_csv"])
+def test_bad_layouts_are_one_line_naming_the_place(tmp_path, case):
+    root = make_folder(tmp_path / "d")
+    kw = {}
+    if case == "empty_class":
+        (root / "train" / "fish").mkdir()
+        expect = [os.path.join("train", "fish"), "empty class folder"]
+    elif case == "only_in_test":
+        write_image(root / "test" / "zebra" / "0.png")
+        expect = [os.path.join("test", "zebra"), "'zebra' appears in test but not in train"]
+    elif case == "not_an_image":
+        (root / "val" / "cat" / "notes.txt").write_text("hi")
+        expect = ["notes.txt", "not an image file"]
+    elif case == "no_test":
+        for p in sorted((root / "test").rglob("*"), reverse=True):
+            p.rmdir() if p.is_dir() else p.unlink()
+        (root / "test").rmdir()
+        expect = [str(root / "test"), "not found"]
+    else:
+        kw, expect = {"group_by": ["site"]}, ["groups.csv", "not found", "`data.group_by`"]
+    with pytest.raises(DataError) as e:
+        build(root, **kw)
+    assert "\n" not in str(e.value)
+    for fragment in expect:
+        assert fragment in str(e.value)
+
+
+def test_a_file_that_does_not_decode_is_named(tmp_path):
+    root = make_folder(tmp_path / "d")
+    bad = root / "train" / "cat" / "005.jpg"
+    bad.write_bytes(b"not a jpeg at all")
+    b = build(root)
+    i = next(i for i in range(len(b.train)) if b.train.loader.name(i) == str(bad))
+    with pytest.raises(DataError, match=re.escape("005.jpg: cannot decode image")):
+        b.train[i]
+
+
+def test_groups_from_csv_with_group_by(tmp_path):
+    root = make_folder(tmp_path / "d", train={"cat": 2, "dog": 2}, n_eval=1)
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*.*"))
+    rows = [[f, "A" if f.endswith(".png") else "B"] for f in files]
+    write_csv(root / "groups.csv", ["file", "site"], rows)
+    b = build(root, group_by=["site"])
+    assert b.grouping.group_names == ("cat_site=A", "cat_site=B", "dog_site=A", "dog_site=B")
+    assert b.group_counts("train").tolist() == [1, 1, 1, 1]  # 000.png (A) and 001.jpg (B) per class
+    write_csv(root / "groups.csv", ["file", "site"], rows[1:])
+    with pytest.raises(DataError, match=re.escape(f"groups.csv: no row for image '{files[0]}'")):
+        build(root, group_by=["site"])
+    write_csv(root / "groups.csv", ["file", "site"], [*rows, ["train/cat/gone.png", "A"]])
+    gone = "groups.csv: line 10, column 'file': 'train/cat/gone.png' is not an image"
+    with pytest.raises(DataError, match=re.escape(gone)):
+        build(root, group_by=["site"])
+
+
+def test_imbalance_ratio_keeps_the_long_tail_profile(tmp_path):
+    root = make_folder(tmp_path / "d", train={"a": 40, "b": 40, "c": 40, "d": 30})
+    full = build(root)
+    lt = build(root, imbalance_ratio=10)
+    # n_max = 40; class k keeps floor(40 * 10^(-k/3)): 40, 18, 8, 4
+    assert long_tail_counts(40, 4, 10).tolist() == [40, 18, 8, 4]
+    assert lt.class_counts("train").tolist() == [40, 18, 8, 4]
+    assert lt.class_counts("val").tolist() == full.class_counts("val").tolist()  # evaluation untouched
+    assert lt.class_counts("test").tolist() == full.class_counts("test").tolist()
+    kept = [lt.train.loader.name(i) for i in range(len(lt.train))]
+    again = build(root, imbalance_ratio=10)
+    assert kept == [again.train.loader.name(i) for i in range(len(again.train))]  # fixed for a seed
+    other = build(root, imbalance_ratio=10, data_seed=3)
+    assert kept != [other.train.loader.name(i) for i in range(len(other.train))]  # seeded choice
+    assert other.train.fingerprint() != lt.train.fingerprint()  # same labels, other images: another cache key
+    assert set(kept) <= {full.train.loader.name(i) for i in range(len(full.train))}
+    assert lt.train.fingerprint() != full.train.fingerprint()
+
+
+def test_imbalance_ratio_applies_to_in_memory_datasets_and_warns_on_short_classes(tmp_path):
+    b = load_dataset(DataConfig(dataset="scanner-digits", imbalance_ratio=4))
+    counts = b.class_counts("train").tolist()
+    base = load_dataset(DataConfig(dataset="scanner-digits")).class_counts("train")
+    expected = long_tail_counts(int(base.max()), 10, 4.0)
+    assert counts == np.minimum(expected, base.numpy()).tolist()
+    short = [k for k in range(10) if base[k] < expected[k]]
+    assert len([w for w in b.warnings if "fewer than" in w]) == len(short)
+    assert b.train.inputs.shape[0] == sum(counts)
+
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def test_inspect_shows_long_tailed_counts_through_the_cli(tmp_path):
+    root = make_folder(tmp_path / "d", train={"a": 40, "b": 40, "c": 40, "d": 30})
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    args = ["data", "inspect", "--dataset", "imagefolder", "--root", str(root), "--imbalance-ratio", "10", "--json"]
+    r = subprocess.run([sys.executable, "-m", "groupdistil", *args], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["splits"]["train"] == {"a": 40, "b": 18, "c": 8, "d": 4}
+    (root / "train" / "e").mkdir()
+    r = subprocess.run([sys.executable, "-m", "groupdistil", *args], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "empty class folder" in r.stderr
+
+
+def test_one_epoch_train_on_an_imagefolder(tmp_path, capsys):
+    root = make_folder(tmp_path / "d", val=False)
+    out = tmp_path / "run"
+    args = ["train", "--dataset", "imagefolder", "--root", str(root), "--image-size", "8", "--model", "cnn-small",
+            "--epochs", "1", "--imbalance-ratio", "3", "--quiet", "--out", str(out)]
+    assert run_app(args) == 0, capsys.readouterr().err
+    final = json.loads((out / "final.json").read_text())
+    assert final["splits"]["test"]["n"] == 6
+    assert set(final["splits"]["test"]["class_acc"]) == {"bird", "cat", "dog"}

@@ -1,6 +1,7 @@
 """The benchmark runner works and records ratios (no timing thresholds here: they live in benchmarks/)."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -56,7 +57,9 @@ def test_gpu_check_script_runs_on_the_cpu(tmp_path):
                 "groupdistil_online_img_s", "online_over_cached", "groupdistil_over_kd"):
         assert row[key] > 0, key
     steady, fixed, teacher = json.loads((tmp_path / "steady.json").read_text())["results"]
-    assert steady["more_epoch_over_bare"] > 0 and steady["bare_epoch_s"] > 0
+    # "One more epoch" is a difference of two runs' wall times: its sign is noise on a loaded machine.
+    assert math.isfinite(steady["more_epoch_over_bare"]) and steady["bare_epoch_s"] > 0
+    assert steady["logged_epoch_s"] > 0
     assert sum(v for k, v in steady.items() if k.endswith("_share")) == pytest.approx(1, abs=0.01)
     assert fixed["fixed_s"] == pytest.approx(fixed["one_epoch_run_s"] - fixed["bare_first_epoch_s"])
     assert teacher["teacher_images_per_s"] > 0

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import write_csv, write_image
 from groupdistil.cli.app import run_app
@@ -103,7 +104,13 @@ def test_bad_layouts_are_one_line_naming_the_place(tmp_path, case):
 def test_a_file_that_does_not_decode_is_named(tmp_path):
     root = make_folder(tmp_path / "d")
     bad = root / "train" / "cat" / "005.jpg"
-    bad.write_bytes(b"not a jpeg at all")
+    bad.write_bytes(b"not a jpeg at all")  # refused when the dataset is loaded (its header)
+    with pytest.raises(DataError, match=re.escape("005.jpg: not an image file")):
+        build(root)
+    noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(bad, quality=95)  # enough pixel data that a cut leaves the header whole
+    good = bad.read_bytes()
+    bad.write_bytes(good[: int(len(good) * 0.7)])  # a good header, a cut body: named when it is decoded
     b = build(root)
     i = next(i for i in range(len(b.train)) if b.train.loader.name(i) == str(bad))
     with pytest.raises(DataError, match=re.escape("005.jpg: cannot decode image")):

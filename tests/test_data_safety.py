@@ -158,7 +158,8 @@ def test_a_body_that_fails_to_decode_mid_run_is_one_line_and_the_run_resumes(tmp
     bad.write_bytes(good[: int(len(good) * 0.7)])
     check_image_header(str(bad))  # passes: only decoding finds it
     r = cli(*train, "--resume")
-    err = r.stderr.strip()
+    warning, _, err = r.stderr.strip().partition("\n")  # first: the killed run's lock, taken over
+    assert warning.startswith("warning: the lock of ") and warning.endswith("taking it over"), r.stderr
     assert r.returncode == 2, r.stderr
     assert err.count("\n") == 0 and err.startswith(f"error: {bad}: cannot decode image (image file is truncated"), err
     assert load_checkpoint(out / "checkpoints/last.pt")["epoch"] == 0  # the last finished epoch is intact

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import torch
@@ -56,14 +56,9 @@ class EpochClock:
             torch.cuda.synchronize(self.device)  # the queued steps belong to train_steps
             self.seconds["train_steps"] += time.perf_counter() - t
 
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
+    def phase(self, name: str) -> AbstractContextManager[None]:
         """Add the time spent in the ``with`` block to phase ``name`` (one of :data:`PHASES`)."""
-        t = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] += time.perf_counter() - t
+        return _timed(self.seconds, name)
 
     def record(self) -> dict[str, Any]:
         """The epoch so far: ``wall_s``, ``images``, ``images_per_s`` (over the step loop: steps and
@@ -95,13 +90,9 @@ class RunClock:
         self.seconds: dict[str, float] = {}
         self.teacher_images = 0  # images the teacher's pass over the training set computed (cache misses)
 
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        t = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
+    def phase(self, name: str) -> AbstractContextManager[None]:
+        """Add the time spent in the ``with`` block to start-up phase ``name``."""
+        return _timed(self.seconds, name)
 
     def record(self, first_batch_s: float | None) -> dict[str, Any]:
         """final.json's ``time``: ``wall_s`` so far; ``data_index_s``, ``model_build_s``,
@@ -121,3 +112,13 @@ class RunClock:
             "first_batch_s": None if first_batch_s is None else _digits(first_batch_s),
             "fit_s": _digits(s.get("fit", 0.0)),
         }
+
+
+@contextmanager
+def _timed(seconds: dict[str, float], name: str) -> Iterator[None]:
+    """Add the wall time of the ``with`` block to ``seconds[name]``."""
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t

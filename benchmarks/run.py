@@ -34,6 +34,9 @@ import bench_steady
 import bench_train_step
 from timing import interleaved
 
+#: The profile and history of every figure, which each perf.md links to.
+NOTES = Path(__file__).resolve().parent / "results" / "perf-notes.md"
+
 BENCHES = {"objectives": bench_objectives, "train_step": bench_train_step, "cache": bench_cache, "e2e": bench_e2e,
            "ddp": bench_ddp, "layout": bench_layout, "paper_scale": bench_paper_scale, "load": bench_load,
            "steady": bench_steady, "gpu": bench_gpu}
@@ -69,13 +72,15 @@ def _verdict(row: dict[str, Any]) -> str:
     return "pass" if all(r <= target for r in ratios) else "MISS"
 
 
-def markdown(results: dict[str, list[dict[str, Any]]], info: dict[str, Any], command: str) -> str:
+def markdown(results: dict[str, list[dict[str, Any]]], info: dict[str, Any], command: str,
+             notes: str = "perf-notes.md") -> str:
+    """perf.md's text; ``notes`` is the link to perf-notes.md from the folder it is written to."""
     lines = ["# Performance", "", f"Command: `{command}`", "",
              "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), "",
              "Every ratio is a ratio of medians of interleaved repeats measured in this one run "
              "(lower is cheaper); absolute times are for orientation only. What each figure means, "
              "what was profiled and fixed (before and after), and what is left: "
-             "[perf-notes.md](perf-notes.md).", ""]
+             f"[perf-notes.md]({notes}).", ""]
     for name, rows in results.items():
         keys = list(dict.fromkeys(k for r in rows for k in r))
         lines += [f"## {name}", "", "| " + " | ".join([*keys, "verdict"]) + " |",
@@ -113,8 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "perf.json").write_text(json.dumps({"machine": info, "command": command, "results": results},
                                                    indent=2) + "\n")
-    (args.out / "perf.md").write_text(markdown(results, info, command) + "\n")
-    print(markdown(results, info, command))
+    notes = Path(os.path.relpath(NOTES, args.out.resolve())).as_posix()
+    text = markdown(results, info, command, notes)
+    (args.out / "perf.md").write_text(text + "\n")
+    print(text)
     return 0
 
 

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,13 @@ def test_quick_objective_benchmark_writes_ratios(tmp_path):
         assert row[f"{term}_over_kd"] > 0 and row["target"] == {"dkd": 1.3, "ltkd": 1.5, "ltkd_shuffled": 1.5}[term]
     assert data["machine"]["cores"] >= 1
     assert data["machine"]["threads"] == 1 and "--threads 1" in data["command"]
-    assert "| case |" in (tmp_path / "perf.md").read_text()
+    text = (tmp_path / "perf.md").read_text()
+    assert "| case |" in text
+    link = re.search(r"\[perf-notes\.md\]\(([^)]+)\)", text)
+    assert link is not None and (tmp_path / link.group(1)).resolve() == ROOT / "benchmarks/results/perf-notes.md"
+    for written in (ROOT / "benchmarks/results").glob("*/perf.md"):  # the committed ones link to it too
+        notes = re.search(r"\[perf-notes\.md\]\(([^)]+)\)", written.read_text())
+        assert notes is None or (written.parent / notes.group(1)).is_file(), written
 
 
 def _gpu_check(out, budgets):

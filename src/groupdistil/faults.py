@@ -82,7 +82,10 @@ def _pause(name: str) -> None:
     os.set_blocking(w, False)
     before = signal.set_wakeup_fd(w)
     try:
-        print(f"paused at {name}", file=sys.stderr, flush=True)
+        # One write, line break included: ranks that pause together share a pipe, and print's two
+        # writes could interleave their lines ("paused at Xpaused at X").
+        sys.stderr.write(f"paused at {name}\n")
+        sys.stderr.flush()
         os.read(r, 1)
     finally:
         signal.set_wakeup_fd(before)

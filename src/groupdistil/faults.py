@@ -34,12 +34,12 @@ from groupdistil.parallel import distributed
 
 ENV = "GROUPDISTIL_KILL_AT"
 _seen: Counter[str] = Counter()
-#: What a ``step:`` kill waits for first (the background checkpoint writer's join).
+#: What a ``step:`` kill or pause waits for first (the background checkpoint writer's join).
 _settle: list[Callable[[], None]] = []
 
 
-def settle_before_step_kill(wait: Callable[[], None], active: bool) -> None:
-    """Register (``active``) or drop ``wait``: called before a ``step:`` kill."""
+def settle_before_step_point(wait: Callable[[], None], active: bool) -> None:
+    """Register (``active``) or drop ``wait``: called before a ``step:`` kill or pause."""
     if active and wait not in _settle:
         _settle.append(wait)
     elif not active and wait in _settle:
@@ -58,10 +58,12 @@ def point(name: str) -> None:
     if name.startswith("replace:"):
         _seen[name] += 1
         name = f"{name}:{_seen[name]}"
+    if name in (target, pause) and name.startswith("step:"):
+        # A step point sees the checkpoint in flight on disk: what a kill leaves, and what a test
+        # compares while the run waits, do not depend on how fast the background write was.
+        for wait in list(_settle):
+            wait()
     if name == target:
-        if name.startswith("step:"):
-            for wait in list(_settle):
-                wait()
         os.kill(os.getpid(), signal.SIGKILL)
     if name == pause:
         _pause(name)

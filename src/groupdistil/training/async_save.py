@@ -60,7 +60,7 @@ class CheckpointWriter:
         # Not a daemon: an interpreter that exits still finishes the write it started.
         self._thread = threading.Thread(target=work, name="groupdistil-checkpoint")
         self._thread.start()
-        faults.settle_before_step_kill(self._join, True)
+        faults.settle_before_step_point(self._join, True)
 
     def _join(self) -> None:
         if self._thread is not None:
@@ -71,7 +71,7 @@ class CheckpointWriter:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-            faults.settle_before_step_kill(self._join, False)
+            faults.settle_before_step_point(self._join, False)
         if self._error is not None:
             error, self._error = self._error, None
             raise error

@@ -33,7 +33,12 @@ def cli(*args: str, kill_at: str | None = None, nan_at: str | None = None) -> su
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("crash")
+    return teacher_and_full_run(tmp_path_factory.mktemp("crash"))
+
+
+def teacher_and_full_run(root: Path) -> tuple[Path, list[str]]:
+    """A 1-epoch teacher and the uninterrupted 3-epoch GroupDistil student (``root/full``) that the
+    interrupted runs are compared with; (root, the student's arguments without --out)."""
     teacher = root / "teacher"
     r = cli("train", "--dataset", "spurious-digits", "--model", "mlp-small", "--epochs", "1", "--quiet",
             "--out", str(teacher))

@@ -14,7 +14,7 @@ import torch
 
 from groupdistil.checkpoint import load_checkpoint
 from groupdistil.training.preempt import EXIT_CODE
-from test_crash_safety import _measured_out, cli
+from test_crash_safety import _measured_out, cli, teacher_and_full_run
 from test_run_lock import paused_run
 
 pytestmark = pytest.mark.slow
@@ -23,17 +23,7 @@ STEPS_PER_EPOCH = -(-898 // 64)
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("preempt")
-    teacher = root / "teacher"
-    r = cli("train", "--dataset", "spurious-digits", "--model", "mlp-small", "--epochs", "1", "--quiet",
-            "--out", str(teacher))
-    assert r.returncode == 0, r.stderr
-    student = ["distill", "--dataset", "spurious-digits", "--model", "mlp-small", "--epochs", "3", "--quiet",
-               "--method", "groupdistil", "--step-size", "0.2", "--teacher", str(teacher / "checkpoints/best.pt"),
-               "--teacher-cache-dir", str(root / "cache")]
-    full = cli(*student, "--out", str(root / "full"))
-    assert full.returncode == 0, full.stderr
-    return root, student
+    return teacher_and_full_run(tmp_path_factory.mktemp("preempt"))
 
 
 def same_run(a: Path, b: Path) -> None:

@@ -190,3 +190,23 @@ def test_one_epoch_train_on_an_imagefolder(tmp_path, capsys):
     final = json.loads((out / "final.json").read_text())
     assert final["splits"]["test"]["n"] == 6
     assert set(final["splits"]["test"]["class_acc"]) == {"bird", "cat", "dog"}
+
+
+def test_a_symbolic_link_out_of_the_root_is_refused_unless_allowed(tmp_path):
+    root = make_folder(tmp_path / "d")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    write_image(outside / "x.png", value=10, size=(9, 7))
+    (root / "train" / "cat" / "link.png").symlink_to(outside / "x.png")  # a file link
+    with pytest.raises(DataError, match=r"link\.png: leaves .* through a symbolic link \(to .*x\.png\)"):
+        build(root)
+    (root / "train" / "cat" / "link.png").unlink()
+    (root / "train" / "dog" / "more").symlink_to(outside, target_is_directory=True)  # a folder link
+    with pytest.raises(DataError, match=r"more/x\.png: leaves .* through a symbolic link"):
+        build(root)
+    b = build(root, allow_outside_root=True)
+    assert b.class_counts("train").tolist() == [30, 10, 21]
+    inside = root / "train" / "bird" / "alias.png"
+    inside.symlink_to(root / "train" / "bird" / "000.png")  # a link that stays inside is fine
+    (root / "train" / "dog" / "more").unlink()
+    assert build(root).class_counts("train").tolist() == [31, 10, 20]

@@ -362,6 +362,19 @@ def resolve_paths(
     return np.asarray(out, dtype=str)
 
 
+def refuse_links_out(paths: list[str], folder: Path) -> None:
+    """Refuse, in one DataError naming it, a file below ``folder`` that a symbolic link (the file, or a
+    folder on its way) takes outside ``folder``: the check :func:`resolve_paths` makes of a table's
+    paths, for readers that list the folder instead (each folder looked at once)."""
+    base = os.path.abspath(folder)
+    real = _RealFolder(base)
+    for p in paths:
+        target = real.outside(os.path.abspath(p))
+        if target is not None:
+            raise DataError(f"{p}: leaves {base} through a symbolic link (to {target}); expected a file inside "
+                            "it (set `data.allow_outside_root` to permit)")
+
+
 class _RealFolder:
     """Whether paths, with their symbolic links followed, stay inside a folder.
 

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from groupdistil.data._bundle import make_bundle, parts_by_split
-from groupdistil.data._io import Table, file_stamp, read_delimited, require_dir
+from groupdistil.data._io import Table, file_stamp, read_delimited, refuse_links_out, require_dir
 from groupdistil.data._splits import stratified_split
 from groupdistil.data.base import SPLITS, DatasetBundle
 from groupdistil.data.images import ImageFiles, image_pipeline
@@ -151,6 +151,8 @@ def build_imagefolder(config: DataConfig) -> DatasetBundle:
     """Read ``config.root`` in the layout of the module docstring."""
     root = require_dir(Path(config.root), "image folder")  # type: ignore[arg-type]
     names, paths, split, y = scan(root)
+    if not config.allow_outside_root:  # os.walk follows links: where they lead must stay inside the root
+        refuse_links_out(paths, root)
     has_val = (split == 1).any()
     if not has_val:
         split = cut_val(split, y, config.data_seed)

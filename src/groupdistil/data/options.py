@@ -37,7 +37,8 @@ class DataConfig(BaseModel):
     image_size: int | None = Field(None, gt=0, le=MAX_IMAGE_SIZE,
                                    description="image datasets: side length after resize")
     augment: bool = Field(False, description="random crop and flip on the training split")
-    allow_outside_root: bool = Field(False, description="manifest: allow paths outside its folder")
+    allow_outside_root: bool = Field(
+        False, description="manifest, imagefolder: allow paths (or symbolic links) that lead outside the data folder")
     train_groups: Literal["labels", "teacher-errors", "teacher-clusters", "none"] = Field(
         "labels", description="training groups: the data's labels, or inferred from the teacher "
         "(or --group-reference): its errors or k-means clusters within each class; none: one group")

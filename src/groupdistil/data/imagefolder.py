@@ -25,7 +25,7 @@ from groupdistil.data._io import Table, file_stamp, read_delimited, refuse_links
 from groupdistil.data._splits import stratified_split
 from groupdistil.data.base import SPLITS, DatasetBundle
 from groupdistil.data.images import ImageFiles, image_pipeline
-from groupdistil.data.manifest import _grouping as manifest_grouping
+from groupdistil.data.manifest import table_grouping
 from groupdistil.data.options import DataConfig
 from groupdistil.data.registry import DATASETS, DatasetSpec
 from groupdistil.errors import DataError
@@ -143,7 +143,7 @@ def _grouping(root: Path, config: DataConfig, paths: list[str], y: np.ndarray,
             raise DataError(f"{root / GROUPS_FILE}: not found; `data.group_by` reads its attribute columns")
         grouping = Grouping.classes(names)
         return grouping, grouping.group_ids(torch.from_numpy(y)), []
-    grouping, g = manifest_grouping(table, config, y, names)
+    grouping, g = table_grouping(table, config, y, names)
     return grouping, g, file_stamp(table.path)
 
 

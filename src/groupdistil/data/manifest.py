@@ -62,7 +62,7 @@ def _check_train_labels(table: Table, y: np.ndarray, split: np.ndarray, names: S
         )
 
 
-def _grouping(
+def table_grouping(
     table: Table, config: DataConfig, y: np.ndarray, class_names: tuple[str, ...]
 ) -> tuple[Grouping, torch.Tensor]:
     y_t = torch.from_numpy(y)
@@ -128,7 +128,7 @@ def build_manifest(config: DataConfig) -> DatasetBundle:
     split = table.mapped("split", SPLIT_CODES)
     y, class_names = encode(table, "label")
     _check_train_labels(table, y, split, class_names)
-    grouping, g = _grouping(table, config, y, class_names)
+    grouping, g = table_grouping(table, config, y, class_names)
     identity = {"files": file_stamp(path), "group_by": config.group_by, "features": config.features}
     if table.has("path") and not config.features:
         size = config.image_size or DEFAULT_SIZE

@@ -7,6 +7,7 @@
     python benchmarks/experiments/study.py calibrate digits-lt      # robust students from calibrated teachers
     python benchmarks/experiments/study.py nolabels spurious-digits # training group labels withheld
     python benchmarks/experiments/study.py real-lt /path/to/cifar10  # class-robust study, CIFAR-10-LT images
+    python benchmarks/experiments/study.py real-lt10 /path/to/cifar10  # its grid at imbalance 10
 
 Runs go under runs/bench/<dataset>/ (resumable: finished runs are skipped), then
 `groupdistil report` writes benchmarks/results/<dataset>/. Every method gets the same budget
@@ -197,33 +198,86 @@ REAL_STUDENTS: tuple[tuple[str, dict[str, Any]], ...] = (
 )
 
 
+def real_cfg(images: str, root: Path, name: str, role: str, method: str, teacher: str | None = None,
+             data: dict[str, Any] | None = None, **objective: Any) -> dict[str, Any]:
+    """One run of the real-image study: REAL_DATA on the image folder ``images`` (plus ``data``) with
+    REAL_BUDGET."""
+    raw = config("imagefolder", root, name, role, method, teacher, data={**REAL_DATA, "root": images, **(data or {})},
+                 **objective)
+    return {**raw, **REAL_BUDGET}
+
+
+def at_imbalance(plan: list[dict[str, Any]], ratio: float) -> list[dict[str, Any]]:
+    """The same runs on the long-tailed view of imbalance ``ratio`` instead of REAL_DATA's 100."""
+    return [{**raw, "data": {**raw["data"], "imbalance_ratio": ratio}} for raw in plan]
+
+
 def real_lt_study(images: str, root: Path, students: int = len(REAL_STUDENTS)) -> list[dict[str, Any]]:
     """Teachers ERM, balanced and robust, and from each the first ``students`` of REAL_STUDENTS,
     on the imagefolder at ``images`` (CIFAR-10's layout) with REAL_DATA and REAL_BUDGET."""
-    data = {**REAL_DATA, "root": images}
-
-    def cfg(name: str, role: str, method: str, teacher: str | None = None, **objective: Any) -> dict[str, Any]:
-        raw = config("imagefolder", root, name, role, method, teacher, data=data, **objective)
-        return {**raw, **REAL_BUDGET}
-
     # K = 8 gives 44 validation updates of lambda in 4 epochs of 88 steps, as K = 4 gives ~30 on digits-lt.
-    runs = [cfg("teacher-erm", "teacher", "erm"), cfg("teacher-balanced", "teacher", "balanced"),
-            cfg("teacher-robust", "teacher", "robust-teacher", validation_every=8)]
+    runs = [real_cfg(images, root, "teacher-erm", "teacher", "erm"),
+            real_cfg(images, root, "teacher-balanced", "teacher", "balanced"),
+            real_cfg(images, root, "teacher-robust", "teacher", "robust-teacher", validation_every=8)]
     for mode, objective in REAL_STUDENTS[:students]:
         for short in ("erm", "balanced", "robust"):
             # Named as the digits-lt study names them: tradeoff<-erm-beta=0.5.
             name = f"tradeoff<-{short}-beta={objective['beta']}" if "beta" in objective else f"{mode}<-{short}"
-            runs.append(cfg(name, "student", "class-robust-kd", f"teacher-{short}", **objective, **KD_LT))
+            runs.append(real_cfg(images, root, name, "student", "class-robust-kd", f"teacher-{short}",
+                                 **objective, **KD_LT))
     return runs
 
 
+#: The training lengths of the length ablation (REAL_BUDGET's 4 epochs is the grid's).
+REAL_LONG_EPOCHS = (8, 16)
+
+
 def real_lt_ablation(images: str, root: Path) -> list[dict[str, Any]]:
-    """The standard and robust students from the ERM teacher at T = 1 instead of 2: a sharper teacher
-    charges less soft class membership to the tail classes, the suspected cause of the robust
-    student's collapse (benchmarks/results/cifar10-lt/README.md)."""
+    """Two ablations of the robust student's collapse at T = 2 (benchmarks/results/cifar10-lt/README.md),
+    each changing one thing in the grid's standard and robust students:
+
+    - temperature: T = 1 instead of 2, from every teacher (a sharper teacher charges less soft class
+      membership to the tail classes, the suspected cause);
+    - training length: REAL_LONG_EPOCHS instead of 4, from the ERM teacher at T = 2 (on digits-lt the
+      robust student from the ERM teacher collapsed at 10 epochs and not at 20)."""
     base = {r["name"]: r for r in real_lt_study(images, root, 2)}
-    return [{**base[f"{mode}<-erm"], "name": f"{mode}<-erm-T=1",
-             "objective": {**base[f"{mode}<-erm"]["objective"], "temperature": 1.0}} for mode in ("robust", "standard")]
+    runs = [{**base[f"{mode}<-{short}"], "name": f"{mode}<-{short}-T=1",
+             "objective": {**base[f"{mode}<-{short}"]["objective"], "temperature": 1.0}}
+            for short in ("erm", "balanced", "robust") for mode in ("robust", "standard")]
+    for epochs in REAL_LONG_EPOCHS:
+        runs += [{**base[f"{mode}<-erm"], "name": f"{mode}<-erm-epochs={epochs}",
+                  "train": {**base[f"{mode}<-erm"]["train"], "epochs": epochs}} for mode in ("robust", "standard")]
+    return runs
+
+
+#: DKD's warm-up in the 4-epoch budget: 1 epoch (our choice; DKD warms up over 20 of 240 CIFAR epochs).
+REAL_DKD_WARMUP = 1
+
+
+def real_lt_students(images: str, root: Path) -> list[dict[str, Any]]:
+    """Students from the ERM teacher at the grid's T = 2 beside the class-robust ones:
+
+    - issue 21, item 4: plain KD, and GroupDistil (eta 0.01) on the true groups (the classes) and on
+      label-free groups: the ERM teacher's errors, and 2 k-means clusters of its features per class;
+    - issue 22: DKD and LTKD, plain (``ce + term``) and under the two robust aggregations
+      (class-robust-kd's robust mode and GroupDistil over the classes); the robust aggregations over
+      KD are ``robust<-erm`` and ``groupdistil<-erm``."""
+    teacher, kd = "teacher-erm", {"alpha": KD["alpha"], "temperature": KD_LT["temperature"]}
+    eta = {"step_size": 0.01}
+
+    def run(name: str, method: str, data: dict[str, Any] | None = None, **objective: Any) -> dict[str, Any]:
+        return real_cfg(images, root, name, "student", method, teacher, data=data, **objective)
+
+    runs = [run("kd<-erm", "kd", **kd), run("groupdistil<-erm", "groupdistil", **kd, **eta),
+            run("groupdistil-errors<-erm", "groupdistil", {"train_groups": "teacher-errors"}, **kd, **eta),
+            run("groupdistil-clusters2<-erm", "groupdistil", {"train_groups": "teacher-clusters", "clusters": 2},
+                **kd, **eta)]
+    for term in ("dkd", "ltkd"):
+        options = {"dkd_warmup": REAL_DKD_WARMUP} if term == "dkd" else {}
+        runs += [run(f"{term}<-erm", term, temperature=KD_LT["temperature"], **options),
+                 run(f"class-robust-kd+{term}<-erm", "class-robust-kd", mode="robust", kd_term=term, **kd, **options),
+                 run(f"groupdistil+{term}<-erm", "groupdistil", kd_term=term, **kd, **eta, **options)]
+    return runs
 
 
 STUDIES = {"groups": groups_study, "classes": classes_study, "ablation": ablation_study,
@@ -234,11 +288,15 @@ def main(kind: str, dataset: str, jobs: int = 2, students: int = len(REAL_STUDEN
     """``dataset``: a built-in dataset's name, or for ``real-lt`` the CIFAR-10 image folder (and
     ``students``: how many of REAL_STUDENTS to train from each teacher)."""
     suffix = "" if kind in ("groups", "classes") else f"-{kind}"
-    seeds = REAL_SEEDS if kind == "real-lt" else SEEDS
+    seeds = REAL_SEEDS if kind.startswith("real-lt") else SEEDS
     if kind == "real-lt":
-        plan = real_lt_study(dataset, Path("runs/bench/cifar10-lt"), students)
-        plan += real_lt_ablation(dataset, Path("runs/bench/cifar10-lt"))
+        root = Path("runs/bench/cifar10-lt")
+        plan = real_lt_study(dataset, root, students) + real_lt_ablation(dataset, root)
+        plan += real_lt_students(dataset, root)
         dataset, suffix = "cifar10-lt", ""
+    elif kind == "real-lt10":  # the grid alone at imbalance 10
+        plan = at_imbalance(real_lt_study(dataset, Path("runs/bench/cifar10-lt10"), students), 10.0)
+        dataset, suffix = "cifar10-lt10", ""
     else:
         plan = STUDIES[kind](dataset, Path("runs/bench") / f"{dataset}{suffix}")
     root = Path("runs/bench") / f"{dataset}{suffix}"

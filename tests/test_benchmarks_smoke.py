@@ -164,9 +164,35 @@ def test_real_images_study_plans_valid_runs(tmp_path):
     cut = [raw["name"] for raw in study.real_lt_study(images, tmp_path / "runs", students=2)]
     assert cut[3:] == ["standard<-erm", "standard<-balanced", "standard<-robust", "robust<-erm", "robust<-balanced",
                        "robust<-robust"]
-    ablation = study.real_lt_ablation(images, tmp_path / "runs")
-    assert [raw["name"] for raw in ablation] == ["robust<-erm-T=1", "standard<-erm-T=1"]
-    one = expand(ablation[0], 1, {}, "x")[0].config
-    assert one.objective.temperature == 1.0 and one.objective.mode == "robust"
-    assert one.model_dump(exclude={"objective", "name", "out"}) == runs["robust<-erm"][0].config.model_dump(
-        exclude={"objective", "name", "out"})
+    # Each ablation run changes one thing in its grid run: the temperature, or the training length.
+    ablation = {raw["name"]: expand(raw, 1, {}, "x")[0].config
+                for raw in study.real_lt_ablation(images, tmp_path / "runs")}
+    assert len(ablation) == 6 + 2 * len(study.REAL_LONG_EPOCHS)
+    for name, cfg in ablation.items():
+        grid = runs[name.split("-T=")[0].split("-epochs=")[0]][0].config
+        changed = "objective" if "-T=" in name else "train"
+        assert cfg.model_dump(exclude={changed, "name", "out"}) == grid.model_dump(exclude={changed, "name", "out"})
+        assert getattr(cfg, changed) != getattr(grid, changed)
+    assert ablation["robust<-balanced-T=1"].objective.temperature == 1.0
+    assert ablation["robust<-balanced-T=1"].objective.mode == "robust"
+    assert ablation["standard<-erm-epochs=16"].train.epochs == 16
+
+    # Label-free groups and the KD terms: students of the ERM teacher at the grid's data, budget and T.
+    students = {raw["name"]: expand(raw, 3, {}, raw["name"])[1].config
+                for raw in study.real_lt_students(images, tmp_path / "runs")}
+    assert students["groupdistil-errors<-erm"].data.train_groups == "teacher-errors"
+    assert students["groupdistil-clusters2<-erm"].data.clusters == 2
+    assert students["groupdistil<-erm"].data.train_groups == "labels"
+    robust_ltkd = students["class-robust-kd+ltkd<-erm"].objective
+    assert (robust_ltkd.mode, robust_ltkd.kd_term) == ("robust", "ltkd")
+    assert students["groupdistil+dkd<-erm"].objective.dkd_warmup == study.REAL_DKD_WARMUP
+    assert students["dkd<-erm"].objective.method == "dkd"
+    for cfg in students.values():
+        assert cfg.teacher.checkpoints == [tmp_path / "runs" / "teacher-erm" / "seed1" / "checkpoints" / "best.pt"]
+        assert cfg.data.model_dump(exclude={"train_groups", "clusters"}) == student.data.model_dump(
+            exclude={"train_groups", "clusters"})
+        assert cfg.train.epochs == study.REAL_BUDGET["train"]["epochs"] and cfg.objective.temperature == 2.0
+
+    # Imbalance 10: the same grid on another long-tailed view.
+    ten = [expand(raw, 1, {}, "x")[0].config for raw in study.at_imbalance(study.real_lt_study(images, tmp_path), 10.0)]
+    assert {cfg.data.imbalance_ratio for cfg in ten} == {10.0} and len(ten) == len(plan)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import write_csv, write_image
@@ -210,3 +211,45 @@ def test_a_symbolic_link_out_of_the_root_is_refused_unless_allowed(tmp_path):
     inside.symlink_to(root / "train" / "bird" / "000.png")  # a link that stays inside is fine
     (root / "train" / "dog" / "more").unlink()
     assert build(root).class_counts("train").tolist() == [31, 10, 20]
+
+
+def test_decoded_split_holds_the_same_inputs_once_decoded(tmp_path):
+    val = build(make_folder(tmp_path / "d")).splits["val"]
+    decoded = val.decoded(max_bytes=1 << 20)
+    assert decoded.inputs is not None and decoded.inputs.shape == (len(val), 3, 8, 8)
+    for i in range(len(val)):
+        x, y, g, j = decoded[i]
+        x0, y0, g0, j0 = val.without_augmentation()[i]
+        assert torch.equal(x, x0) and (y, g, j) == (y0, g0, j0)
+    # Over the budget (or in memory already) it stays the lazily decoding view.
+    assert val.decoded(max_bytes=len(val) * 3 * 8 * 8 * 4 - 1).inputs is None
+    assert decoded.decoded(max_bytes=0).inputs is decoded.inputs
+
+
+def test_validation_driven_weights_decode_the_validation_split_once(tmp_path, monkeypatch):
+    """A robust teacher draws a validation batch every K steps: its images are decoded at the first
+    draw only, and lambda follows the same trajectory as when every draw decodes them."""
+    from groupdistil.data.images import ImageFiles
+    from groupdistil.training import trainer
+
+    root = make_folder(tmp_path / "d", n_eval=6)
+    decoded: list[str] = []
+    decode = ImageFiles.__call__
+    monkeypatch.setattr(ImageFiles, "__call__", lambda self, i: decoded.append(str(self.paths[i])) or decode(self, i))
+    weights = {}
+    for cap in (trainer.LAMBDA_VAL_MAX_BYTES, 0):
+        monkeypatch.setattr(trainer, "LAMBDA_VAL_MAX_BYTES", cap)
+        decoded.clear()
+        out = tmp_path / f"run-{cap}"
+        args = ["train", "--dataset", "imagefolder", "--root", str(root), "--image-size", "8", "--model", "cnn-small",
+                "--method", "robust-teacher", "--validation-every", "2", "--batch-size", "8", "--epochs", "2",
+                "--num-workers", "0", "--quiet", "--out", str(out)]
+        assert run_app(args) == 0
+        weights[cap] = (out / "group_weights.csv").read_text()
+        # 60 training images in batches of 8: 16 steps, a draw every 2. The two epochs' evaluations and
+        # the final one decode the 18 validation images 3 times; the size check before decoding once
+        # decodes one more image.
+        draws = sum(p.startswith(str(root / "val")) for p in decoded) - 3 * 18
+        assert draws == (18 if cap else 8 * 18) + 1, cap
+    assert weights[trainer.LAMBDA_VAL_MAX_BYTES] == weights[0]
+    assert len(weights[0].splitlines()) > 5  # lambda moved at many draws

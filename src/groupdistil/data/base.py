@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from groupdistil.errors import DataError
 from groupdistil.groups import Grouping
@@ -98,6 +98,23 @@ class GroupedDataset(Dataset):
         view.__dict__.update(self.__dict__)
         view.g = g.long()
         return view
+
+    def decoded(self, max_bytes: int, num_workers: int = 0) -> GroupedDataset:
+        """This split without augmentation, its inputs decoded and transformed once and held in memory
+        as an (N, ...) tensor, for a model that reads it again and again (validation-driven weights
+        draw a validation batch every K steps). Unchanged (the augmentation-free view) when the inputs
+        are in memory already or would take more than ``max_bytes``; ``num_workers`` decode."""
+        view = self.without_augmentation()
+        if self.inputs is not None or len(self) == 0:
+            return view
+        first = view[0][0]
+        if first.numel() * first.element_size() * len(self) > max_bytes:
+            return view
+        # Sequential and whole on every process (not eval_loader's per-rank shares): every rank draws
+        # the same validation batch, so that lambda stays the same on every rank.
+        batches = DataLoader(view, batch_size=256, shuffle=False, num_workers=num_workers)
+        inputs = torch.cat([x for x, *_ in batches])
+        return GroupedDataset(self.y, self.g, inputs=inputs, identity=self.identity)
 
     def counts(self, n: int, by: str = "group") -> torch.Tensor:
         """(n,) int64 counts per group (``by="group"``) or per class (``by="class"``)."""

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from groupdistil import faults
 from groupdistil.checkpoint import FitState
 from groupdistil.config import TrainConfig
-from groupdistil.data.base import DatasetBundle
+from groupdistil.data.base import DatasetBundle, GroupedDataset
 from groupdistil.errors import NumericalError
 from groupdistil.loaders import epoch_generator, train_loader
 from groupdistil.metrics import GroupMetrics, confidence_and_prediction
@@ -33,6 +33,10 @@ from groupdistil.teachers import Teacher
 from groupdistil.training.devices import autocast
 from groupdistil.training.evaluation import per_class_error
 from groupdistil.training.timing import EpochClock
+
+#: The most memory the decoded validation split of validation-driven weights may take (1 GiB: CIFAR's
+#: 10,000 images at 224 px in float32 would take 6 GB and are decoded per draw instead).
+LAMBDA_VAL_MAX_BYTES = 1 << 30
 
 
 class StepResult(NamedTuple):
@@ -90,6 +94,8 @@ class Trainer:
         self.after_batch: Callable[[int, Callable[[], GroupMetrics]], None] | None = None
         # The loss scale before the next step: the scaler lowers it exactly when it skips a step.
         self._scale = scaler.get_scale() if scaler.is_enabled() else 0.0
+        # The validation split that validation-driven weights read every K steps, decoded at the first.
+        self._lambda_val: GroupedDataset | None = None
 
     def _to_device(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         x, y, g, idx = batch
@@ -223,8 +229,12 @@ class Trainer:
         if k is None or self.state.step % k:
             return
         distributed.broadcast_buffers(self.net)  # the same model, hence the same lambda, on every rank
+        if self._lambda_val is None:
+            # Decoded once: a batch of 4096 images every K steps otherwise decodes more images than the
+            # steps between draws train on (robust teacher on CIFAR-10-LT at 16 px, K = 8, batch 128).
+            self._lambda_val = bundle.val.decoded(LAMBDA_VAL_MAX_BYTES, self.train.num_workers)
         err = per_class_error(
-            distributed.unwrap(self.net), bundle.val, bundle.n_classes,
+            distributed.unwrap(self.net), self._lambda_val, bundle.n_classes,
             generator=epoch_generator(self.train.seed, self.state.step), device=self.device,
         )
         self.objective.update_from_validation(err)

@@ -196,3 +196,33 @@ def test_real_images_study_plans_valid_runs(tmp_path):
     # Imbalance 10: the same grid on another long-tailed view.
     ten = [expand(raw, 1, {}, "x")[0].config for raw in study.at_imbalance(study.real_lt_study(images, tmp_path), 10.0)]
     assert {cfg.data.imbalance_ratio for cfg in ten} == {10.0} and len(ten) == len(plan)
+
+
+def test_defaults_study_changes_only_length_and_temperature(tmp_path):
+    import inspect
+
+    import groupdistil as gd
+    from groupdistil.app.sweep import expand
+    from groupdistil.config import TrainConfig
+
+    sys.path.insert(0, str(ROOT / "benchmarks" / "experiments"))
+    try:
+        import study
+    finally:
+        sys.path.pop(0)
+    plan = study.defaults_study("digits-lt", tmp_path)
+    runs = {raw["name"]: expand(raw, 1, {}, raw["name"])[0].config for raw in plan}
+    assert len(runs) == 1 + 2 * 3 * 2
+    # The default run is the library's: the config's default length, the objective's default T.
+    default = runs[f"robust<-erm-T=4-epochs={study.DEFAULT_EPOCHS}"]
+    assert default.train.epochs == TrainConfig().epochs
+    assert inspect.signature(gd.ClassRobustKD).parameters["temperature"].default == study.DEFAULT_TEMPERATURE
+    shared = {"data", "model", "optim"}
+    for name, cfg in runs.items():
+        if name == "teacher-erm":
+            continue
+        assert cfg.teacher.checkpoints == [tmp_path / "teacher-erm" / "seed0" / "checkpoints" / "best.pt"]
+        assert cfg.model_dump(include=shared) == default.model_dump(include=shared)
+        assert cfg.objective.model_dump(exclude={"temperature", "mode"}) == default.objective.model_dump(
+            exclude={"temperature", "mode"})
+    assert runs["standard<-erm-T=1-epochs=20"].train.epochs == 20

@@ -6,6 +6,7 @@
     python benchmarks/experiments/study.py ablation spurious-digits  # per-group averaging vs DRO, ensembles
     python benchmarks/experiments/study.py calibrate digits-lt      # robust students from calibrated teachers
     python benchmarks/experiments/study.py nolabels spurious-digits # training group labels withheld
+    python benchmarks/experiments/study.py defaults digits-lt       # class-robust student: length and T
     python benchmarks/experiments/study.py real-lt /path/to/cifar10  # class-robust study, CIFAR-10-LT images
     python benchmarks/experiments/study.py real-lt10 /path/to/cifar10  # its grid at imbalance 10
 
@@ -280,8 +281,28 @@ def real_lt_students(images: str, root: Path) -> list[dict[str, Any]]:
     return runs
 
 
+#: The library's default length (TrainConfig.epochs) and temperature (ClassRobustKD) beside the
+#: classes study's 20 epochs and T = 2, and T = 1.
+DEFAULT_EPOCHS, DEFAULT_TEMPERATURE = 10, 4.0
+
+
+def defaults_study(dataset: str, root: Path) -> list[dict[str, Any]]:
+    """Does a default run of the class-robust student collapse where a longer one works? The robust
+    and standard students from the ERM teacher (the classes study's), with nothing but the length
+    (10, the default, or 20 epochs) and the temperature (1, 2, or 4, the default) changed."""
+    runs = [config(dataset, root, "teacher-erm", "teacher", "erm")]
+    for epochs in (DEFAULT_EPOCHS, BUDGET["train"]["epochs"]):
+        for temperature in (1.0, KD_LT["temperature"], DEFAULT_TEMPERATURE):
+            for mode in ("robust", "standard"):
+                raw = config(dataset, root, f"{mode}<-erm-T={temperature:g}-epochs={epochs}", "student",
+                             "class-robust-kd", "teacher-erm", mode=mode, alpha=KD_LT["alpha"], temperature=temperature)
+                runs.append({**raw, "train": {**raw["train"], "epochs": epochs}})
+    return runs
+
+
 STUDIES = {"groups": groups_study, "classes": classes_study, "ablation": ablation_study,
-           "calibrate": calibrate_study, "nolabels": nolabels_study, "real-lt": real_lt_study}
+           "calibrate": calibrate_study, "nolabels": nolabels_study, "real-lt": real_lt_study,
+           "defaults": defaults_study}
 
 
 def main(kind: str, dataset: str, jobs: int = 2, students: int = len(REAL_STUDENTS)) -> int:

@@ -230,7 +230,7 @@ def real_lt_study(images: str, root: Path, students: int = len(REAL_STUDENTS)) -
 
 
 #: The training lengths of the length ablation (REAL_BUDGET's 4 epochs is the grid's).
-REAL_LONG_EPOCHS = (8, 16)
+REAL_LONG_EPOCHS = (16,)
 
 
 def real_lt_ablation(images: str, root: Path) -> list[dict[str, Any]]:
@@ -309,11 +309,12 @@ def main(kind: str, dataset: str, jobs: int = 2, students: int = len(REAL_STUDEN
     """``dataset``: a built-in dataset's name, or for ``real-lt`` the CIFAR-10 image folder (and
     ``students``: how many of REAL_STUDENTS to train from each teacher)."""
     suffix = "" if kind in ("groups", "classes") else f"-{kind}"
-    seeds = REAL_SEEDS if kind.startswith("real-lt") else SEEDS
+    seeds = REAL_SEEDS if kind.startswith("real-lt") or kind == "defaults" else SEEDS
     if kind == "real-lt":
         root = Path("runs/bench/cifar10-lt")
-        plan = real_lt_study(dataset, root, students) + real_lt_ablation(dataset, root)
-        plan += real_lt_students(dataset, root)
+        # The cheaper runs first: the grid, the students beside it, then the ablations (16 epochs).
+        plan = real_lt_study(dataset, root, students) + real_lt_students(dataset, root)
+        plan += real_lt_ablation(dataset, root)
         dataset, suffix = "cifar10-lt", ""
     elif kind == "real-lt10":  # the grid alone at imbalance 10
         plan = at_imbalance(real_lt_study(dataset, Path("runs/bench/cifar10-lt10"), students), 10.0)

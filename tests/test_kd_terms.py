@@ -360,6 +360,8 @@ def test_term_options_are_checked():
         gd.DKD(dkd_beta=-1.0)
     with pytest.raises(ValueError, match="DKD needs at least 2 classes"):
         gd.decoupled_distillation(torch.zeros(2, 1), torch.zeros(2, 1), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="DKD needs at least 2 classes"):  # the objective's path too
+        gd.DKD()(torch.zeros(2, 1), torch.zeros(2, dtype=torch.long), teacher_logits=torch.zeros(2, 1))
     with pytest.raises(ValueError, match=r"class_groups: expected ids 0\.\.K-1 with every group non-empty"):
         gd.group_kl_decomposition(torch.zeros(2, 3), torch.zeros(2, 3), torch.tensor([0, 2, 2]))
     with pytest.raises(ValueError, match="student_logits: expected 3 classes"):

@@ -181,8 +181,10 @@ class _DKD(torch.autograd.Function):
 
 def dkd_core(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor, temperature: float,
              alpha: float, beta: float, scale: float) -> torch.Tensor:
-    """(B,) ``scale (alpha TCKD + beta NCKD)`` of checked (B, C) logits (C >= 2) at temperature T
+    """(B,) ``scale (alpha TCKD + beta NCKD)`` of checked (B, C) logits at temperature T
     (checked), in :func:`compute_dtype`; no gradient flows into ``teacher_logits``."""
+    if student_logits.shape[1] < 2:
+        raise ValueError(f"student_logits: DKD needs at least 2 classes, got shape {tuple(student_logits.shape)}")
     s = upcast(student_logits)
     y1 = _on(y if y.dtype == torch.long else y.long(), s).unsqueeze(1)
     with _exact(s):
@@ -220,8 +222,6 @@ def decoupled_distillation(
         check_logits("student_logits", student_logits)
         check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
         check_labels("y", y, student_logits.shape[0], student_logits.shape[1])
-    if student_logits.shape[1] < 2:
-        raise ValueError(f"student_logits: DKD needs at least 2 classes, got shape {tuple(student_logits.shape)}")
     return dkd_core(student_logits, teacher_logits, y, t, a, b, t * t)
 
 

@@ -87,7 +87,7 @@ class DistillTerm(nn.Module):
         # Not persistent: derived from the prior, so checkpoints keep the objective's state as before.
         self.register_buffer("class_groups", groups, persistent=False)
         self.register_buffer("log_group_prior", check_group_prior(shares / shares.sum(), k).log(), persistent=False)
-        # The groups' columns, computed once (index tensors, if any, moved to the logits' device at use).
+        # The (K, n) grid of the groups' classes, computed once (its index tensors go to the logits' device at use).
         self.layout = group_layout(groups)
 
     def warmup_factor(self) -> float:

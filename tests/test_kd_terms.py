@@ -198,6 +198,77 @@ def test_a_class_with_no_teacher_mass_in_its_group_keeps_the_terms_finite():
     torch.testing.assert_close(rebuilt, gd.distillation(s.double(), t.double(), 1.0))
 
 
+# ---- gradients: the written-out backward against autograd of the plain composite form ---------------
+
+
+def _dkd_autograd(s, t, y, T, a, b):
+    mask = torch.nn.functional.one_hot(y, s.shape[1]).bool()
+    zs, zt = s / T, t / T
+    ps, pt = torch.softmax(zs, 1), torch.softmax(zt, 1)
+    bs = torch.stack([ps[mask], 1 - ps[mask]], 1)
+    bt = torch.stack([pt[mask], 1 - pt[mask]], 1)
+    log_ns = torch.log_softmax(zs.masked_fill(mask, -torch.inf), 1).masked_fill(mask, 0)
+    log_nt = torch.log_softmax(zt.masked_fill(mask, -torch.inf), 1).masked_fill(mask, 0)
+    return T * T * (a * (bt * (bt.log() - bs.log())).sum(1) + b * (log_nt.exp() * (log_nt - log_ns)).sum(1))
+
+
+def _ltkd_autograd(s, t, groups, shares, T, a, b):
+    ps, pt = torch.softmax(s / T, 1), torch.softmax(t / T, 1)
+    k = int(groups.max()) + 1
+    ms = torch.stack([ps[:, groups == g].sum(1) for g in range(k)], 1)
+    mt = torch.stack([pt[:, groups == g].sum(1) for g in range(k)], 1)
+    r = mt / torch.tensor(shares, dtype=s.dtype)
+    r = r / r.sum(1, keepdim=True)
+    within = sum(((pt[:, groups == g] / mt[:, g:g + 1]) * ((pt[:, groups == g] / mt[:, g:g + 1]).log()
+                  - (ps[:, groups == g] / ms[:, g:g + 1]).log())).sum(1) for g in range(k))
+    return T * T * (a * (r * (r.log() - ms.log())).sum(1) + b / k * within)
+
+
+@pytest.mark.parametrize("groups", [[0, 0, 0, 0, 1, 1, 2, 2, 2, 2], [2, 0, 1, 0, 2, 2, 1, 0, 2, 0], [1, 0, 1, 0, 0]])
+def test_terms_and_their_gradients_equal_autograd_of_the_composite_form(groups):
+    # Groups contiguous and in order, shuffled with unequal sizes (gathered, padded to the largest), two groups.
+    c = len(groups)
+    s, t, y = _logits(24, c, seed=13 + c)
+    w = torch.randn(24, dtype=torch.float64)  # a weighted sum, so that the incoming gradient is not uniform
+    shares = [0.5, 0.3, 0.2][:max(groups) + 1]
+    shares = [v / sum(shares) for v in shares]
+    for term, ref in [(lambda x: gd.decoupled_distillation(x, t, y, 2.0, 0.7, 3.0),
+                       lambda x: _dkd_autograd(x, t, y, 2.0, 0.7, 3.0)),
+                      (lambda x: gd.long_tail_distillation(x, t, torch.tensor(groups), shares, 2.0, 0.7, 1.5),
+                       lambda x: _ltkd_autograd(x, t, torch.tensor(groups), shares, 2.0, 0.7, 1.5))]:
+        x = s.clone().requires_grad_()
+        got = term(x)
+        (g_got,) = torch.autograd.grad((w * got).sum(), x)
+        x = s.clone().requires_grad_()
+        want = ref(x)
+        (g_want,) = torch.autograd.grad((w * want).sum(), x)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(g_got, g_want, rtol=1e-10, atol=1e-12)
+
+
+def test_the_objectives_terms_carry_the_warmup_and_temperature_in_their_gradient():
+    # DistillTerm applies T^2 and DKD's warm-up factor inside the Functions: check value and gradient.
+    s, t, y = _logits(16, 10, seed=14)
+    prior = torch.arange(10, 0, -1, dtype=torch.float64) / 55
+    groups = gd.class_groups_by_count(prior)
+    # The term keeps the prior in float32 (its group shares are summed from it).
+    shares = torch.stack([prior.float()[groups == g].sum() for g in range(3)]).double()
+    shares = (shares / shares.sum()).tolist()
+    dkd = DistillTerm("dkd", 3.0, dkd_warmup=4)
+    dkd.epoch = 1
+    ltkd = DistillTerm("ltkd", 3.0, prior)
+    for term, ref in [(dkd, lambda x: 0.5 * _dkd_autograd(x, t, y, 3.0, 1.0, 8.0)),
+                      (ltkd, lambda x: _ltkd_autograd(x, t, groups, shares, 3.0, 1.0, 3.0))]:
+        x = s.clone().requires_grad_()
+        got = term(x, t, y)
+        (g_got,) = torch.autograd.grad(got.sum(), x)
+        x = s.clone().requires_grad_()
+        want = ref(x)
+        (g_want,) = torch.autograd.grad(want.sum(), x)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(g_got, g_want, rtol=1e-10, atol=1e-12)
+
+
 # ---- mixed precision -----------------------------------------------------------------------------
 
 
@@ -216,6 +287,8 @@ def test_bf16_logits_give_float32_values_and_finite_gradients(make):
         assert s.dtype == torch.bfloat16
         out = make(s, t, y)
     assert out.dtype == torch.float32 and out.shape == (32,)
+    # Computed in float32 under autocast: the same as from the float32 copies of the same logits.
+    torch.testing.assert_close(out, make(s.detach().float(), t.float(), y), rtol=1e-5, atol=1e-5)
     out.mean().backward()
     assert torch.isfinite(out).all() and torch.isfinite(w.grad).all() and w.grad.abs().sum() > 0
 
@@ -287,6 +360,8 @@ def test_term_options_are_checked():
         gd.DKD(dkd_beta=-1.0)
     with pytest.raises(ValueError, match="DKD needs at least 2 classes"):
         gd.decoupled_distillation(torch.zeros(2, 1), torch.zeros(2, 1), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="DKD needs at least 2 classes"):  # the objective's path too
+        gd.DKD()(torch.zeros(2, 1), torch.zeros(2, dtype=torch.long), teacher_logits=torch.zeros(2, 1))
     with pytest.raises(ValueError, match=r"class_groups: expected ids 0\.\.K-1 with every group non-empty"):
         gd.group_kl_decomposition(torch.zeros(2, 3), torch.zeros(2, 3), torch.tensor([0, 2, 2]))
     with pytest.raises(ValueError, match="student_logits: expected 3 classes"):

@@ -17,11 +17,10 @@ from groupdistil._validate import check_nonnegative, check_temperature
 from groupdistil.losses import (
     check_group_prior,
     class_groups_by_count,
-    decoupled_distillation,
     distillation,
-    group_columns,
+    dkd_core,
+    group_layout,
     ltkd_core,
-    upcast,
 )
 
 KD_TERMS = ("kd", "dkd", "ltkd")
@@ -88,8 +87,8 @@ class DistillTerm(nn.Module):
         # Not persistent: derived from the prior, so checkpoints keep the objective's state as before.
         self.register_buffer("class_groups", groups, persistent=False)
         self.register_buffer("log_group_prior", check_group_prior(shares / shares.sum(), k).log(), persistent=False)
-        # Slices, or index tensors moved to the logits' device at use.
-        self.columns = group_columns(groups)
+        # The (K, n) grid of the groups' classes, computed once (its index tensors go to the logits' device at use).
+        self.layout = group_layout(groups)
 
     def warmup_factor(self) -> float:
         """DKD's linear warm-up of the term's weight at :attr:`epoch` (1 for kd and ltkd)."""
@@ -102,9 +101,8 @@ class DistillTerm(nn.Module):
         t = self.temperature
         if self.kind == "kd":
             return distillation(student_logits, teacher_logits, t)
+        # T^2 (and DKD's warm-up factor) are applied inside the terms' autograd Functions.
         if self.kind == "ltkd":
-            zs = upcast(student_logits) / t
-            zt = teacher_logits.detach().to(zs.dtype) / t
-            return (t * t) * ltkd_core(zs, zt, self.columns, self.log_group_prior, self.a, self.b)
-        return self.warmup_factor() * decoupled_distillation(
-            student_logits, teacher_logits, y, t, self.a, self.b, check=False)
+            return ltkd_core(student_logits, teacher_logits, self.layout, self.log_group_prior, t, self.a, self.b,
+                             t * t)
+        return dkd_core(student_logits, teacher_logits, y, t, self.a, self.b, t * t * self.warmup_factor())

@@ -8,6 +8,7 @@ still get stable losses, while float64 logits stay float64 (which makes ``gradch
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -33,8 +34,22 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def upcast(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in :func:`compute_dtype` (a no-op for float32 and float64)."""
-    return x.to(compute_dtype(x.dtype))
+    """``x`` in :func:`compute_dtype` (``x`` itself for float32 and float64)."""
+    # Even a no-op ``.to`` is an operator call (about 10 us on a busy CPU): skip it.
+    dtype = compute_dtype(x.dtype)
+    return x if x.dtype == dtype else x.to(dtype)
+
+
+def _exact(like: torch.Tensor) -> contextlib.AbstractContextManager[Any]:
+    """Autocast off where it is on for ``like``'s device: the terms' Functions compute in the dtype of
+    their inputs (autocast would run ``vecdot`` in bfloat16)."""
+    device = like.device.type
+    return torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) else contextlib.nullcontext()
+
+
+def _on(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``x`` (an index or constant) on ``like``'s device, without an operator call when it is there."""
+    return x if x.device == like.device else x.to(like.device)
 
 
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor, *, check: bool = True) -> torch.Tensor:
@@ -107,52 +122,73 @@ def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return (log_p.exp() * (log_p - log_q)).sum(dim=1)
 
 
-def _masked_lse(z: torch.Tensor, y1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, C) ``log_softmax`` over the non-target classes (-inf at the target) and (B,) their logsumexp.
-
-    ``log_softmax`` is one fused kernel where ``logsumexp`` is several passes; the logsumexp is read
-    back at the row's largest non-target logit ``k'`` as ``z_k' - log_softmax_k'`` (no cancellation:
-    ``log_softmax_k'`` lies in [-log C, 0])."""
-    masked = z.scatter(1, y1, float("-inf"))
-    log_n = torch.log_softmax(masked, dim=1)
-    top = masked.detach().argmax(dim=1, keepdim=True)
-    return log_n, (z.gather(1, top) - log_n.gather(1, top)).squeeze(1)
-
-
 class _DKD(torch.autograd.Function):
-    """DKD's two KL terms with their gradient written out: one fused ``log_softmax`` a side forward,
-    a handful of element-wise passes backward, and no autograd graph of its own (on a CPU the graph
-    of the composite form cost twice KD at C = 100).
+    """DKD's two KL terms, times ``scale``, of raw logits, with the gradient written out: one fused
+    ``softmax`` forward over both sides stacked into one (2, B, C) tensor, two element-wise passes
+    backward, and no autograd graph of its own. The temperature and the scale (``T^2``, times DKD's
+    warm-up factor in the objective) are applied inside, so that they add no autograd nodes. At
+    C = 100 on a CPU the cost is the number of operator calls (each about as costly as a pass over
+    the (B, C) logits): stacking the sides halves it, and the (B, 2) binary part is a few calls.
 
-    With ``L_o`` the logsumexp over the non-target classes and ``L = logaddexp(L_o, z_y)``:
-    ``log b = (z_y - L, L_o - L)``, ``log n_k = z_k - L_o`` (k != y), and
-    ``KL(n_t || n_s) = sum_k n_t,k (zt_k - zs_k) - Lt_o + Ls_o`` (n_t is 0 at the target). The
+    With ``z = logits / T``, ``L_o`` the logsumexp over the non-target classes and
+    ``L = logaddexp(L_o, z_y)``: ``log b = log_softmax(z_y, L_o)``, ``n_k = softmax_k`` over k != y, and
+    ``KL(n_t || n_s) = sum_k n_t,k (zt_k - zs_k) - Lt_o + Ls_o`` (n_t is 0 at the target). ``L_o`` is
+    read back at the row's largest non-target logit ``k'``, where ``n`` is largest, as
+    ``z_k' - log n_k'`` with ``n_k'`` in [1/C, 1] (no cancellation), from two ``amax`` reductions
+    (``logsumexp`` is several passes, and ``argmax`` on a CPU costs as much as an ``exp``). The
     gradient of ``alpha KL(b_t || b_s) + beta KL(n_t || n_s)`` in ``zs`` is
     ``n_s (alpha (b_s[o] - b_t[o]) + beta) - beta n_t`` off the target and ``alpha (b_s[y] - b_t[y])`` on it.
     """
 
     @staticmethod
-    def forward(ctx: Any, zs: torch.Tensor, zt: torch.Tensor, y1: torch.Tensor, a: float, b: float) -> torch.Tensor:
-        log_ns, lse_os = _masked_lse(zs, y1)
-        log_nt, lse_ot = _masked_lse(zt, y1)
-        zs_y, zt_y = zs.gather(1, y1).squeeze(1), zt.gather(1, y1).squeeze(1)
-        log_bs = torch.stack([zs_y, lse_os], dim=1) - torch.logaddexp(lse_os, zs_y).unsqueeze(1)
-        log_bt = torch.stack([zt_y, lse_ot], dim=1) - torch.logaddexp(lse_ot, zt_y).unsqueeze(1)
-        bt, n_t = log_bt.exp(), log_nt.exp()
-        tckd = (bt * (log_bt - log_bs)).sum(dim=1)
-        nckd = (n_t * (zt - zs)).sum(dim=1) - lse_ot + lse_os
-        ctx.save_for_backward(log_ns, n_t, log_bs.exp(), bt, y1)
-        ctx.a, ctx.b = a, b
-        return a * tckd + b * nckd
+    def forward(ctx: Any, s: torch.Tensor, t: torch.Tensor, y1: torch.Tensor, temperature: float,
+                a: float, b: float, scale: float) -> torch.Tensor:
+        batch = s.shape[0]
+        t = t if t.dtype == s.dtype else t.to(s.dtype)
+        x = torch.stack([s, t]).div_(temperature)  # (2, B, C): z of the student, then the teacher
+        y2 = y1.expand(2, -1, -1)
+        z_y = x.gather(2, y2).view(-1)
+        masked = x.scatter_(2, y2, float("-inf")).view(2 * batch, -1)  # in place: x is ours
+        n = torch.softmax(masked, dim=1)
+        lse_o = masked.amax(dim=1) - n.amax(dim=1).log()
+        log_b = torch.log_softmax(torch.stack([z_y, lse_o], dim=1), dim=1)  # (2B, 2)
+        bb = log_b.exp()
+        log_bs, log_bt, b_t = log_b[:batch], log_b[batch:], bb[batch:]
+        tckd = torch.linalg.vecdot(b_t, log_bt - log_bs)
+        lse = lse_o.view(2, batch)
+        n_t = n[batch:]
+        # NCKD = sum n_t (t - s) / T - Lt_o + Ls_o: (t - s) is finite at the target, where n_t is 0.
+        out = (tckd.mul_(scale * a).add_(lse[0] - lse[1], alpha=scale * b)
+               .add_(torch.linalg.vecdot(n_t, t - s), alpha=scale * b / temperature))
+        # The gradient's (B, 2) factors: alpha (b_s - b_t), plus beta off the target.
+        coef = (bb[:batch] - b_t).mul_(a)
+        coef[:, 1] += b
+        ctx.save_for_backward(n[:batch], n_t, coef, y1)
+        ctx.b, ctx.g_scale = b, scale / temperature
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        log_ns, n_t, bs, bt, y1 = ctx.saved_tensors
-        a, b = ctx.a, ctx.b
-        g = log_ns.exp() * (a * (bs[:, 1] - bt[:, 1]) + b).unsqueeze(1) - b * n_t
-        g.scatter_(1, y1, (a * (bs[:, 0] - bt[:, 0])).unsqueeze(1))
-        return g * grad.unsqueeze(1), None, None, None, None
+        n_s, n_t, coef, y1 = ctx.saved_tensors
+        # d/ds = d/dzs / T: the (B,) factor carries grad * scale / T, so the (B, C) work is two passes.
+        gs = grad.mul(ctx.g_scale).unsqueeze(1)
+        c = coef * gs
+        g = n_s * c[:, 1:]
+        g.addcmul_(n_t, gs, value=-ctx.b)
+        return g.scatter_(1, y1, c[:, :1]), None, None, None, None, None, None
+
+
+def dkd_core(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor, temperature: float,
+             alpha: float, beta: float, scale: float) -> torch.Tensor:
+    """(B,) ``scale (alpha TCKD + beta NCKD)`` of checked (B, C) logits at temperature T
+    (checked), in :func:`compute_dtype`; no gradient flows into ``teacher_logits``."""
+    if student_logits.shape[1] < 2:
+        raise ValueError(f"student_logits: DKD needs at least 2 classes, got shape {tuple(student_logits.shape)}")
+    s = upcast(student_logits)
+    y1 = _on(y if y.dtype == torch.long else y.long(), s).unsqueeze(1)
+    with _exact(s):
+        return _DKD.apply(s, teacher_logits.detach(), y1, temperature, alpha, beta, scale)
 
 
 def decoupled_distillation(
@@ -186,11 +222,7 @@ def decoupled_distillation(
         check_logits("student_logits", student_logits)
         check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
         check_labels("y", y, student_logits.shape[0], student_logits.shape[1])
-    if student_logits.shape[1] < 2:
-        raise ValueError(f"student_logits: DKD needs at least 2 classes, got shape {tuple(student_logits.shape)}")
-    zs = upcast(student_logits) / t
-    y1 = y.long().to(zs.device).unsqueeze(1)
-    return (t * t) * _DKD.apply(zs, teacher_logits.detach().to(zs.dtype) / t, y1, a, b)
+    return dkd_core(student_logits, teacher_logits, y, t, a, b, t * t)
 
 
 def class_groups_by_count(class_counts: Sequence[float] | torch.Tensor) -> torch.Tensor:
@@ -290,75 +322,103 @@ def group_kl_decomposition(
     return group_parts(zs, teacher_logits.detach().to(zs.dtype) / t, members)
 
 
-def group_columns(class_groups: torch.Tensor) -> list[slice | torch.Tensor]:
-    """Each group's columns: a slice where its class ids are a contiguous range (long-tailed datasets
-    usually number their classes from head to tail: no copy), else the (n_G,) index tensor."""
-    cols: list[slice | torch.Tensor] = []
-    for idx in class_group_members(class_groups):
-        lo, hi = int(idx[0]), int(idx[-1]) + 1
-        cols.append(slice(lo, hi) if hi - lo == idx.numel() else idx)
-    return cols
+class GroupLayout(NamedTuple):
+    """The classes laid out as a (K, n) grid, one row per group padded to the largest group's size n,
+    computed once per grouping (:func:`group_layout`): the per-group reductions of LTKD are then one
+    operator call each, whatever K and whatever the class numbering.
+
+    Attributes:
+        index: (K n,) int64 class id of each cell (padding cells repeat a class of their group).
+        padding: (P,) int64 the padding cells; None where every group has n classes.
+        back: (C,) int64 cell of each class (the inverse of ``index`` on the classes).
+        n_groups, width: K and n.
+    """
+
+    index: torch.Tensor
+    padding: torch.Tensor | None
+    back: torch.Tensor
+    n_groups: int
+    width: int
 
 
-def _columns(z: torch.Tensor, cols: slice | torch.Tensor) -> torch.Tensor:
-    return z[:, cols] if isinstance(cols, slice) else z.index_select(1, cols.to(z.device))
-
-
-def _group_lse(z: torch.Tensor, cols: slice | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A group's (B, n_G) within-group ``log_softmax`` and (B,) logsumexp (read back as in :func:`_masked_lse`)."""
-    zg = _columns(z, cols)
-    log_p = torch.log_softmax(zg, dim=1)
-    top = zg.detach().argmax(dim=1, keepdim=True)
-    return log_p, (zg.gather(1, top) - log_p.gather(1, top)).squeeze(1)
+def group_layout(class_groups: torch.Tensor) -> GroupLayout:
+    """:class:`GroupLayout` of (C,) group ids 0..K-1 (every group non-empty)."""
+    members = class_group_members(class_groups)
+    k, width = len(members), max(idx.numel() for idx in members)
+    index = torch.stack([torch.cat([idx, idx[:1].expand(width - idx.numel())]) for idx in members]).flatten()
+    padding = torch.stack([torch.arange(width) >= idx.numel() for idx in members]).flatten()
+    back = torch.empty(class_groups.numel(), dtype=torch.long)
+    back[index[~padding]] = torch.arange(k * width)[~padding]
+    return GroupLayout(index, padding.nonzero().flatten() if padding.any() else None, back, k, width)
 
 
 class _LTKD(torch.autograd.Function):
-    """LTKD before the ``T^2`` with its gradient written out (as :class:`_DKD`). One fused
-    within-group ``log_softmax`` per group and side; ``log m[G] = L_G - logsumexp_H L_H`` from the
-    groups' logsumexps ``L_G``. The gradient in ``zs_k``, k in G, is
-    ``p_s|G,k (alpha (m_s[G] - r_t[G]) + beta / K) - (beta / K) p_t|G,k``."""
+    """LTKD, times ``scale``, of raw logits with its gradient written out (as :class:`_DKD`). Both
+    sides are gathered into one (2B, K, n) grid of the groups' classes (:class:`GroupLayout`; padding
+    cells hold the dtype's lowest value: no mass, and 0 in ``zt - zs``), so that each step is one
+    operator call over all groups, whatever K and the class numbering: the within-group softmaxes are
+    one ``exp`` pass, each group shifted by its own maximum so that none underflows, however far
+    below the others it lies, and give the groups' logsumexps ``L_G``.
+    ``log m = log_softmax_G(L)``; the mean within-group term is
+    ``sum_k p_t|G,k (zt_k - zs_k) - sum_G (Lt_G - Ls_G)`` (one product over all cells). The gradient
+    in ``zs_k``, k in G, is ``p_s|G,k (alpha (m_s[G] - r_t[G]) + beta / K) - (beta / K) p_t|G,k``."""
 
     @staticmethod
-    def forward(ctx: Any, zs: torch.Tensor, zt: torch.Tensor, columns: Sequence[slice | torch.Tensor],
-                log_group_prior: torch.Tensor, a: float, b: float) -> torch.Tensor:
-        k = len(columns)
-        within = zs.new_zeros(zs.shape[0])
-        log_ps, p_t, lse_s, lse_t = [], [], [], []
-        for c in columns:  # K <= 3 for head / medium / tail
-            (ls, l_s), (lt, l_t) = _group_lse(zs, c), _group_lse(zt, c)
-            pt = lt.exp()
-            within += (pt * (lt - ls)).sum(dim=1)
-            log_ps.append(ls)
-            p_t.append(pt)
-            lse_s.append(l_s)
-            lse_t.append(l_t)
-        ls_g, lt_g = torch.stack(lse_s, dim=1), torch.stack(lse_t, dim=1)
-        log_ms = ls_g - torch.logsumexp(ls_g, dim=1, keepdim=True)
-        log_r = lt_g - log_group_prior.to(zt)
-        log_r = log_r - torch.logsumexp(log_r, dim=1, keepdim=True)
-        r = log_r.exp()
-        ctx.save_for_backward(log_ms.exp() - r, *log_ps, *p_t)
-        ctx.columns, ctx.a, ctx.b, ctx.shape = columns, a, b, zs.shape
-        return a * (r * (log_r - log_ms)).sum(dim=1) + (b / k) * within
+    def forward(ctx: Any, s: torch.Tensor, t: torch.Tensor, layout: GroupLayout, log_group_prior: torch.Tensor,
+                temperature: float, a: float, b: float, scale: float) -> torch.Tensor:
+        batch, k = s.shape[0], layout.n_groups
+        index = _on(layout.index, s)
+        z = s.new_empty(2 * batch, index.numel())
+        torch.index_select(s, 1, index, out=z[:batch])
+        torch.index_select(t if t.dtype == s.dtype else t.to(s.dtype), 1, index, out=z[batch:])
+        z.div_(temperature)
+        if layout.padding is not None:
+            # Only the few padding columns are written (a full-width masked_fill costs a pass).
+            z.index_fill_(1, _on(layout.padding, z), torch.finfo(z.dtype).min)
+        z3 = z.view(2 * batch, k, layout.width)
+        # Softmax within each group by hand: over short rows (C = 100: rows of 34) the fused softmax,
+        # plus reading its logsumexp back, costs more than these passes.
+        top = z3.amax(dim=2, keepdim=True)
+        p = (z3 - top).exp_()
+        sums = p.sum(dim=2, keepdim=True)
+        p.div_(sums)
+        lse = (top + sums.log()).squeeze(2)  # (2B, K): L_G of the student, then the teacher
+        lse_s, lse_t = lse[:batch], lse[batch:]
+        between = (lse_t - lse_s).sum(dim=1)
+        lse_t.sub_(_on(log_group_prior, lse))  # in place: the teacher's rows become log(m_t / P) + const
+        log_m = torch.log_softmax(lse, dim=1)  # log m_s, then log r_t
+        m = log_m.exp()
+        r = m[batch:]
+        cross = torch.linalg.vecdot(r, log_m[batch:] - log_m[:batch])
+        zz = z.view(2, batch, -1)
+        w = b / k
+        out = (cross.mul_(scale * a).sub_(between, alpha=scale * w)
+               .add_(torch.linalg.vecdot(p[batch:].view(batch, -1), zz[1] - zz[0]), alpha=scale * w))
+        ctx.save_for_backward(p[:batch], p[batch:], (m[:batch] - r).mul_(a).add_(w))
+        ctx.layout, ctx.w, ctx.g_scale = layout, w, scale / temperature
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        gap, *rest = ctx.saved_tensors
-        k = len(ctx.columns)
-        w = ctx.b / k
-        g = grad.new_empty(ctx.shape)
-        for i, c in enumerate(ctx.columns):
-            coef = (ctx.a * gap[:, i] + w).unsqueeze(1)
-            g[:, c] = (rest[i].exp() * coef - w * rest[k + i]) * grad.unsqueeze(1)
-        return g, None, None, None, None, None
+        p_s, p_t, coef = ctx.saved_tensors
+        # The (B,) factor carries grad, scale and 1 / T, so the (B, K, n) work is two passes.
+        gs = grad.mul(ctx.g_scale).view(-1, 1, 1)
+        g = p_s * (coef.unsqueeze(2) * gs)
+        g.addcmul_(p_t, gs, value=-ctx.w)
+        g = g.view(g.shape[0], -1)
+        return g.index_select(1, _on(ctx.layout.back, g)), None, None, None, None, None, None, None
 
 
-def ltkd_core(zs: torch.Tensor, zt: torch.Tensor, columns: Sequence[slice | torch.Tensor],
-              log_group_prior: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
-    """(B,) LTKD of tempered (B, C) logits (``zt`` detached) before the ``T^2``, over the groups'
-    ``columns`` (:func:`group_columns`), with (K,) ``log P_G``."""
-    return _LTKD.apply(zs, zt, columns, log_group_prior, alpha, beta)
+def ltkd_core(student_logits: torch.Tensor, teacher_logits: torch.Tensor, layout: GroupLayout,
+              log_group_prior: torch.Tensor, temperature: float, alpha: float, beta: float,
+              scale: float) -> torch.Tensor:
+    """(B,) ``scale`` times LTKD before the ``T^2`` of checked (B, C) logits at temperature T
+    (checked), in :func:`compute_dtype`, over the groups of ``layout`` (:func:`group_layout`), with
+    (K,) ``log P_G``; no gradient flows into ``teacher_logits``."""
+    s = upcast(student_logits)
+    with _exact(s):
+        return _LTKD.apply(s, teacher_logits.detach(), layout, log_group_prior, temperature, alpha, beta, scale)
 
 
 def check_group_prior(group_prior: Sequence[float] | torch.Tensor, n_groups: int) -> torch.Tensor:
@@ -403,9 +463,7 @@ def long_tail_distillation(
     log_prior = check_group_prior(group_prior, k).log()
     a = check_nonnegative("alpha", alpha)
     b = float(k) if beta is None else check_nonnegative("beta", beta)
-    zs = upcast(student_logits) / t
-    return (t * t) * ltkd_core(zs, teacher_logits.detach().to(zs.dtype) / t, group_columns(class_groups),
-                               log_prior, a, b)
+    return ltkd_core(student_logits, teacher_logits, group_layout(class_groups), log_prior, t, a, b, t * t)
 
 
 def mixed(ce: torch.Tensor, kd: torch.Tensor, alpha: float) -> torch.Tensor:

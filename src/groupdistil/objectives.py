@@ -660,7 +660,9 @@ class ClassRobustKD(_ClassWeightsMixin, Objective):
 
     Args:
         n_classes: C. class_prior: (C,) training class frequencies. alpha: teacher weight in [0, 1].
-        temperature: T > 0. mode: see above. beta: tradeoff in [0, 1]. step_size: eta >= 0 for
+        temperature: T > 0; default 1, not KD's 4: at T = 4 the teacher's soft membership of the rare
+        classes is so large that lambda moves onto them and the robust student collapses
+        (benchmarks/results/digits-lt-defaults). mode: see above. beta: tradeoff in [0, 1]. step_size: eta >= 0 for
         lambda. lambda_source: ``train`` or ``val``. validation_every: K for ``val``. kd_term: kd |
         dkd | ltkd, with that term's options (as :class:`GroupDistil`); for dkd and ltkd sample i's
         term is charged to class k with weight p_ik (the kd term keeps its per-class form above).
@@ -678,7 +680,7 @@ class ClassRobustKD(_ClassWeightsMixin, Objective):
         n_classes: int,
         class_prior: Sequence[float] | torch.Tensor,
         alpha: float = 0.5,
-        temperature: float = 4.0,
+        temperature: float = 1.0,
         mode: str = "robust",
         beta: float = 1.0,
         step_size: float = 0.01,

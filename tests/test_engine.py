@@ -14,6 +14,7 @@ from groupdistil.runs.outputs import RunWriter
 from groupdistil.teachers import Teacher, TeacherMember
 from groupdistil.training import engine
 from groupdistil.training.engine import fit, weight_names
+from groupdistil.training.evaluation import evaluate, evaluate_splits
 from groupdistil.training.timing import PHASES
 
 
@@ -247,3 +248,15 @@ def test_the_checkpoint_snapshot_shares_no_storage_with_the_training_state():
     w.add_(1)
     state["opt"]["param_groups"][0]["lr"] = 9.0
     assert torch.equal(snap["model"]["w"], torch.ones(3)) and snap["opt"]["param_groups"][0]["lr"] == 0.1
+
+
+def test_the_splits_evaluated_through_one_loader_equal_each_evaluated_alone(blobs):
+    model = _net(3)
+    parts = {name: blobs.splits[name] for name in ("train", "val", "test")}
+    counts = blobs.group_counts("train")
+    together = evaluate_splits(model, parts, blobs.grouping, train_group_counts=counts, batch_size=64)
+    alone = {name: evaluate(model, d, blobs.grouping, train_group_counts=counts, batch_size=64)
+             for name, d in parts.items()}
+    assert together == alone
+    assert together["train"] != together["val"]  # each split got its own metrics
+    assert model.training  # the model's mode is given back

@@ -1,8 +1,9 @@
 """Samplers: seeded per epoch, group-balanced when asked."""
 
+import pytest
 import torch
 
-from groupdistil.loaders import train_loader
+from groupdistil.loaders import eval_loader, splits_loader, train_loader
 
 
 def _order(ds, **kw):
@@ -26,3 +27,14 @@ def test_group_balanced_sampler_draws_groups_equally(blobs):
         drawn += torch.bincount(blobs.train.g[idx], minlength=4)
     share = drawn / drawn.sum()
     assert torch.allclose(share, torch.full((4,), 0.25), atol=0.03)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_one_loader_of_splits_gives_each_splits_own_batches(blobs, workers):
+    parts = [blobs.train, blobs.val, blobs.test]
+    got = list(splits_loader(parts, 50, num_workers=workers))
+    want = [(k, b) for k, d in enumerate(parts) for b in eval_loader(d, 50)]
+    assert len(got) == len(want) == 5 + 3 + 3  # 240 and 120 samples: partial last batches per split
+    for (x, y, g, i, k), (split, (wx, wy, wg, wi)) in zip(got, want):
+        assert k.tolist() == [split] * len(y)  # a batch never mixes two splits
+        assert torch.equal(x, wx) and torch.equal(y, wy) and torch.equal(g, wg) and torch.equal(i, wi)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from groupdistil.data.base import GroupedDataset
 from groupdistil.parallel import distributed
@@ -200,7 +200,40 @@ def eval_loader(
     so nothing random carries over between passes."""
     ds = dataset.without_augmentation()
     if distributed.is_distributed():
-        idx = list(range(distributed.rank(), len(ds), distributed.world_size()))
-        ds = torch.utils.data.Subset(ds, idx)  # type: ignore[assignment]
+        ds = torch.utils.data.Subset(ds, _rank_share(len(ds)))  # type: ignore[assignment]
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin_memory,
                       persistent_workers=persistent_workers and num_workers > 0)
+
+
+def _rank_share(n: int) -> list[int]:
+    """This rank's strided share of ``range(n)`` (all of it in one process)."""
+    return list(range(distributed.rank(), n, distributed.world_size()))
+
+
+class _Splits(Dataset):
+    """Several datasets read as one: item ``(k, i)`` is ``parts[k][i]`` followed by ``k``."""
+
+    def __init__(self, parts: Sequence[GroupedDataset]) -> None:
+        self.parts = list(parts)
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def __getitem__(self, ki: tuple[int, int]) -> tuple[Any, ...]:
+        k, i = ki
+        return (*self.parts[k][i], k)
+
+
+def splits_loader(
+    datasets: Sequence[GroupedDataset], batch_size: int, num_workers: int = 0, pin_memory: bool = False
+) -> DataLoader:
+    """One sequential loader over several datasets in turn, whose workers start once (a loader per
+    dataset starts its own). Its batches are those of :func:`eval_loader` of each dataset, the same
+    samples in the same order (a batch never mixes two datasets), as ``(x, y, g, i, k)`` with ``k``
+    (B,) the position of the batch's dataset in ``datasets``."""
+    views = [d.without_augmentation() for d in datasets]
+    batches = [[(k, i) for i in share[j:j + batch_size]]
+               for k, share in enumerate(_rank_share(len(v)) for v in views)
+               for j in range(0, len(share), batch_size)]
+    return DataLoader(_Splits(views), batch_sampler=batches, num_workers=num_workers,  # type: ignore[arg-type]
+                      pin_memory=pin_memory)

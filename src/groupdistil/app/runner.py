@@ -42,7 +42,7 @@ from groupdistil.teachers import (
 )
 from groupdistil.training.devices import check_device, cpu_has_native, resolve_device
 from groupdistil.training.engine import fit, weight_names
-from groupdistil.training.evaluation import evaluate
+from groupdistil.training.evaluation import evaluate_splits
 from groupdistil.training.preempt import Preempted
 from groupdistil.training.timing import RunClock
 
@@ -394,13 +394,12 @@ def _fit_and_evaluate(
                 writer=writer, meta=meta, resume=plan.resume, quiet=cfg.quiet, echo=echo,
             )
         best, _ = model_from_checkpoint(work.best, device)
-        counts = bundle.group_counts("train")
-        splits = {
-            name: evaluate(best, bundle.splits[name], bundle.grouping, train_group_counts=counts,
-                           batch_size=max(cfg.train.batch_size, 256), device=device, quiet=cfg.quiet,
-                           num_workers=default_workers(bundle.splits[name], cfg.train.num_workers))
-            for name in ("train", "val", "test")
-        }
+        # One loader for the three splits: its workers start once, not once per split.
+        parts = {name: bundle.splits[name] for name in ("train", "val", "test")}
+        splits = evaluate_splits(
+            best, parts, bundle.grouping, train_group_counts=bundle.group_counts("train"),
+            batch_size=max(cfg.train.batch_size, 256), device=device, quiet=cfg.quiet,
+            num_workers=max(default_workers(d, cfg.train.num_workers) for d in parts.values()))
         final = {
             "name": cfg.label, "method": cfg.objective.method, "role": cfg.role,
             "dataset": cfg.data.dataset, "seed": cfg.train.seed, "model": cfg.model.name,

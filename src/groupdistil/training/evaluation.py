@@ -3,7 +3,7 @@ evaluation choices")."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -12,13 +12,13 @@ from tqdm.auto import tqdm
 
 from groupdistil.data.base import GroupedDataset
 from groupdistil.groups import Grouping
-from groupdistil.loaders import eval_loader
+from groupdistil.loaders import eval_loader, splits_loader
 from groupdistil.metrics import GroupMetrics
 from groupdistil.parallel import distributed
 from groupdistil.training.devices import autocast
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(
     model: nn.Module,
     dataset: GroupedDataset,
@@ -47,12 +47,53 @@ def evaluate(
         loader = eval_loader(dataset, batch_size, num_workers, pin_memory=device.type == "cuda")
     bar = tqdm(loader, desc=desc, leave=False, disable=quiet or not distributed.is_main_process())
     for x, y, g, _ in bar:
-        with autocast(device, amp):
-            logits = model(x.to(device, non_blocking=True))
-        metrics.update(logits.float(), y, g)
+        _update(model, metrics, (x, y, g), device, amp)
     metrics.all_reduce()
     model.train(was_training)
     return metrics.summary(grouping, train_group_counts)
+
+
+@torch.inference_mode()
+def evaluate_splits(
+    model: nn.Module,
+    datasets: Mapping[str, GroupedDataset],
+    grouping: Grouping,
+    *,
+    train_group_counts: torch.Tensor | None = None,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    amp: str = "none",
+    num_workers: int = 0,
+    quiet: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """:func:`evaluate` of each of ``datasets`` (name -> split), the same metrics from the same
+    batches, through one loader (:func:`~groupdistil.loaders.splits_loader`): its workers start once,
+    and they decode the next split's first batches while this one's last are evaluated."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    names = list(datasets)
+    metrics = [GroupMetrics(grouping.n_groups, grouping.n_classes) for _ in names]
+    loader = splits_loader(list(datasets.values()), batch_size, num_workers, pin_memory=device.type == "cuda")
+    bar = tqdm(loader, desc="eval " + ", ".join(names), leave=False,
+               disable=quiet or not distributed.is_main_process())
+    for x, y, g, _, k in bar:
+        _update(model, metrics[int(k[0])], (x, y, g), device, amp)
+    for m in metrics:
+        m.all_reduce()
+    model.train(was_training)
+    return {name: m.summary(grouping, train_group_counts) for name, m in zip(names, metrics)}
+
+
+def _update(
+    model: nn.Module, metrics: GroupMetrics, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    device: torch.device, amp: str,
+) -> None:
+    """Add the model's predictions on one batch ``(x, y, g)``: x (B, ...), y and g (B,)."""
+    x, y, g = batch
+    with autocast(device, amp):
+        logits = model(x.to(device, non_blocking=True))
+    metrics.update(logits.float(), y, g)
 
 
 @torch.no_grad()

@@ -213,6 +213,27 @@ def test_a_symbolic_link_out_of_the_root_is_refused_unless_allowed(tmp_path):
     assert build(root).class_counts("train").tolist() == [31, 10, 20]
 
 
+def test_a_folder_link_loop_is_one_line_not_an_endless_walk(tmp_path, capsys):
+    root = make_folder(tmp_path / "d")
+    nested = root / "train" / "cat" / "a"
+    nested.mkdir()
+    write_image(nested / "y.png", value=10, size=(9, 7))
+    (nested / "back").symlink_to(root / "train" / "cat", target_is_directory=True)  # a loop
+    with pytest.raises(DataError, match=r"cat/a/back: a link to a folder already read below .*cat"):
+        build(root)
+    args = ["data", "inspect", "--dataset", "imagefolder", "--root", str(root), "--image-size", "8"]
+    assert run_app(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "back" in err
+    # A second path to a folder read already (its images would count twice) is refused the same way.
+    (nested / "back").unlink()
+    (root / "train" / "cat" / "twice").symlink_to(nested, target_is_directory=True)
+    with pytest.raises(DataError, match=r"already read"):
+        build(root)
+    (root / "train" / "cat" / "twice").unlink()
+    assert build(root).class_counts("train").tolist() == [30, 11, 20]
+
+
 def test_decoded_split_holds_the_same_inputs_once_decoded(tmp_path):
     val = build(make_folder(tmp_path / "d")).splits["val"]
     decoded = val.decoded(max_bytes=1 << 20)

@@ -47,11 +47,26 @@ def _visible(names: list[str]) -> list[str]:
     return sorted(n for n in names if not n.startswith("."))
 
 
+def _identity(folder: Path) -> tuple[int, int]:
+    st = folder.stat()
+    return st.st_dev, st.st_ino
+
+
 def class_files(folder: Path, suffixes: frozenset[str]) -> list[str]:
     """Paths of the image files at any depth below one class folder, sorted; hidden names skipped."""
     found = []
+    # Folders met so far, by device and inode: a symbolic link back up the tree would otherwise send
+    # os.walk (following links, as torchvision's ImageFolder does) round the loop until the path is
+    # too long, and a folder linked twice would count its images twice.
+    seen = {_identity(folder)}
     for top, dirs, files in os.walk(folder, followlinks=True):
         dirs[:] = _visible(dirs)  # in place: os.walk then skips hidden folders
+        for name in dirs:
+            key = _identity(Path(top, name))
+            if key in seen:
+                raise DataError(f"{os.path.join(top, name)}: a link to a folder already read below {folder} "
+                                "(a loop or a second path to it); expected each folder once")
+            seen.add(key)
         for name in _visible(files):
             path = os.path.join(top, name)
             if os.path.splitext(name)[1].lower() not in suffixes:

@@ -61,11 +61,12 @@ def student_rows(root: Path, pattern: str) -> list[str]:
 
 
 def main(root: Path, images: str | None = None) -> str:
-    mass = ["", "## Teachers' soft class membership on the training split (T = 2)", "",
-            *teacher_mass(root, images)] if images else []
+    mass = []
+    for temperature in (2.0, 1.0) if images else ():  # the grid's T and the ablation's
+        mass += ["", f"## Teachers' soft class membership on the training split (T = {temperature:g})", "",
+                 *teacher_mass(root, images, temperature)]
     return "\n".join(["## Teachers", "", *teacher_rows(root), *mass, "", "## Robust students", "",
                       *student_rows(root, "robust<-*"), ""])
-
 
 
 def teacher_mass(root: Path, images: str, temperature: float = 2.0) -> list[str]:

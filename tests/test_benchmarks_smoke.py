@@ -193,6 +193,16 @@ def test_real_images_study_plans_valid_runs(tmp_path):
             exclude={"train_groups", "clusters"})
         assert cfg.train.epochs == study.REAL_BUDGET["train"]["epochs"] and cfg.objective.temperature == 2.0
 
+    # At T = 1: grid runs with only the temperature changed, and the adjusted teachers undone.
+    at_t1 = {raw["name"]: expand(raw, 1, {}, "x")[0].config for raw in study.real_lt_at_t1(images, tmp_path / "runs")}
+    assert at_t1["tradeoff<-erm-beta=0.75-T=1"].objective.beta == 0.75
+    for name, cfg in at_t1.items():
+        grid = runs[name.removesuffix("-T=1").replace("-undo-adjust", "")][0].config
+        assert cfg.objective.temperature == 1.0
+        assert cfg.objective.model_dump(exclude={"temperature"}) == grid.objective.model_dump(exclude={"temperature"})
+        assert cfg.data == grid.data and cfg.train == grid.train
+        assert cfg.teacher.calibrate == ("undo-adjust" if "undo-adjust" in name else "none")
+
     # Imbalance 10: the same grid on another long-tailed view.
     ten = [expand(raw, 1, {}, "x")[0].config for raw in study.at_imbalance(study.real_lt_study(images, tmp_path), 10.0)]
     assert {cfg.data.imbalance_ratio for cfg in ten} == {10.0} and len(ten) == len(plan)

@@ -251,6 +251,23 @@ def real_lt_ablation(images: str, root: Path) -> list[dict[str, Any]]:
     return runs
 
 
+def real_lt_at_t1(images: str, root: Path) -> list[dict[str, Any]]:
+    """At T = 1 (class-robust-kd's default; the temperature ablation's working setting): the rest of
+    the ERM teacher's students (balanced, tradeoff at each beta), for the tradeoff curve, and the
+    robust student from the balanced and robust teachers with their training-time adjustment undone
+    (``teacher.calibrate: undo-adjust``), the suspected cause of their collapse at T = 1."""
+    grid = {r["name"]: r for r in real_lt_study(images, root)}
+    runs = []
+    for name in ("balanced<-erm", "tradeoff<-erm-beta=0.25", "tradeoff<-erm-beta=0.5", "tradeoff<-erm-beta=0.75"):
+        runs.append({**grid[name], "name": f"{name}-T=1", "objective": {**grid[name]["objective"], "temperature": 1.0}})
+    for short in ("balanced", "robust"):
+        raw = grid[f"robust<-{short}"]
+        runs.append({**raw, "name": f"robust<-{short}-undo-adjust-T=1",
+                     "objective": {**raw["objective"], "temperature": 1.0},
+                     "teacher": {**raw["teacher"], "calibrate": "undo-adjust"}})
+    return runs
+
+
 #: DKD's warm-up in the 4-epoch budget: 1 epoch (our choice; DKD warms up over 20 of 240 CIFAR epochs).
 REAL_DKD_WARMUP = 1
 
@@ -315,7 +332,7 @@ def main(kind: str, dataset: str, jobs: int = 2, students: int = len(REAL_STUDEN
         root = Path("runs/bench/cifar10-lt")
         # The cheaper runs first: the grid, the students beside it, then the ablations (16 epochs).
         plan = real_lt_study(dataset, root, students) + real_lt_students(dataset, root)
-        plan += real_lt_ablation(dataset, root)
+        plan += real_lt_ablation(dataset, root) + real_lt_at_t1(dataset, root)
         dataset, suffix = "cifar10-lt", ""
     elif kind == "real-lt10":  # the grid alone at imbalance 10
         plan = at_imbalance(real_lt_study(dataset, Path("runs/bench/cifar10-lt10"), students), 10.0)

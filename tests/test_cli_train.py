@@ -85,6 +85,17 @@ def test_augmented_training_runs_the_teacher_online(teacher, tmp_path, capsys):
     assert "computed online" in capsys.readouterr().out
 
 
+def test_final_records_the_thread_count_a_bit_exact_rerun_needs(tmp_path):
+    """Two CPU runs with different thread counts may differ in the last bits; final.json says which
+    count a run used, and --threads sets it."""
+    for threads in (1, 2):
+        out = tmp_path / f"t{threads}"
+        r = cli("train", *FAST, "--threads", str(threads), "--out", str(out))
+        assert r.returncode == 0, r.stderr
+        env = json.loads((out / "final.json").read_text())["environment"]
+        assert env == {"torch": torch.__version__, "device": "cpu", "threads": threads}
+
+
 def test_evaluate_json_matches_final(teacher):
     r = cli("evaluate", "--checkpoint", str(teacher / "checkpoints/best.pt"), "--split", "test", "--json")
     assert r.returncode == 0, r.stderr

@@ -410,6 +410,9 @@ def _fit_and_evaluate(
             "splits": splits, "val_groups": cfg.data.val_groups,
             **({"train_groups": groups_info} if groups_info is not None else {}),
             "time": clock.record(result.first_batch_s),
+            # CPU kernels sum in a different order with another thread count, so a bit-exact re-run
+            # needs the same one (--threads).
+            "environment": {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads()},
         }
         writer.finish(final)
     finally:

@@ -182,6 +182,17 @@ def test_inspect_shows_long_tailed_counts_through_the_cli(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "empty class folder" in r.stderr
 
 
+def test_a_robust_teacher_trains_on_an_imagefolder_with_the_default_workers(tmp_path, capsys):
+    # Validation-driven weights decode the validation split with the run's loader workers, whose
+    # default (None: the machine's cores) must be resolved first.
+    out = tmp_path / "run"
+    args = ["train", "--dataset", "imagefolder", "--root", str(make_folder(tmp_path / "d")), "--image-size", "8",
+            "--model", "cnn-small", "--method", "robust-teacher", "--validation-every", "2", "--epochs", "1",
+            "--batch-size", "16", "--quiet", "--out", str(out)]
+    assert run_app(args) == 0, capsys.readouterr().err
+    assert len((out / "group_weights.csv").read_text().splitlines()) > 2
+
+
 def test_one_epoch_train_on_an_imagefolder(tmp_path, capsys):
     root = make_folder(tmp_path / "d", val=False)
     out = tmp_path / "run"

@@ -93,7 +93,8 @@ def test_final_records_the_thread_count_a_bit_exact_rerun_needs(tmp_path):
         r = cli("train", *FAST, "--threads", str(threads), "--out", str(out))
         assert r.returncode == 0, r.stderr
         env = json.loads((out / "final.json").read_text())["environment"]
-        assert env == {"torch": torch.__version__, "device": "cpu", "threads": threads}
+        assert env == {"torch": torch.__version__, "device": "cpu", "threads": threads,
+                       "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def test_evaluate_json_matches_final(teacher):

@@ -410,9 +410,10 @@ def _fit_and_evaluate(
             "splits": splits, "val_groups": cfg.data.val_groups,
             **({"train_groups": groups_info} if groups_info is not None else {}),
             "time": clock.record(result.first_batch_s),
-            # CPU kernels sum in a different order with another thread count, so a bit-exact re-run
-            # needs the same one (--threads).
-            "environment": {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads()},
+            # CPU kernels sum in another order with another thread count or instruction set (AVX2,
+            # AVX-512), so a bit-exact re-run needs the same ones (--threads sets the count).
+            "environment": {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
+                            "cpu_capability": torch.backends.cpu.get_cpu_capability()},
         }
         writer.finish(final)
     finally:

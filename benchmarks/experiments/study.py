@@ -233,6 +233,11 @@ def real_lt_study(images: str, root: Path, students: int = len(REAL_STUDENTS)) -
 REAL_LONG_EPOCHS = (16,)
 
 
+def _at_t1(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    """The grid run ``raw`` at T = 1 instead of its own temperature, named ``name``."""
+    return {**raw, "name": name, "objective": {**raw["objective"], "temperature": 1.0}}
+
+
 def real_lt_ablation(images: str, root: Path) -> list[dict[str, Any]]:
     """Two ablations of the robust student's collapse at T = 2 (benchmarks/results/cifar10-lt/README.md),
     each changing one thing in the grid's standard and robust students:
@@ -242,8 +247,7 @@ def real_lt_ablation(images: str, root: Path) -> list[dict[str, Any]]:
     - training length: REAL_LONG_EPOCHS instead of 4, from the ERM teacher at T = 2 (on digits-lt the
       robust student from the ERM teacher collapsed at 10 epochs and not at 20)."""
     base = {r["name"]: r for r in real_lt_study(images, root, 2)}
-    runs = [{**base[f"{mode}<-{short}"], "name": f"{mode}<-{short}-T=1",
-             "objective": {**base[f"{mode}<-{short}"]["objective"], "temperature": 1.0}}
+    runs = [_at_t1(base[f"{mode}<-{short}"], f"{mode}<-{short}-T=1")
             for short in ("erm", "balanced", "robust") for mode in ("robust", "standard")]
     for epochs in REAL_LONG_EPOCHS:
         runs += [{**base[f"{mode}<-erm"], "name": f"{mode}<-erm-epochs={epochs}",
@@ -257,14 +261,11 @@ def real_lt_at_t1(images: str, root: Path) -> list[dict[str, Any]]:
     robust student from the balanced and robust teachers with their training-time adjustment undone
     (``teacher.calibrate: undo-adjust``), the suspected cause of their collapse at T = 1."""
     grid = {r["name"]: r for r in real_lt_study(images, root)}
-    runs = []
-    for name in ("balanced<-erm", "tradeoff<-erm-beta=0.25", "tradeoff<-erm-beta=0.5", "tradeoff<-erm-beta=0.75"):
-        runs.append({**grid[name], "name": f"{name}-T=1", "objective": {**grid[name]["objective"], "temperature": 1.0}})
+    runs = [_at_t1(grid[name], f"{name}-T=1")
+            for name in ("balanced<-erm", "tradeoff<-erm-beta=0.25", "tradeoff<-erm-beta=0.5", "tradeoff<-erm-beta=0.75")]
     for short in ("balanced", "robust"):
-        raw = grid[f"robust<-{short}"]
-        runs.append({**raw, "name": f"robust<-{short}-undo-adjust-T=1",
-                     "objective": {**raw["objective"], "temperature": 1.0},
-                     "teacher": {**raw["teacher"], "calibrate": "undo-adjust"}})
+        raw = _at_t1(grid[f"robust<-{short}"], f"robust<-{short}-undo-adjust-T=1")
+        runs.append({**raw, "teacher": {**raw["teacher"], "calibrate": "undo-adjust"}})
     return runs
 
 

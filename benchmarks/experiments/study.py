@@ -261,8 +261,8 @@ def real_lt_at_t1(images: str, root: Path) -> list[dict[str, Any]]:
     robust student from the balanced and robust teachers with their training-time adjustment undone
     (``teacher.calibrate: undo-adjust``), the suspected cause of their collapse at T = 1."""
     grid = {r["name"]: r for r in real_lt_study(images, root)}
-    runs = [_at_t1(grid[name], f"{name}-T=1")
-            for name in ("balanced<-erm", "tradeoff<-erm-beta=0.25", "tradeoff<-erm-beta=0.5", "tradeoff<-erm-beta=0.75")]
+    erm_students = ("balanced<-erm", "tradeoff<-erm-beta=0.25", "tradeoff<-erm-beta=0.5", "tradeoff<-erm-beta=0.75")
+    runs = [_at_t1(grid[name], f"{name}-T=1") for name in erm_students]
     for short in ("balanced", "robust"):
         raw = _at_t1(grid[f"robust<-{short}"], f"robust<-{short}-undo-adjust-T=1")
         runs.append({**raw, "teacher": {**raw["teacher"], "calibrate": "undo-adjust"}})

@@ -260,3 +260,22 @@ def test_the_splits_evaluated_through_one_loader_equal_each_evaluated_alone(blob
     assert together == alone
     assert together["train"] != together["val"]  # each split got its own metrics
     assert model.training  # the model's mode is given back
+
+
+def test_trainer_epoch_without_a_loader_resolves_the_default_workers():
+    """Trainer.train_epoch builds its own loader when none is given; TrainConfig's num_workers default
+    (None: the machine's) must be resolved first, not handed to the DataLoader."""
+    from groupdistil.checkpoint import FitState
+    from groupdistil.data import DataConfig, load_dataset
+    from groupdistil.training.trainer import Trainer
+
+    bundle = load_dataset(DataConfig(dataset="spurious-digits"))
+    net = nn.Sequential(nn.Flatten(), nn.Linear(bundle.splits["train"][0][0].numel(), bundle.n_classes))
+    objective = build_objective("erm", n_groups=bundle.grouping.n_groups, n_classes=bundle.n_classes)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    trainer = Trainer(net, objective, torch.optim.SGD(net.parameters(), lr=0.1), scaler, train=TrainConfig(),
+                      device=torch.device("cpu"), state=FitState())
+    assert TrainConfig().num_workers is None
+    metrics = trainer.train_epoch(bundle, 0)
+    assert trainer.state.step == -(-len(bundle.splits["train"]) // TrainConfig().batch_size)
+    assert 0 <= metrics["avg_acc"] <= 1

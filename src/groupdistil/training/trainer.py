@@ -196,7 +196,8 @@ class Trainer:
         if loader is None:
             loader = train_loader(
                 bundle.fit_train, tr.batch_size, seed=tr.seed, epoch=epoch, sampler=tr.sampler,
-                n_groups=grouping.n_groups, num_workers=tr.num_workers, pin_memory=self.device.type == "cuda",
+                n_groups=grouping.n_groups, num_workers=default_workers(bundle.fit_train, tr.num_workers),
+                pin_memory=self.device.type == "cuda",
                 skip=start,
             )
         batches = clock.batches(loader) if clock is not None else loader

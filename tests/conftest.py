@@ -3,8 +3,12 @@ in-memory grouped dataset so engine tests run in seconds."""
 
 from __future__ import annotations
 
+import atexit
 import csv
+import os
+import shutil
 import socket
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,7 @@ from PIL import Image
 from groupdistil.checkpoint import rng_state
 from groupdistil.config import RunConfig
 from groupdistil.data.base import DatasetBundle, GroupedDataset
+from groupdistil.data.header_record import ENV as HEADER_RECORD
 from groupdistil.groups import Grouping
 from groupdistil.models import create_model
 
@@ -25,6 +30,12 @@ from groupdistil.models import create_model
 # not failed for being slow to generate data on a loaded machine; each test's @settings adds the rest.
 settings.register_profile("groupdistil", derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("groupdistil")
+
+# The header check's record (data/header_record.py) goes to a folder of this test session, not the
+# user's ~/.cache; the commands the tests start inherit it. A test that needs none sets its own.
+if HEADER_RECORD not in os.environ:  # the first process of the session (xdist's workers inherit it)
+    os.environ[HEADER_RECORD] = tempfile.mkdtemp(prefix="groupdistil-header-record-")
+    atexit.register(shutil.rmtree, os.environ[HEADER_RECORD], True)
 
 
 def write_image(path: Path, value: int = 128, size: tuple[int, int] = (10, 8)) -> Path:

@@ -17,6 +17,7 @@ from PIL import Image
 from groupdistil.checkpoint import load_checkpoint
 from groupdistil.cli.app import run_app
 from groupdistil.data import DataConfig, load_dataset
+from groupdistil.data.header_record import ENV as HEADER_RECORD
 from groupdistil.data.images import check_image_header
 from groupdistil.errors import DataError
 
@@ -137,7 +138,7 @@ def _png_header(width: int, height: int) -> bytes:
 
 
 def cli(*args: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GROUPDISTIL_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GROUPDISTIL_") or k == HEADER_RECORD}
     env["PYTHONPATH"] = SRC
     if kill_at is not None:
         env["GROUPDISTIL_KILL_AT"] = kill_at

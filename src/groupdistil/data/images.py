@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from groupdistil.data.header_record import check_unrecorded, record_folder
 from groupdistil.data.transforms import (
     MAX_PIXELS,
     CenterCrop,
@@ -65,9 +66,9 @@ class ImageFiles:
 
     def check(self) -> None:
         """Read every file's header (:func:`check_image_header`): a missing or unreadable file is one
-        DataError naming it, before a run touches its folder (``data.load_dataset`` calls it)."""
-        for path in self.paths:
-            check_image_header(str(path))
+        DataError naming it, before a run touches its folder (``data.load_dataset`` calls it). Files
+        that passed before, unchanged since, are not read again (:mod:`groupdistil.data.header_record`)."""
+        check_unrecorded(self.paths, check_image_header, record_folder())
 
     def __repr__(self) -> str:
         return f"ImageFiles(n={len(self)}, mode={self.mode!r}, size={self.size})"

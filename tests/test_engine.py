@@ -279,3 +279,29 @@ def test_trainer_epoch_without_a_loader_resolves_the_default_workers():
     metrics = trainer.train_epoch(bundle, 0)
     assert trainer.state.step == -(-len(bundle.splits["train"]) // TrainConfig().batch_size)
     assert 0 <= metrics["avg_acc"] <= 1
+
+
+def test_a_new_run_begins_its_first_pass_before_the_optimiser_and_a_resumed_one_after(blobs, tmp_path, monkeypatch):
+    events = []
+    real_optimizer, real_started = engine.make_optimizer, engine.Started
+
+    class Recorded(real_started):
+        def __init__(self, loader):
+            events.append("pass begun")
+            super().__init__(loader)
+
+    def optimizer(*args, **kwargs):
+        events.append("optimiser")
+        return real_optimizer(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "Started", Recorded)
+    monkeypatch.setattr(engine, "make_optimizer", optimizer)
+    cfg = TrainConfig(epochs=2, batch_size=32)
+    meta = {"model_name": "t", "num_classes": 2}
+    fit(_net(), _objective("erm", blobs), blobs, train=cfg, optim=OptimConfig(lr=0.1), out=tmp_path, meta=meta,
+        quiet=True)
+    assert events == ["pass begun", "optimiser"]
+    events.clear()
+    fit(_net(), _objective("erm", blobs), blobs, train=TrainConfig(epochs=3, batch_size=32), optim=OptimConfig(lr=0.1),
+        out=tmp_path, meta=meta, quiet=True, resume=True)
+    assert events == ["optimiser"]  # where it continues comes from last.pt, read with the optimiser

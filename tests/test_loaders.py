@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from groupdistil.loaders import eval_loader, splits_loader, train_loader
+from groupdistil.loaders import Started, epoch_loaders, eval_loader, splits_loader, train_loader
 
 
 def _order(ds, **kw):
@@ -38,3 +38,19 @@ def test_one_loader_of_splits_gives_each_splits_own_batches(blobs, workers):
     for (x, y, g, i, k), (split, (wx, wy, wg, wi)) in zip(got, want):
         assert k.tolist() == [split] * len(y)  # a batch never mixes two splits
         assert torch.equal(x, wx) and torch.equal(y, wy) and torch.equal(g, wg) and torch.equal(i, wi)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_pass_begun_early_gives_the_loaders_own_batches(blobs, workers):
+    def batches(loader):
+        return [torch.cat([i for *_, i in loader])]
+
+    made = epoch_loaders(blobs.train, 50, seed=4, num_workers=workers)
+    started = Started(made(0))
+    torch.rand(10)  # the main process's RNG use in between changes nothing: the loader has its own
+    fresh = epoch_loaders(blobs.train, 50, seed=4, num_workers=workers)
+    first = batches(started)
+    assert torch.equal(first[0], batches(fresh(0))[0])
+    assert len(started) == len(fresh(0)) == 5
+    assert torch.equal(batches(started)[0], first[0])  # a later pass is a new pass of the same epoch
+    assert not torch.equal(batches(made(1))[0], first[0])  # and the next epoch moves on

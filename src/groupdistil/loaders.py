@@ -177,6 +177,26 @@ def epoch_loaders(dataset: GroupedDataset, batch_size: int, *, seed: int, num_wo
     return loader
 
 
+class Started:
+    """A loader whose first pass has begun: its workers are started and decoding the first batches.
+
+    Iterating it the first time returns that pass; later times, fresh passes of the loader. Built before
+    slow set-up in the main process (torch's first optimiser imports ``torch._dynamo``, seconds of one
+    core), it lets the workers decode meanwhile. The batches are the loader's own: its sampler and
+    worker seeds come from its own generators, not from when the pass begins."""
+
+    def __init__(self, loader: Iterable[Any]) -> None:
+        self.loader = loader
+        self._first: Iterator[Any] | None = iter(loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        first, self._first = self._first, None
+        return first if first is not None else iter(self.loader)
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
+
+
 class _Dropping:
     """A loader whose first ``skip`` batches are loaded and dropped."""
 

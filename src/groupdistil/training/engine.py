@@ -27,7 +27,7 @@ from groupdistil.checkpoint import FitState, restore_training, training_payload
 from groupdistil.config import OptimConfig, TrainConfig
 from groupdistil.data.base import DatasetBundle
 from groupdistil.errors import CheckpointError
-from groupdistil.loaders import default_workers, epoch_loaders, eval_loader
+from groupdistil.loaders import Started, default_workers, epoch_loaders, eval_loader
 from groupdistil.metrics import GroupMetrics, is_better
 from groupdistil.objectives import Objective
 from groupdistil.parallel import distributed
@@ -97,13 +97,18 @@ def fit(
     if objective.requires_teacher and teacher is None:
         raise ValueError(f"teacher: objective {type(objective).__name__} needs a teacher")
     model = _place(model, objective, teacher, train, device, str((meta or {}).get("model_name", "model")))
+    loaders = _epoch_loaders(bundle, train, device)
+    # A new run's first epoch starts its loader workers before the optimiser exists: torch's first
+    # optimiser imports torch._dynamo (over a second of one core), and the workers decode the first
+    # batches meanwhile. A resumed run learns where it continues from last.pt, which needs the optimiser.
+    first = Started(loaders(0)) if not resume and train.epochs > 0 else None
     opt, sched, scaler = _optimisation(model, optim, train, device)
     saver = _Saver(RunPaths(out) if out is not None else None, dict(meta or {}), (model, objective, opt, sched, scaler))
     state = (_restore(saver.paths.last, bundle, model, objective, opt, sched, scaler, echo)
              if resume and saver.paths is not None else FitState())
     trainer = Trainer(_wrap(model, device, train), objective, opt, scaler, train=train, device=device,
                       state=state, teacher=teacher)
-    progress = _Progress(saver, state, Watch(train.checkpoint_every), writer, _epoch_loaders(bundle, train, device))
+    progress = _Progress(saver, state, Watch(train.checkpoint_every), writer, loaders, first)
     trainer.after_batch = progress.after_batch
     val_loader, first_batch_s = _val_loader(bundle, train, device), None
     with saver.writer.settled():  # the last checkpoint is on disk (or whole) before anyone reads it
@@ -175,6 +180,7 @@ class _Progress:
     watch: Watch
     writer: RunWriter | None
     loaders: Callable[..., Any]  # (epoch, skip) -> the epoch's training batches
+    first: Started | None = None  # epoch 0's batches of a new run, begun already
 
     def train_epoch(
         self, trainer: Trainer, bundle: DatasetBundle, epoch: int, quiet: bool, clock: EpochClock
@@ -183,7 +189,9 @@ class _Progress:
         their metrics (rank 0 carries their sums over the ranks)."""
         start, partial = self.state.batches, self.state.epoch_metrics
         self.state.batches, self.state.epoch_metrics = 0, None
-        return trainer.train_epoch(bundle, epoch, self.writer, quiet, loader=self.loaders(epoch, start), clock=clock,
+        first, self.first = self.first, None
+        loader = first if first is not None and epoch == 0 and start == 0 else self.loaders(epoch, start)
+        return trainer.train_epoch(bundle, epoch, self.writer, quiet, loader=loader, clock=clock,
                                    start=start, epoch_metrics=partial if distributed.is_main_process() else None)
 
     def after_batch(self, done: int, settled: Callable[[], GroupMetrics]) -> None:

@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from groupdistil.data.base import GroupedDataset
 from groupdistil.groups import Grouping
@@ -16,6 +15,7 @@ from groupdistil.loaders import eval_loader, splits_loader
 from groupdistil.metrics import GroupMetrics
 from groupdistil.parallel import distributed
 from groupdistil.training.devices import autocast
+from groupdistil.training.progress import progress
 
 
 @torch.inference_mode()
@@ -45,7 +45,7 @@ def evaluate(
     metrics = GroupMetrics(grouping.n_groups, grouping.n_classes)
     if loader is None:
         loader = eval_loader(dataset, batch_size, num_workers, pin_memory=device.type == "cuda")
-    bar = tqdm(loader, desc=desc, leave=False, disable=quiet or not distributed.is_main_process())
+    bar = progress(loader, desc=desc, disable=quiet or not distributed.is_main_process())
     for x, y, g, _ in bar:
         _update(model, metrics, (x, y, g), device, amp)
     metrics.all_reduce()
@@ -75,8 +75,7 @@ def evaluate_splits(
     names = list(datasets)
     metrics = [GroupMetrics(grouping.n_groups, grouping.n_classes) for _ in names]
     loader = splits_loader(list(datasets.values()), batch_size, num_workers, pin_memory=device.type == "cuda")
-    bar = tqdm(loader, desc="eval " + ", ".join(names), leave=False,
-               disable=quiet or not distributed.is_main_process())
+    bar = progress(loader, desc="eval " + ", ".join(names), disable=quiet or not distributed.is_main_process())
     for x, y, g, _, k in bar:
         _update(model, metrics[int(k[0])], (x, y, g), device, amp)
     for m in metrics:

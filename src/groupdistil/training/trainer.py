@@ -17,7 +17,6 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from groupdistil import faults
 from groupdistil.checkpoint import FitState
@@ -32,6 +31,7 @@ from groupdistil.runs.outputs import RunWriter
 from groupdistil.teachers import Teacher
 from groupdistil.training.devices import autocast
 from groupdistil.training.evaluation import per_class_error
+from groupdistil.training.progress import progress
 from groupdistil.training.timing import EpochClock
 
 #: The most memory the decoded validation split of validation-driven weights may take (1 GiB: CIFAR's
@@ -201,8 +201,8 @@ class Trainer:
                 skip=start,
             )
         batches = clock.batches(loader) if clock is not None else loader
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{tr.epochs}", leave=False, total=_length(loader),
-                   disable=quiet or not distributed.is_main_process())
+        bar = progress(batches, desc=f"epoch {epoch + 1}/{tr.epochs}", total=_length(loader),
+                       disable=quiet or not distributed.is_main_process())
         log = _EpochLog()
 
         def settled() -> GroupMetrics:  # the metrics and weight rows up to now, for a mid-epoch checkpoint

@@ -68,8 +68,11 @@ class Setup:
 
     def __init__(self, d: Path, a: argparse.Namespace) -> None:
         self.d, self.a = d, a
+        # The header check's record (data/header_record.py) of this run's images lives and goes with them;
+        # the first command (the teacher's training) pays the full check, as a first run on a dataset does.
         self.env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent / "src"),
-                                                                 os.environ.get("PYTHONPATH", "")]))
+                                                                 os.environ.get("PYTHONPATH", "")]),
+                        GROUPDISTIL_HEADER_RECORD=str(d / "headers"))
         self.common = ["--dataset", "waterbirds", "--root", str(d / "img"), "--image-size", str(a.size),
                        "--model", a.model, "--num-workers", str(a.workers), "--batch-size", str(a.batch),
                        "--device", a.device, "--quiet", "--amp", a.amp,

@@ -29,7 +29,7 @@ if ! "$py" -c "import pydantic" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/nul
 fi
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 work=$(mktemp -d)
-export GROUPDISTIL_CACHE=$work/cache
+export GROUPDISTIL_CACHE=$work/cache GROUPDISTIL_HEADER_RECORD=$work/headers
 trap 'rm -rf "$work"' EXIT
 export device out py work
 

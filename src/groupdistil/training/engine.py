@@ -98,10 +98,7 @@ def fit(
         raise ValueError(f"teacher: objective {type(objective).__name__} needs a teacher")
     model = _place(model, objective, teacher, train, device, str((meta or {}).get("model_name", "model")))
     loaders = _epoch_loaders(bundle, train, device)
-    # A new run's first epoch starts its loader workers before the optimiser exists: torch's first
-    # optimiser imports torch._dynamo (over a second of one core), and the workers decode the first
-    # batches meanwhile. A resumed run learns where it continues from last.pt, which needs the optimiser.
-    first = Started(loaders(0)) if not resume and train.epochs > 0 else None
+    first = Started(loaders(0)) if not resume and train.epochs > 0 else None  # see _Progress.first
     opt, sched, scaler = _optimisation(model, optim, train, device)
     saver = _Saver(RunPaths(out) if out is not None else None, dict(meta or {}), (model, objective, opt, sched, scaler))
     state = (_restore(saver.paths.last, bundle, model, objective, opt, sched, scaler, echo)
@@ -180,7 +177,10 @@ class _Progress:
     watch: Watch
     writer: RunWriter | None
     loaders: Callable[..., Any]  # (epoch, skip) -> the epoch's training batches
-    first: Started | None = None  # epoch 0's batches of a new run, begun already
+    # A new run's epoch 0, begun before the optimiser exists: torch's first optimiser imports
+    # torch._dynamo (over a second of one core), and the workers decode the first batches meanwhile.
+    # A resumed run learns where it continues from last.pt, which is read into the optimiser.
+    first: Started | None = None
 
     def train_epoch(
         self, trainer: Trainer, bundle: DatasetBundle, epoch: int, quiet: bool, clock: EpochClock

@@ -16,6 +16,9 @@ The CPU case (`make bench`): the `linear` model at 64 px, 2 workers, batch 64, 2
 
     python benchmarks/bench_steady.py --device cuda --size 224 --model resnet18 --amp bf16 --channels-last \\
         --batch 128 --workers 16 --out DIR
+
+``--no-deterministic`` runs the commands with torch's default kernels, as the bare loop does (on CUDA
+deterministic cuDNN and cuBLAS algorithms may cost speed; on a CPU they cost nothing measurable).
 """
 
 from __future__ import annotations
@@ -76,7 +79,8 @@ class Setup:
         self.common = ["--dataset", "waterbirds", "--root", str(d / "img"), "--image-size", str(a.size),
                        "--model", a.model, "--num-workers", str(a.workers), "--batch-size", str(a.batch),
                        "--device", a.device, "--quiet", "--amp", a.amp,
-                       *(["--channels-last"] if a.channels_last else [])]
+                       *(["--channels-last"] if a.channels_last else []),
+                       *(["--no-deterministic"] if a.no_deterministic else [])]
 
     def gd(self, *args: str) -> float:
         t0 = time.perf_counter()
@@ -134,7 +138,7 @@ def measure(a: argparse.Namespace, d: Path) -> list[dict[str, Any]]:
 def _rows(a: argparse.Namespace, med: dict[str, float], bare_epochs: list[list[float]],
           steady: list[dict[str, Any]], one: dict[str, Any], teacher: dict[str, Any]) -> list[dict[str, Any]]:
     case = f"{a.model} {a.size} px, {a.workers} workers, batch {a.batch}, {a.device}, amp {a.amp}" + (
-        ", channels_last" if a.channels_last else "")
+        ", channels_last" if a.channels_last else "") + (", not deterministic" if a.no_deterministic else "")
     bare_first = statistics.median(e[0] for e in bare_epochs)
     bare_steady = statistics.median(x for e in bare_epochs for x in e[1:])
     more = (med["three"] - med["one"]) / 2
@@ -176,6 +180,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--amp", default="none", choices=["none", "bf16"])
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--no-deterministic", action="store_true",
+                   help="runs with torch's default kernels, as the bare loop (on CUDA: no deterministic cuDNN/cuBLAS)")
     p.add_argument("--images", type=int, default=2000)
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--out", type=Path, default=None, help="write steady.json and steady.md here")

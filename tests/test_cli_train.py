@@ -87,14 +87,33 @@ def test_augmented_training_runs_the_teacher_online(teacher, tmp_path, capsys):
 
 def test_final_records_the_thread_count_a_bit_exact_rerun_needs(tmp_path):
     """Two CPU runs with different thread counts may differ in the last bits; final.json says which
-    count a run used, and --threads sets it."""
-    for threads in (1, 2):
+    count a run used, and --threads sets it; and whether its kernels were deterministic."""
+    for threads, deterministic in ((1, False), (2, True)):
         out = tmp_path / f"t{threads}"
-        r = cli("train", *FAST, "--threads", str(threads), "--out", str(out))
+        r = cli("train", *FAST, "--threads", str(threads), "--out", str(out),
+                *([] if deterministic else ["--no-deterministic"]))
         assert r.returncode == 0, r.stderr
         env = json.loads((out / "final.json").read_text())["environment"]
         assert env == {"torch": torch.__version__, "device": "cpu", "threads": threads,
-                       "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+                       "cpu_capability": torch.backends.cpu.get_cpu_capability(), "deterministic": deterministic}
+
+
+def test_deterministic_kernels_fix_the_cublas_workspace_unless_the_user_did(monkeypatch):
+    from groupdistil.app.runner import seed_everything
+
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+        seed_everything(0, deterministic=False)
+        assert not torch.are_deterministic_algorithms_enabled() and "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+        seed_everything(0)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"  # cuBLAS is deterministic only with it
+        monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+        seed_everything(0)
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=True)
 
 
 def test_evaluate_json_matches_final(teacher):

@@ -148,6 +148,9 @@ class TrainConfig(BaseModel):
         None, gt=0, le=MAX_COUNT, description="minutes between checkpoints within an epoch (resumable where "
         "they were written; default: at each epoch's end only)")
     channels_last: bool = Field(False, description="channels_last (NHWC) memory format for conv models")
+    deterministic: bool = Field(
+        True, description="deterministic kernels, so that a re-run is bit for bit the same (on CUDA cuDNN and "
+        "cuBLAS keep to deterministic algorithms, which may cost speed; free on CPUs)")
     sync_batchnorm: bool = Field(
         True, description="under torchrun, BatchNorm uses the global batch's statistics (exact; costs "
         "two all-reduces per BatchNorm layer and step)")

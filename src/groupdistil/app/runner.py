@@ -49,18 +49,22 @@ from groupdistil.training.timing import RunClock
 Echo = Callable[[str], None]
 
 
-def seed_everything(seed: int, compiled: bool = False) -> None:
-    """Seed every RNG the run uses and make CPU kernels deterministic (and, for a ``compiled`` run,
-    inductor's generated kernels)."""
+def seed_everything(seed: int, compiled: bool = False, deterministic: bool = True) -> None:
+    """Seed every RNG the run uses and, with ``deterministic``, make the kernels deterministic (and, for
+    a ``compiled`` run, inductor's generated kernels); without, torch's defaults."""
     random.seed(seed)
     torch.manual_seed(seed)
+    if deterministic:
+        # cuBLAS is deterministic only with a fixed workspace, read when its first handle is made (no
+        # CUDA matmul has run yet); a value the user set is kept. Without it torch only warns.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     # torch.use_deterministic_algorithms also sets inductor's flag, and importing inductor's config for
     # it costs seconds of every run's start; only a torch.compile run reads that flag.
     set_kernels = getattr(torch._C, "_set_deterministic_algorithms", None)
     if compiled or set_kernels is None:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
     else:
-        set_kernels(True, warn_only=True)
+        set_kernels(deterministic, warn_only=True)
 
 
 def default_cache_dir() -> Path:
@@ -320,7 +324,7 @@ def run_experiment(cfg: RunConfig, echo: Echo = print) -> dict[str, Any]:
              "many times slower than float32; use none here")
     if cfg.train.threads is not None:
         torch.set_num_threads(cfg.train.threads)
-    seed_everything(cfg.train.seed, cfg.train.compile)
+    seed_everything(cfg.train.seed, cfg.train.compile, cfg.train.deterministic)
     clock = RunClock()
     with clock.phase("data_index"):
         bundle = load_dataset(cfg.data)
@@ -331,7 +335,8 @@ def run_experiment(cfg: RunConfig, echo: Echo = print) -> dict[str, Any]:
     with clock.phase("teacher"):
         teacher = build_teacher(cfg, bundle, objective, device, echo, clock)
     train_cfg = selection_settings(cfg, echo)
-    seed_everything(cfg.train.seed, cfg.train.compile)  # the model's initialisation does not depend on teacher loading
+    # The model's initialisation does not depend on teacher loading.
+    seed_everything(cfg.train.seed, cfg.train.compile, cfg.train.deterministic)
     in_shape = tuple(bundle.input_shape)
     with clock.phase("model_build"):
         model = create_model(
@@ -413,7 +418,8 @@ def _fit_and_evaluate(
             # CPU kernels sum in another order with another thread count or instruction set (AVX2,
             # AVX-512), so a bit-exact re-run needs the same ones (--threads sets the count).
             "environment": {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
-                            "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+                            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                            "deterministic": torch.are_deterministic_algorithms_enabled()},
         }
         writer.finish(final)
     finally:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.utils.deterministic
 import yaml
 
 from groupdistil.checkpoint import load_checkpoint
@@ -101,19 +102,22 @@ def test_final_records_the_thread_count_a_bit_exact_rerun_needs(tmp_path):
 def test_deterministic_kernels_fix_the_cublas_workspace_unless_the_user_did(monkeypatch):
     from groupdistil.app.runner import seed_everything
 
-    before = torch.are_deterministic_algorithms_enabled()
+    before, fill = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
     try:
         monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
         seed_everything(0, deterministic=False)
         assert not torch.are_deterministic_algorithms_enabled() and "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+        torch.utils.deterministic.fill_uninitialized_memory = True
         seed_everything(0)
         assert torch.are_deterministic_algorithms_enabled()
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"  # cuBLAS is deterministic only with it
+        assert not torch.utils.deterministic.fill_uninitialized_memory  # a pass per allocation, for nothing
         monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
         seed_everything(0)
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
     finally:
         torch.use_deterministic_algorithms(before, warn_only=True)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
 def test_evaluate_json_matches_final(teacher):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.utils.deterministic
 from torch import nn
 
 from groupdistil._validate import check_writable_folder
@@ -58,6 +59,11 @@ def seed_everything(seed: int, compiled: bool = False, deterministic: bool = Tru
         # cuBLAS is deterministic only with a fixed workspace, read when its first handle is made (no
         # CUDA matmul has run yet); a value the user set is kept. Without it torch only warns.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    # With deterministic algorithms torch also fills the memory of every new tensor, so that a kernel
+    # reading memory it never wrote would read the same values each time: a pass per allocation (3% of
+    # a ResNet-20 step on a CPU; benchmarks/results/perf-notes.md) to guard against a bug that no
+    # kernel of a run has; the tests compare re-runs byte for byte.
+    torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
     # torch.use_deterministic_algorithms also sets inductor's flag, and importing inductor's config for
     # it costs seconds of every run's start; only a torch.compile run reads that flag.
     set_kernels = getattr(torch._C, "_set_deterministic_algorithms", None)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from groupdistil.data import DataConfig, load_dataset
+from groupdistil.data import DataConfig, header_record, load_dataset
 from groupdistil.data.header_record import ENV, check_unrecorded, file_versions, record_folder
 from groupdistil.data.images import check_image_header
 from groupdistil.errors import DataError
@@ -131,3 +131,31 @@ def test_loading_a_dataset_twice_reads_the_headers_once(tmp_path, monkeypatch):
     (tmp_path / "img" / "7.jpg").write_bytes(b"garbage")
     with pytest.raises(DataError, match=r"7\.jpg: not an image file"):
         load_dataset(DataConfig(dataset="manifest", root=manifest, image_size=8))
+
+
+def mark_pid(path: str) -> None:
+    """A check that notes which process ran it (a file per process and path) and refuses 'bad' names."""
+    Path(path + f".{os.getpid()}.seen").touch()
+    if "bad" in path:
+        raise DataError(f"{path}: bad")
+
+
+def test_many_files_are_checked_in_worker_processes_and_the_first_bad_one_is_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(header_record, "PARALLEL_FROM", 8)
+    paths = [str(tmp_path / f"{i:02d}.jpg") for i in range(40)]
+    header_record.check_all(paths, mark_pid, 2)
+    seen = sorted(tmp_path.glob("*.seen"))
+    assert len(seen) == 40  # each file once
+    assert {p.name.split(".")[2] for p in seen} != {str(os.getpid())}  # in other processes
+    bad = [str(tmp_path / f"{i:02d}.jpg") for i in range(40)]
+    bad[33], bad[7] = bad[33] + "bad", bad[7] + "bad"  # two bad files, in different chunks
+    with pytest.raises(DataError, match=r"07\.jpgbad: bad"):
+        header_record.check_all(bad, mark_pid, 2)
+    with pytest.raises(DataError, match=r"07\.jpgbad: bad"):  # the same as in one process
+        header_record.check_all(bad, mark_pid, 1)
+
+
+def test_few_files_or_one_core_are_checked_in_this_process(tmp_path):
+    paths = [str(tmp_path / f"{i}.jpg") for i in range(5)]
+    header_record.check_all(paths, mark_pid, 2)  # below PARALLEL_FROM
+    assert {p.name.split(".")[2] for p in tmp_path.glob("*.seen")} == {str(os.getpid())}

@@ -95,6 +95,20 @@ def usable_cores(env: dict[str, str] | os._Environ[str] = os.environ) -> int:
         return cores
 
 
+def local_cores() -> int:
+    """This process's share of the machine for work in other processes (loader workers, header checks):
+    its CPU affinity divided among the ranks torchrun started on this machine (``LOCAL_WORLD_SIZE``)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    except ValueError:
+        ranks = 1
+    return max(1, cores // ranks)
+
+
 #: The commands that train or evaluate in this process.
 _TRAINING_COMMANDS = {"train", "distill", "run", "evaluate", "demo"}
 

@@ -4,13 +4,13 @@ batches an uninterrupted one would, and a run on N ranks exactly the global batc
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from groupdistil._omp import local_cores
 from groupdistil.data.base import GroupedDataset
 from groupdistil.parallel import distributed
 
@@ -143,8 +143,7 @@ def default_workers(dataset: GroupedDataset, requested: int | None = None) -> in
         return requested
     if not getattr(dataset.loader, "reads_files", False):
         return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)))
+    return local_cores()
 
 
 def epoch_loaders(dataset: GroupedDataset, batch_size: int, *, seed: int, num_workers: int,

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from groupdistil._omp import launched_as_cli
 from groupdistil.errors import UserError
 
 T = TypeVar("T")
@@ -145,15 +146,18 @@ def exit_process(code: int) -> NoReturn:
     the only place the race can happen, never starts. Every file the run writes is closed by then;
     no ``atexit`` work of ours is skipped.
 
-    Other processes exit normally, after ``gc.freeze()``: Python's finalisation collects the reference
-    cycles among every object the process made (torch._dynamo and sympy alone are over a million) in
-    several full passes, which took 0.78 s of a one-epoch run's exit (0.21 s frozen). ``atexit``
-    handlers still run and objects outside cycles are still freed; only objects in cycles are left to
-    the operating system, whose ``__del__`` Python does not promise to call at exit anyway. Every file
-    the command writes is closed before this.
+    Other processes exit normally; the ``groupdistil`` command's after ``gc.freeze()``: Python's
+    finalisation collects the reference cycles among every object the process made (torch._dynamo and
+    sympy alone are over a million) in several full passes, which took 0.78 s of a one-epoch run's exit
+    (0.21 s frozen). ``atexit`` handlers still run and objects outside cycles are still freed; only
+    objects in cycles are left to the operating system, whose ``__del__`` Python does not promise to
+    call at exit anyway. Every file the command writes is closed before this. A caller that is not the
+    command (``main()`` from a notebook, where ``SystemExit`` does not end the interpreter) keeps its
+    collector as it was.
     """
     if not _ran_process_group:
-        gc.freeze()
+        if launched_as_cli():
+            gc.freeze()
         sys.exit(code)
     for stream in (sys.stdout, sys.stderr):
         with suppress(Exception):  # a closed or broken pipe must not turn an exit into a traceback

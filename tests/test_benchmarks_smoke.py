@@ -206,6 +206,18 @@ def test_real_images_study_plans_valid_runs(tmp_path):
     # Imbalance 10: the same grid on another long-tailed view.
     ten = [expand(raw, 1, {}, "x")[0].config for raw in study.at_imbalance(study.real_lt_study(images, tmp_path), 10.0)]
     assert {cfg.data.imbalance_ratio for cfg in ten} == {10.0} and len(ten) == len(plan)
+    # Its ERM part at T = 2 and 1: only the imbalance (and, for -T=1, the temperature) differ from the grid.
+    lt10 = {raw["name"]: expand(raw, 1, {}, "x")[0].config for raw in study.real_lt10_study(images, tmp_path / "runs")}
+    assert sorted(lt10) == sorted(["teacher-erm", *(f"{m}<-erm{t}" for m in ("standard", "balanced", "robust")
+                                                    for t in ("", "-T=1"))])
+    for name, cfg in lt10.items():
+        grid = runs[name.removesuffix("-T=1")][0].config
+        assert cfg.data.imbalance_ratio == 10.0
+        assert cfg.data.model_dump(exclude={"imbalance_ratio"}) == grid.data.model_dump(exclude={"imbalance_ratio"})
+        assert cfg.train == grid.train and cfg.teacher.model_dump(exclude={"checkpoints"}) == \
+            grid.teacher.model_dump(exclude={"checkpoints"})
+        temperature = 1.0 if name.endswith("-T=1") else grid.objective.temperature
+        assert cfg.objective.model_dump() == grid.objective.model_copy(update={"temperature": temperature}).model_dump()
 
 
 def test_defaults_study_changes_only_length_and_temperature(tmp_path):

@@ -82,13 +82,18 @@ def wait_policy(load: tuple[float, int] | None, usable: int) -> str | None:
     return "PASSIVE" if cores - busy < usable - MARGIN else None
 
 
+def _affinity_cores() -> int:
+    """The cores this process may run on (its CPU affinity; the machine's where there is none)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def usable_cores(env: dict[str, str] | os._Environ[str] = os.environ) -> int:
     """The cores this process's OpenMP threads may run on: its CPU affinity, or fewer when
     ``OMP_NUM_THREADS`` says so (torchrun sets 1 per process when it starts several)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
+    cores = _affinity_cores()
     try:
         return max(1, min(cores, int(env.get("OMP_NUM_THREADS", ""))))
     except ValueError:
@@ -99,14 +104,10 @@ def local_cores() -> int:
     """This process's share of the machine for work in other processes (loader workers, header checks):
     its CPU affinity divided among the ranks torchrun started on this machine (``LOCAL_WORLD_SIZE``)."""
     try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    try:
         ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     except ValueError:
         ranks = 1
-    return max(1, cores // ranks)
+    return max(1, _affinity_cores() // ranks)
 
 
 #: The commands that train or evaluate in this process.

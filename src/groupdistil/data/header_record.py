@@ -88,8 +88,7 @@ def check_all(paths: list[str], check: Callable[[str], None], processes: int) ->
     (the check is Python, one core each: CelebA's 202,599 headers take about 25 s on one). A bad file
     raises what ``check`` raised for the first bad file in ``paths``' order, as one process would."""
     if processes < 2 or len(paths) < PARALLEL_FROM or "fork" not in multiprocessing.get_all_start_methods():
-        for p in paths:
-            check(p)
+        _check_chunk(check, paths)
         return
     pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork"))
     try:

@@ -1,5 +1,6 @@
 """The benchmark runner works and records ratios (no timing thresholds here: they live in benchmarks/)."""
 
+import importlib
 import json
 import math
 import re
@@ -10,6 +11,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def experiment(name: str):
+    """A module of benchmarks/experiments (the study drivers), imported without leaving it on sys.path."""
+    sys.path.insert(0, str(ROOT / "benchmarks" / "experiments"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)
 
 
 def test_quick_objective_benchmark_writes_ratios(tmp_path):
@@ -96,11 +106,7 @@ def test_ddp_batchnorm_benchmark_writes_ratios(tmp_path):
 
 
 def test_study_without_group_labels_plans_valid_runs(tmp_path):
-    sys.path.insert(0, str(ROOT / "benchmarks" / "experiments"))
-    try:
-        import study
-    finally:
-        sys.path.pop(0)
+    study = experiment("study")
     from groupdistil.app.sweep import expand
 
     plan = study.nolabels_study("spurious-digits", tmp_path)
@@ -115,11 +121,7 @@ def test_study_without_group_labels_plans_valid_runs(tmp_path):
 
 
 def test_kd_terms_study_plans_each_term_plain_and_robust(tmp_path):
-    sys.path.insert(0, str(ROOT / "benchmarks" / "experiments"))
-    try:
-        import kd_terms
-    finally:
-        sys.path.pop(0)
+    kd_terms = experiment("kd_terms")
     from groupdistil.app.sweep import expand
 
     for dataset, robust in (("spurious-digits", "groupdistil"), ("digits-lt", "class-robust-kd")):
@@ -140,11 +142,7 @@ def test_kd_terms_study_plans_each_term_plain_and_robust(tmp_path):
 
 
 def test_real_images_study_plans_valid_runs(tmp_path):
-    sys.path.insert(0, str(ROOT / "benchmarks" / "experiments"))
-    try:
-        import study
-    finally:
-        sys.path.pop(0)
+    study = experiment("study")
     from groupdistil.app.sweep import expand
 
     images = str(tmp_path / "cifar10")
@@ -227,11 +225,7 @@ def test_defaults_study_changes_only_length_and_temperature(tmp_path):
     from groupdistil.app.sweep import expand
     from groupdistil.config import TrainConfig
 
-    sys.path.insert(0, str(ROOT / "benchmarks" / "experiments"))
-    try:
-        import study
-    finally:
-        sys.path.pop(0)
+    study = experiment("study")
     plan = study.defaults_study("digits-lt", tmp_path)
     runs = {raw["name"]: expand(raw, 1, {}, raw["name"])[0].config for raw in plan}
     assert len(runs) == 1 + 2 * 3 * 2

@@ -18,12 +18,16 @@ from tqdm.auto import tqdm
 T = TypeVar("T")
 
 
+def length(iterable: object) -> int | None:
+    """``len(iterable)``, or None for one without a length (a generator)."""
+    try:
+        return len(iterable)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
 def progress(iterable: Iterable[T], *, desc: str, disable: bool, total: int | None = None) -> Iterator[T]:
     """One pass over ``iterable`` with a progress bar (none with ``disable``); ``total`` defaults to
     ``len(iterable)`` where it has one."""
-    if total is None:
-        try:
-            total = len(iterable)  # type: ignore[arg-type]
-        except TypeError:
-            total = None
+    total = length(iterable) if total is None else total
     return iter(tqdm(iter(iterable), desc=desc, leave=False, total=total, disable=disable))

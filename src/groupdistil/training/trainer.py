@@ -31,7 +31,7 @@ from groupdistil.runs.outputs import RunWriter
 from groupdistil.teachers import Teacher
 from groupdistil.training.devices import autocast
 from groupdistil.training.evaluation import per_class_error
-from groupdistil.training.progress import progress
+from groupdistil.training.progress import length, progress
 from groupdistil.training.timing import EpochClock
 
 #: The most memory the decoded validation split of validation-driven weights may take (1 GiB: CIFAR's
@@ -201,7 +201,7 @@ class Trainer:
                 skip=start,
             )
         batches = clock.batches(loader) if clock is not None else loader
-        bar = progress(batches, desc=f"epoch {epoch + 1}/{tr.epochs}", total=_length(loader),
+        bar = progress(batches, desc=f"epoch {epoch + 1}/{tr.epochs}", total=length(loader),
                        disable=quiet or not distributed.is_main_process())
         log = _EpochLog()
 
@@ -240,13 +240,6 @@ class Trainer:
             generator=epoch_generator(self.train.seed, self.state.step), device=self.device,
         )
         self.objective.update_from_validation(err)
-
-
-def _length(loader: Iterable[object]) -> int | None:
-    try:
-        return len(loader)  # type: ignore[arg-type]
-    except TypeError:
-        return None
 
 
 class _EpochLog:

@@ -3,7 +3,17 @@
 import pytest
 import torch
 
-from groupdistil.loaders import Started, epoch_loaders, eval_loader, splits_loader, train_loader
+from groupdistil.loaders import (
+    MIN_PASS_BATCH,
+    Started,
+    epoch_loaders,
+    eval_loader,
+    pass_batch_size,
+    splits_loader,
+    train_loader,
+)
+from groupdistil.models import create_model
+from groupdistil.training.evaluation import evaluate
 
 
 def _order(ds, **kw):
@@ -29,12 +39,13 @@ def test_group_balanced_sampler_draws_groups_equally(blobs):
     assert torch.allclose(share, torch.full((4,), 0.25), atol=0.03)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_one_loader_of_splits_gives_each_splits_own_batches(blobs, workers):
+@pytest.mark.parametrize(("workers", "n_batches"), [(0, 5 + 3 + 3), (2, 6 + 4 + 4)])
+def test_one_loader_of_splits_gives_each_splits_own_batches(blobs, workers, n_batches):
     parts = [blobs.train, blobs.val, blobs.test]
     got = list(splits_loader(parts, 50, num_workers=workers))
-    want = [(k, b) for k, d in enumerate(parts) for b in eval_loader(d, 50)]
-    assert len(got) == len(want) == 5 + 3 + 3  # 240 and 120 samples: partial last batches per split
+    want = [(k, b) for k, d in enumerate(parts) for b in eval_loader(d, 50, num_workers=workers)]
+    # 240 and 120 samples: batches of 50 without workers; with two, 6 of 40 and 4 of 30 (an even share each)
+    assert len(got) == len(want) == n_batches
     for (x, y, g, i, k), (split, (wx, wy, wg, wi)) in zip(got, want):
         assert k.tolist() == [split] * len(y)  # a batch never mixes two splits
         assert torch.equal(x, wx) and torch.equal(y, wy) and torch.equal(g, wg) and torch.equal(i, wi)
@@ -54,3 +65,61 @@ def test_a_pass_begun_early_gives_the_loaders_own_batches(blobs, workers):
     assert len(started) == len(fresh(0)) == 5
     assert torch.equal(batches(started)[0], first[0])  # a later pass is a new pass of the same epoch
     assert not torch.equal(batches(made(1))[0], first[0])  # and the next epoch moves on
+
+
+@pytest.mark.parametrize(("n", "batch", "workers", "want"), [
+    (250, 256, 16, 32),  # one batch of 250 would keep 15 of 16 workers idle: 8 of 32 instead (the floor)
+    (250, 16, 16, 16),
+    (600, 256, 16, 38),
+    (4795, 256, 16, 150),  # 19 batches of 256 take two rounds of 16 workers; 32 of 150 take 300 images' time
+    (200, 256, 2, 100),
+    (1280, 64, 2, 64),  # 20 batches of 64: already an even share
+    (1600, 64, 2, 62),  # 25 batches of 64 would give one worker a batch more: 26 of 62
+    (250, 256, 0, 256),  # in-memory data (no workers) keeps the batch size
+    (0, 256, 4, 256),
+])
+def test_a_pass_is_cut_into_an_even_share_per_worker(n, batch, workers, want):
+    assert pass_batch_size(n, batch, workers) == want
+
+
+def _busiest(n, size, workers):
+    """The most samples one worker decodes when batches of ``size`` go to ``workers`` in turn."""
+    sizes = [min(size, n - j) for j in range(0, n, size)]
+    return max(sum(sizes[w::workers]) for w in range(workers))
+
+
+def test_a_pass_never_waits_for_more_than_its_share_plus_a_sample_a_round():
+    for workers in (1, 2, 3, 8, 16):
+        for batch in (1, 7, 64, 256):
+            for n in range(1, 700, 13):
+                b = pass_batch_size(n, batch, workers)
+                assert min(batch, MIN_PASS_BATCH) <= b <= batch
+                assert _busiest(n, b, workers) <= _busiest(n, batch, workers)  # never worse than asked
+                if b > min(batch, MIN_PASS_BATCH):  # not held up by the floor: an even share
+                    rounds = -(-n // (workers * batch))
+                    assert _busiest(n, b, workers) <= n / workers + rounds, (n, batch, workers, b)
+
+
+def test_a_batch_size_moves_no_prediction():
+    """Why an evaluation pass may cut its batches by its workers: the logits of a sample do not depend
+    on its batch from the floor up, and where the CPU kernels differ (batches of 1, MobileNet's
+    smaller ones) only in the last bits."""
+    torch.manual_seed(0)
+    x = torch.randn(96, 3, 32, 32)
+    for name in ("linear", "cnn-small", "resnet20", "resnet18", "mobilenet_v3_small"):
+        model = create_model(name, num_classes=10, in_channels=3, input_shape=(3, 32, 32)).eval()
+        with torch.inference_mode():
+            whole = model(x)
+            assert torch.equal(whole, torch.cat([model(c) for c in x.split(MIN_PASS_BATCH)])), name
+            ones = torch.cat([model(c) for c in x.split(1)])
+        assert torch.allclose(whole, ones, rtol=1e-5, atol=1e-5), name
+        assert torch.equal(whole.argmax(1), ones.argmax(1)), name
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_evaluation_pass_gives_the_same_metrics_with_any_workers(blobs, workers):
+    torch.manual_seed(0)
+    model = create_model("mlp", num_classes=blobs.n_classes, input_shape=blobs.input_shape)
+    got = evaluate(model, blobs.train, blobs.grouping, batch_size=256, num_workers=workers)
+    assert len(eval_loader(blobs.train, 256, num_workers=workers)) == (1 if workers == 0 else 2)
+    assert got == evaluate(model, blobs.train, blobs.grouping, batch_size=240, num_workers=0)

@@ -15,6 +15,9 @@ from groupdistil.data.base import GroupedDataset
 from groupdistil.parallel import distributed
 
 SAMPLERS = ("shuffle", "group-balanced")
+#: The smallest batch :func:`pass_batch_size` cuts: below it a GPU spends more time per batch than per
+#: image, and the CPU kernels differ (see there).
+MIN_PASS_BATCH = 32
 
 
 def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
@@ -209,18 +212,40 @@ class _Dropping:
         return max(0, len(self.loader) - self.skip)
 
 
+def pass_batch_size(n: int, batch_size: int, num_workers: int) -> int:
+    """The batch size of an evaluation pass over ``n`` samples: at most ``batch_size``; with loader
+    workers, the pass is cut into a multiple of ``num_workers`` batches of near-equal size, of at least
+    :data:`MIN_PASS_BATCH` samples.
+
+    A batch is the unit a worker decodes, so a pass whose batches do not share out evenly waits for
+    the busiest worker: 250 validation images in one batch of 256 are decoded by one of 16 workers
+    while the others idle, and 19 batches of 256 take two rounds of 16 where 32 batches of 150 take
+    the time of 300 images. In-memory data (no workers) keeps ``batch_size``.
+
+    Only metrics come out of such a pass (accuracies, counts): a batch size can move a logit in its
+    last bits (the CPU kernels of batches of 1, or MobileNet's of 7; tests/test_loaders.py), which
+    leaves predictions alone. A teacher's logits, which a student learns from, keep the batch size
+    the run asks for, so that they do not depend on the machine's cores."""
+    if num_workers <= 0 or n <= 0:
+        return batch_size
+    batches = num_workers * -(-n // (num_workers * batch_size))
+    return max(min(batch_size, MIN_PASS_BATCH), -(-n // batches))
+
+
 def eval_loader(
     dataset: GroupedDataset, batch_size: int, num_workers: int = 0, pin_memory: bool = False,
     persistent_workers: bool = False,
 ) -> DataLoader:
-    """Sequential loader; under DDP each rank takes a disjoint strided share (metrics are all-reduced),
-    and the shares together hold every sample exactly once. With ``persistent_workers`` (and workers)
-    one loader serves many passes without starting its workers again: the view has no augmentation,
-    so nothing random carries over between passes."""
+    """Sequential loader of batches of at most ``batch_size`` (:func:`pass_batch_size`); under DDP each
+    rank takes a disjoint strided share (metrics are all-reduced), and the shares together hold every
+    sample exactly once. With ``persistent_workers`` (and workers) one loader serves many passes
+    without starting its workers again: the view has no augmentation, so nothing random carries over
+    between passes."""
     ds = dataset.without_augmentation()
     if distributed.is_distributed():
         ds = torch.utils.data.Subset(ds, _rank_share(len(ds)))  # type: ignore[assignment]
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin_memory,
+    return DataLoader(ds, batch_size=pass_batch_size(len(ds), batch_size, num_workers), shuffle=False,
+                      num_workers=num_workers, pin_memory=pin_memory,
                       persistent_workers=persistent_workers and num_workers > 0)
 
 
@@ -247,12 +272,15 @@ def splits_loader(
     datasets: Sequence[GroupedDataset], batch_size: int, num_workers: int = 0, pin_memory: bool = False
 ) -> DataLoader:
     """One sequential loader over several datasets in turn, whose workers start once (a loader per
-    dataset starts its own). Its batches are those of :func:`eval_loader` of each dataset, the same
-    samples in the same order (a batch never mixes two datasets), as ``(x, y, g, i, k)`` with ``k``
-    (B,) the position of the batch's dataset in ``datasets``."""
+    dataset starts its own). Its batches are those of :func:`eval_loader` of each dataset (each cut
+    by :func:`pass_batch_size`), the same samples in the same order (a batch never mixes two
+    datasets), as ``(x, y, g, i, k)`` with ``k`` (B,) the position of the batch's dataset in
+    ``datasets``."""
     views = [d.without_augmentation() for d in datasets]
-    batches = [[(k, i) for i in share[j:j + batch_size]]
-               for k, share in enumerate(_rank_share(len(v)) for v in views)
-               for j in range(0, len(share), batch_size)]
+    shares = [_rank_share(len(v)) for v in views]
+    sizes = [pass_batch_size(len(share), batch_size, num_workers) for share in shares]
+    batches = [[(k, i) for i in share[j:j + size]]
+               for k, (share, size) in enumerate(zip(shares, sizes))
+               for j in range(0, len(share), size)]
     return DataLoader(_Splits(views), batch_sampler=batches, num_workers=num_workers,  # type: ignore[arg-type]
                       pin_memory=pin_memory)

@@ -197,8 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(json.dumps(r) for r in rows)
     print(text)
     if a.out is not None:
+        from run import NOTES, machine, markdown  # run.py imports this module: not at the top
+
+        command = "python benchmarks/bench_steady.py " + " ".join(sys.argv[1:] if argv is None else argv)
         a.out.mkdir(parents=True, exist_ok=True)
-        (a.out / "steady.json").write_text(json.dumps({"command": " ".join(sys.argv), "results": rows}, indent=2))
+        (a.out / "steady.json").write_text(json.dumps({"machine": machine(), "command": command, "results": rows},
+                                                      indent=2))
+        notes = Path(os.path.relpath(NOTES, a.out.resolve())).as_posix()
+        (a.out / "steady.md").write_text(markdown({"steady": rows}, machine(), command, notes) + "\n")
     return 0
 
 

@@ -74,6 +74,8 @@ def test_gpu_check_script_runs_on_the_cpu(tmp_path):
                 "groupdistil_online_img_s", "online_over_cached", "groupdistil_over_kd"):
         assert row[key] > 0, key
     steady, fixed, teacher = json.loads((tmp_path / "steady.json").read_text())["results"]
+    md = (tmp_path / "steady.md").read_text()  # the same rows as a table, with the command beside them
+    assert "python benchmarks/bench_steady.py --device cpu" in md and "| steady state: one more epoch" in md
     # "One more epoch" is a difference of two runs' wall times: its sign is noise on a loaded machine.
     assert math.isfinite(steady["more_epoch_over_bare"]) and steady["bare_epoch_s"] > 0
     assert steady["logged_epoch_s"] > 0

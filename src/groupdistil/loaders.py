@@ -213,19 +213,20 @@ class _Dropping:
 
 
 def pass_batch_size(n: int, batch_size: int, num_workers: int) -> int:
-    """The batch size of an evaluation pass over ``n`` samples: at most ``batch_size``; with loader
-    workers, the pass is cut into a multiple of ``num_workers`` batches of near-equal size, of at least
-    :data:`MIN_PASS_BATCH` samples.
+    """The batch size of a sequential pass over ``n`` samples (an evaluation, or decoding a split
+    into memory): at most ``batch_size``; with loader workers, the pass is cut into a multiple of
+    ``num_workers`` batches of near-equal size, of at least :data:`MIN_PASS_BATCH` samples.
 
     A batch is the unit a worker decodes, so a pass whose batches do not share out evenly waits for
     the busiest worker: 250 validation images in one batch of 256 are decoded by one of 16 workers
     while the others idle, and 19 batches of 256 take two rounds of 16 where 32 batches of 150 take
     the time of 300 images. In-memory data (no workers) keeps ``batch_size``.
 
-    Only metrics come out of such a pass (accuracies, counts): a batch size can move a logit in its
-    last bits (the CPU kernels of batches of 1, or MobileNet's of 7; tests/test_loaders.py), which
-    leaves predictions alone. A teacher's logits, which a student learns from, keep the batch size
-    the run asks for, so that they do not depend on the machine's cores."""
+    Only metrics (accuracies, counts) or decoded images come out of such a pass: a batch size can move
+    a logit in its last bits (the CPU kernels of batches of 1, or MobileNet's of 7;
+    tests/test_loaders.py), which leaves predictions alone, and decoding is per image. A teacher's
+    logits, which a student learns from, keep the batch size the run asks for, so that they do not
+    depend on the machine's cores."""
     if num_workers <= 0 or n <= 0:
         return batch_size
     batches = num_workers * -(-n // (num_workers * batch_size))

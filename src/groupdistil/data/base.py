@@ -110,9 +110,13 @@ class GroupedDataset(Dataset):
         first = view[0][0]
         if first.numel() * first.element_size() * len(self) > max_bytes:
             return view
+        from groupdistil.loaders import pass_batch_size  # loaders imports this module
+
         # Sequential and whole on every process (not eval_loader's per-rank shares): every rank draws
-        # the same validation batch, so that lambda stays the same on every rank.
-        batches = DataLoader(view, batch_size=256, shuffle=False, num_workers=num_workers)
+        # the same validation batch, so that lambda stays the same on every rank. Decoding is per
+        # image, so the batches' sizes (shared out between the workers) change no value.
+        batches = DataLoader(view, batch_size=pass_batch_size(len(view), 256, num_workers), shuffle=False,
+                             num_workers=num_workers)
         inputs = torch.cat([x for x, *_ in batches])
         return GroupedDataset(self.y, self.g, inputs=inputs, identity=self.identity)
 

@@ -245,10 +245,10 @@ def test_a_folder_link_loop_is_one_line_not_an_endless_walk(tmp_path, capsys):
     assert build(root).class_counts("train").tolist() == [30, 11, 20]
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_decoded_split_holds_the_same_inputs_once_decoded(tmp_path, workers):
+@pytest.mark.parametrize(("workers", "batch"), [(0, 256), (2, 5)])
+def test_decoded_split_holds_the_same_inputs_once_decoded(tmp_path, workers, batch):
     val = build(make_folder(tmp_path / "d")).splits["val"]
-    decoded = val.decoded(max_bytes=1 << 20, num_workers=workers)
+    decoded = val.decoded(max_bytes=1 << 20, num_workers=workers, batch_size=batch)
     assert decoded.inputs is not None and decoded.inputs.shape == (len(val), 3, 8, 8)
     for i in range(len(val)):
         x, y, g, j = decoded[i]

@@ -99,24 +99,21 @@ class GroupedDataset(Dataset):
         view.g = g.long()
         return view
 
-    def decoded(self, max_bytes: int, num_workers: int = 0) -> GroupedDataset:
+    def decoded(self, max_bytes: int, num_workers: int = 0, batch_size: int = 256) -> GroupedDataset:
         """This split without augmentation, its inputs decoded and transformed once and held in memory
         as an (N, ...) tensor, for a model that reads it again and again (validation-driven weights
         draw a validation batch every K steps). Unchanged (the augmentation-free view) when the inputs
-        are in memory already or would take more than ``max_bytes``; ``num_workers`` decode."""
+        are in memory already or would take more than ``max_bytes``; ``num_workers`` decode, in
+        batches of ``batch_size`` (decoding is per image: the batches change no value)."""
         view = self.without_augmentation()
         if self.inputs is not None or len(self) == 0:
             return view
         first = view[0][0]
         if first.numel() * first.element_size() * len(self) > max_bytes:
             return view
-        from groupdistil.loaders import pass_batch_size  # loaders imports this module
-
         # Sequential and whole on every process (not eval_loader's per-rank shares): every rank draws
-        # the same validation batch, so that lambda stays the same on every rank. Decoding is per
-        # image, so the batches' sizes (shared out between the workers) change no value.
-        batches = DataLoader(view, batch_size=pass_batch_size(len(view), 256, num_workers), shuffle=False,
-                             num_workers=num_workers)
+        # the same validation batch, so that lambda stays the same on every rank.
+        batches = DataLoader(view, batch_size=batch_size, shuffle=False, num_workers=num_workers)
         inputs = torch.cat([x for x, *_ in batches])
         return GroupedDataset(self.y, self.g, inputs=inputs, identity=self.identity)
 

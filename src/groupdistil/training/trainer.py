@@ -23,7 +23,7 @@ from groupdistil.checkpoint import FitState
 from groupdistil.config import TrainConfig
 from groupdistil.data.base import DatasetBundle, GroupedDataset
 from groupdistil.errors import NumericalError
-from groupdistil.loaders import default_workers, epoch_generator, train_loader
+from groupdistil.loaders import default_workers, epoch_generator, pass_batch_size, train_loader
 from groupdistil.metrics import GroupMetrics, confidence_and_prediction
 from groupdistil.objectives import Objective, ObjectiveOutput
 from groupdistil.parallel import distributed
@@ -233,8 +233,9 @@ class Trainer:
         if self._lambda_val is None:
             # Decoded once: a batch of 4096 images every K steps otherwise decodes more images than the
             # steps between draws train on (robust teacher on CIFAR-10-LT at 16 px, K = 8, batch 128).
-            self._lambda_val = bundle.val.decoded(LAMBDA_VAL_MAX_BYTES,
-                                                  default_workers(bundle.val, self.train.num_workers))
+            workers = default_workers(bundle.val, self.train.num_workers)
+            self._lambda_val = bundle.val.decoded(LAMBDA_VAL_MAX_BYTES, workers,
+                                                  pass_batch_size(len(bundle.val), 256, workers))
         err = per_class_error(
             distributed.unwrap(self.net), self._lambda_val, bundle.n_classes,
             generator=epoch_generator(self.train.seed, self.state.step), device=self.device,

@@ -11,8 +11,10 @@ run, each in its own process:
 - the teacher's pass over the training set (the first run, a cache miss) in images per second, beside
   the bare loop's training images per second.
 
-The CPU case (`make bench`): the `linear` model at 64 px, 2 workers, batch 64, 2,000 generated
-500 x 375 JPEGs in the Waterbirds layout. The GPU case (benchmarks/gpu_check.sh part 3):
+The CPU cases (`make bench`): the `linear` model, 2 workers, batch 64, 2,000 generated 500 x 375 JPEGs
+in the Waterbirds layout, at 64 px (our reader decodes them at a quarter of their size, the bare loop
+at full size) and at 224 px (both decode at full size, as on a GPU machine at 224 px; the command
+line's default). The GPU case (benchmarks/gpu_check.sh part 3):
 
     python benchmarks/bench_steady.py --device cuda --size 224 --model resnet18 --amp bf16 --channels-last \\
         --batch 128 --workers 16 --out DIR
@@ -162,13 +164,22 @@ def _rows(a: argparse.Namespace, med: dict[str, float], bare_epochs: list[list[f
     ]
 
 
+#: `make bench`'s image sizes (module docstring).
+CPU_SIZES = (64, 224)
+
+
 def run(repeats: int, timer: Any = None, **options: Any) -> list[dict[str, Any]]:
-    """`make bench`'s CPU case: ``max(1, repeats // 10)`` interleaved rounds."""
-    a = parse([f"--rounds={max(1, repeats // 10)}", *(f"--{k.replace('_', '-')}={v}" for k, v in options.items())])
+    """`make bench`'s CPU cases, one per size of :data:`CPU_SIZES` (``options["size"]``: that one
+    alone) over the same JPEGs: ``max(1, repeats // 10)`` interleaved rounds each."""
+    sizes = [options.pop("size")] if "size" in options else list(CPU_SIZES)
+    flags = [f"--rounds={max(1, repeats // 10)}", *(f"--{k.replace('_', '-')}={v}" for k, v in options.items())]
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "img").mkdir()
-        make_images(Path(d) / "img", a.images)
-        return measure(a, Path(d))
+        make_images(Path(d) / "img", parse(flags).images)
+        for size in sizes:
+            rows += measure(parse([*flags, f"--size={size}"]), Path(d))
+    return rows
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

@@ -211,11 +211,12 @@ def main(argv: list[str] | None = None) -> int:
         from run import NOTES, machine, markdown  # run.py imports this module: not at the top
 
         command = "python benchmarks/bench_steady.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        info = machine()
         a.out.mkdir(parents=True, exist_ok=True)
-        (a.out / "steady.json").write_text(json.dumps({"machine": machine(), "command": command, "results": rows},
+        (a.out / "steady.json").write_text(json.dumps({"machine": info, "command": command, "results": rows},
                                                       indent=2))
         notes = Path(os.path.relpath(NOTES, a.out.resolve())).as_posix()
-        (a.out / "steady.md").write_text(markdown({"steady": rows}, machine(), command, notes) + "\n")
+        (a.out / "steady.md").write_text(markdown({"steady": rows}, info, command, notes) + "\n")
     return 0
 
 

@@ -279,10 +279,45 @@ def test_validation_driven_weights_decode_the_validation_split_once(tmp_path, mo
                 "--num-workers", "0", "--quiet", "--out", str(out)]
         assert run_app(args) == 0
         weights[cap] = (out / "group_weights.csv").read_text()
-        # 60 training images in batches of 8: 16 steps, a draw every 2. The two epochs' evaluations and
-        # the final one decode the 18 validation images 3 times; the size check before decoding once
-        # decodes one more image.
-        draws = sum(p.startswith(str(root / "val")) for p in decoded) - 3 * 18
+        # 60 training images in batches of 8: 16 steps, a draw every 2. The first epoch's validation
+        # decodes the 18 validation images for every evaluation (tests/test_loaders.py); the size check
+        # before decoding once decodes one more image.
+        draws = sum(p.startswith(str(root / "val")) for p in decoded) - 18
         assert draws == (18 if cap else 8 * 18) + 1, cap
     assert weights[trainer.LAMBDA_VAL_MAX_BYTES] == weights[0]
     assert len(weights[0].splitlines()) > 5  # lambda moved at many draws
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_the_validation_split_is_decoded_once_for_every_evaluation(tmp_path, monkeypatch, workers):
+    """Every epoch's validation and the final evaluation use the batches the first validation decoded,
+    and find what they found when each decoded them again."""
+    from groupdistil.data.images import ImageFiles
+    from groupdistil.loaders import HeldPasses
+    from groupdistil.training import engine
+
+    class Unheld(HeldPasses):  # a budget nothing fits in: every pass decodes, as before
+        def __init__(self, loader) -> None:
+            super().__init__(loader, max_bytes=0)
+
+    root = make_folder(tmp_path / "d", n_eval=6)
+    decoded: list[str] = []
+    decode = ImageFiles.__call__
+    monkeypatch.setattr(ImageFiles, "__call__", lambda self, i: decoded.append(str(self.paths[i])) or decode(self, i))
+    runs = {}
+    for name, held in (("held", HeldPasses), ("unheld", Unheld)):
+        monkeypatch.setattr(engine, "HeldPasses", held)
+        decoded.clear()
+        out = tmp_path / name
+        args = ["train", "--dataset", "imagefolder", "--root", str(root), "--image-size", "8", "--model",
+                "cnn-small", "--batch-size", "8", "--epochs", "3", "--num-workers", workers, "--quiet",
+                "--out", str(out)]
+        assert run_app(args) == 0
+        final = json.loads((out / "final.json").read_text())
+        vals = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["split"] == "val"]
+        runs[name] = final["splits"], final["selected_epoch"], vals
+        if workers == "0":  # decoded in this process: counted (workers decode in theirs)
+            passes = 1 if name == "held" else 4  # three validations and the final evaluation
+            assert sum(p.startswith(str(root / "val")) for p in decoded) == passes * 18
+    assert runs["held"] == runs["unheld"]
+    assert len(runs["held"][2]) == 3 and runs["held"][0]["val"]["n"] == 18

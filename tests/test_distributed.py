@@ -24,7 +24,7 @@ import torch.distributed as dist
 import yaml
 
 import groupdistil
-from conftest import free_port
+from conftest import free_port, write_image
 from groupdistil.data import DataConfig, load_dataset
 from groupdistil.loaders import GlobalBatchSampler
 from groupdistil.models import create_model
@@ -421,3 +421,33 @@ def test_inferred_groups_are_the_same_on_every_rank(env, teacher, tmp_path):
     two_final, one_final = (json.loads((tmp_path / k / "final.json").read_text()) for k in ("two", "one"))
     assert two_final["train_groups"] == one_final["train_groups"]
     assert len(two_final["train_groups"]["group_names"]) == 4
+
+
+@pytest.mark.slow  # each launch starts fresh interpreters that import torch
+@needs_torchrun
+def test_images_read_from_files_on_two_ranks_equal_one_process(env, tmp_path):
+    # Each rank decodes its share of the validation split at the first validation and holds it for the
+    # second and for the final evaluation (loaders.HeldPasses); the metrics are all-reduced as before.
+    root = tmp_path / "d"
+    for k, name in enumerate(("a", "b")):
+        for split, n in (("train", 24), ("val", 7 + k), ("test", 5)):
+            for i in range(n):
+                write_image(root / split / name / f"{i:02d}.png", value=60 + 90 * k + 3 * i, size=(9, 7))
+    args = ["train", "--dataset", "imagefolder", "--root", str(root), "--image-size", "8", "--model", "linear",
+            "--method", "group-dro", "--step-size", "1.0", "--device", "cpu", "--epochs", "2", "--lr", "0.05",
+            "--quiet"]
+    _ok(_launch(env, [*args, "--batch-size", "8", "--out", str(tmp_path / "two")], ranks=RANKS))
+    _ok(_launch(env, [*args, "--batch-size", "16", "--out", str(tmp_path / "one")]))
+    _assert_same_training(tmp_path / "two", tmp_path / "one")
+    finals = {k: json.loads((tmp_path / k / "final.json").read_text()) for k in ("two", "one")}
+    assert finals["two"]["selected_epoch"] == finals["one"]["selected_epoch"]
+    for split, n in (("train", 48), ("val", 15), ("test", 10)):
+        s2, s1 = finals["two"]["splits"][split], finals["one"]["splits"][split]
+        assert s2["n"] == s1["n"] == n and s2["group_count"] == s1["group_count"]
+        for key in ("avg_acc", "worst_group_acc", "ece", "loss"):
+            assert s2[key] == pytest.approx(s1[key], abs=1e-6), (split, key)
+    for k, final in finals.items():  # the selected epoch's validation found what the final evaluation finds
+        lines = [json.loads(line) for line in (tmp_path / k / "metrics.jsonl").read_text().splitlines()]
+        val = next(r for r in lines if r["split"] == "val" and r["epoch"] == final["selected_epoch"])
+        for key in ("n", "avg_acc", "worst_group_acc", "ece", "loss"):
+            assert val[key] == pytest.approx(final["splits"]["val"][key], abs=1e-9), (k, key)

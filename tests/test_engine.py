@@ -9,10 +9,11 @@ from torch import nn
 from groupdistil.checkpoint import load_checkpoint
 from groupdistil.config import OptimConfig, TrainConfig
 from groupdistil.errors import NumericalError
+from groupdistil.loaders import HeldPasses, eval_loader
 from groupdistil.objectives import build_objective
 from groupdistil.runs.outputs import RunWriter
 from groupdistil.teachers import Teacher, TeacherMember
-from groupdistil.training import engine
+from groupdistil.training import engine, evaluation
 from groupdistil.training.engine import fit, weight_names
 from groupdistil.training.evaluation import evaluate, evaluate_splits
 from groupdistil.training.timing import PHASES
@@ -250,7 +251,7 @@ def test_the_checkpoint_snapshot_shares_no_storage_with_the_training_state():
     assert torch.equal(snap["model"]["w"], torch.ones(3)) and snap["opt"]["param_groups"][0]["lr"] == 0.1
 
 
-def test_the_splits_evaluated_through_one_loader_equal_each_evaluated_alone(blobs):
+def test_the_splits_evaluated_through_one_loader_equal_each_evaluated_alone(blobs, monkeypatch):
     model = _net(3)
     parts = {name: blobs.splits[name] for name in ("train", "val", "test")}
     counts = blobs.group_counts("train")
@@ -260,6 +261,16 @@ def test_the_splits_evaluated_through_one_loader_equal_each_evaluated_alone(blob
     assert together == alone
     assert together["train"] != together["val"]  # each split got its own metrics
     assert model.training  # the model's mode is given back
+    # A split whose batches are held (fit's validation) is evaluated from them, not read again.
+    val = HeldPasses(eval_loader(blobs.val, 64))
+    list(val)
+    read = []
+    real = evaluation.splits_loader
+    monkeypatch.setattr(evaluation, "splits_loader", lambda ds, *a, **kw: read.append(ds) or real(ds, *a, **kw))
+    with_held = evaluate_splits(model, parts, blobs.grouping, train_group_counts=counts, batch_size=64,
+                                held={"val": val, "other": []})
+    assert with_held == alone
+    assert read == [[parts["train"], parts["test"]]]
 
 
 def test_trainer_epoch_without_a_loader_resolves_the_default_workers():

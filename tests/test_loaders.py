@@ -5,6 +5,7 @@ import torch
 
 from groupdistil.loaders import (
     MIN_PASS_BATCH,
+    HeldPasses,
     Started,
     epoch_loaders,
     eval_loader,
@@ -126,3 +127,48 @@ def test_an_evaluation_pass_gives_the_same_metrics_with_any_workers(blobs, worke
     for key in ("n", "avg_acc", "worst_group_acc", "group_acc", "group_count", "class_acc"):
         assert got[key] == want[key], key
     assert got["ece"] == pytest.approx(want["ece"], abs=1e-9)
+
+
+class _Counted:
+    """A loader that counts the batches it makes."""
+
+    def __init__(self, loader) -> None:
+        self.loader, self.made = loader, 0
+
+    def __iter__(self):
+        for batch in self.loader:
+            self.made += 1
+            yield batch
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_held_pass_replays_the_first_passes_batches_without_reading_again(blobs, workers):
+    source = _Counted(eval_loader(blobs.val, 16, num_workers=workers, persistent_workers=True))
+    held = HeldPasses(source)
+    first = list(held)
+    assert held.held and held.loader is None  # the loader (and its workers) let go
+    again = list(held)
+    assert source.made == len(first) == len(held) == len(again) > 1
+    fresh = list(eval_loader(blobs.val, 16, num_workers=workers))
+    for a, b, c in zip(first, again, fresh):
+        for ta, tb, tc in zip(a, b, c):
+            assert torch.equal(ta, tb) and torch.equal(ta, tc)
+
+
+def test_a_pass_over_the_budget_or_cut_short_is_read_again():
+    data = [(torch.full((4, 3), float(k)), torch.tensor([k])) for k in range(5)]  # 56 bytes a batch
+    over = HeldPasses(_Counted(data), max_bytes=4 * 56)
+    assert [b[1].item() for b in over] == list(range(5)) and not over.held
+    assert [b[1].item() for b in over] == list(range(5)) and over.loader.made == 10
+    exact = HeldPasses(_Counted(data), max_bytes=5 * 56)
+    list(exact)
+    assert exact.held
+    cut = HeldPasses(_Counted(data))
+    for k, _ in enumerate(cut):
+        if k == 2:
+            break
+    assert not cut.held  # a pass that ended early keeps nothing
+    assert len(list(cut)) == 5 and cut.held

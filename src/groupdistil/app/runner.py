@@ -405,12 +405,14 @@ def _fit_and_evaluate(
                 writer=writer, meta=meta, resume=plan.resume, quiet=cfg.quiet, echo=echo,
             )
         best, _ = model_from_checkpoint(work.best, device)
-        # One loader for the three splits: its workers start once, not once per split.
+        # One loader for the three splits: its workers start once, not once per split. The validation
+        # split's batches, where validation held them in memory, are not decoded again.
         parts = {name: bundle.splits[name] for name in ("train", "val", "test")}
         splits = evaluate_splits(
             best, parts, bundle.grouping, train_group_counts=bundle.group_counts("train"),
             batch_size=max(cfg.train.batch_size, 256), device=device, quiet=cfg.quiet,
-            num_workers=max(default_workers(d, cfg.train.num_workers) for d in parts.values()))
+            num_workers=max(default_workers(d, cfg.train.num_workers) for d in parts.values()),
+            held={"val": result.val_batches} if result.val_batches is not None else None)
         final = {
             "name": cfg.label, "method": cfg.objective.method, "role": cfg.role,
             "dataset": cfg.data.dataset, "seed": cfg.train.seed, "model": cfg.model.name,

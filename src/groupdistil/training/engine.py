@@ -27,7 +27,7 @@ from groupdistil.checkpoint import FitState, restore_training, training_payload
 from groupdistil.config import OptimConfig, TrainConfig
 from groupdistil.data.base import DatasetBundle
 from groupdistil.errors import CheckpointError
-from groupdistil.loaders import Started, default_workers, epoch_loaders, eval_loader
+from groupdistil.loaders import HeldPasses, Started, default_workers, epoch_loaders, eval_loader
 from groupdistil.metrics import GroupMetrics, is_better
 from groupdistil.objectives import Objective
 from groupdistil.parallel import distributed
@@ -54,6 +54,9 @@ class FitResult:
     skipped_steps: int
     checkpoint: Path | None
     first_batch_s: float | None = None  # the wait for the first epoch's first batch (None: no epoch ran)
+    # The validation split's batches as validation decoded them (read from files and small enough to
+    # keep), for the final evaluation to use instead of decoding them again; else None.
+    val_batches: HeldPasses | None = None
 
 
 def weight_names(objective: Objective, bundle: DatasetBundle) -> list[str]:
@@ -123,7 +126,8 @@ def fit(
             progress.epoch_end()
     distributed.barrier()  # the other ranks may read the checkpoints rank 0 has just written
     best = saver.paths.best if saver.paths is not None else None
-    return FitResult(state.best_epoch, state.best_metrics, state.skipped_steps, best, first_batch_s)
+    held = val_loader if isinstance(val_loader, HeldPasses) and val_loader.held else None
+    return FitResult(state.best_epoch, state.best_metrics, state.skipped_steps, best, first_batch_s, held)
 
 
 def _end_epoch(
@@ -242,15 +246,18 @@ def _step_schedule(sched: Any) -> None:
         sched.step()
 
 
-def _val_loader(bundle: DatasetBundle, train: TrainConfig, device: torch.device) -> DataLoader:
-    """The validation loader of every epoch: its workers (for data read from files) persist."""
-    return eval_loader(bundle.val, max(train.batch_size, 256), default_workers(bundle.val, train.num_workers),
-                       pin_memory=device.type == "cuda", persistent_workers=True)
+def _val_loader(bundle: DatasetBundle, train: TrainConfig, device: torch.device) -> DataLoader | HeldPasses:
+    """The validation loader of every epoch. A split read from files is decoded by the first epoch's
+    validation and, when it fits, held in memory for the later ones (:class:`HeldPasses`); until then
+    the loader's workers persist."""
+    loader = eval_loader(bundle.val, max(train.batch_size, 256), default_workers(bundle.val, train.num_workers),
+                         pin_memory=device.type == "cuda", persistent_workers=True)
+    return HeldPasses(loader) if bundle.val.inputs is None else loader
 
 
 def _validate(
     model: nn.Module, bundle: DatasetBundle, train: TrainConfig, device: torch.device, epoch: int, quiet: bool,
-    loader: DataLoader,
+    loader: DataLoader | HeldPasses,
 ) -> dict[str, Any]:
     """The metrics of ``bundle.val`` after ``epoch``."""
     distributed.broadcast_buffers(model)  # every rank validates (and rank 0 saves) the same model

@@ -3,6 +3,7 @@ evaluation choices")."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -15,7 +16,7 @@ from groupdistil.loaders import eval_loader, splits_loader
 from groupdistil.metrics import GroupMetrics
 from groupdistil.parallel import distributed
 from groupdistil.training.devices import autocast
-from groupdistil.training.progress import progress
+from groupdistil.training.progress import length, progress
 
 
 @torch.inference_mode()
@@ -65,23 +66,36 @@ def evaluate_splits(
     amp: str = "none",
     num_workers: int = 0,
     quiet: bool = True,
+    held: Mapping[str, Iterable[tuple[torch.Tensor, ...]]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """:func:`evaluate` of each of ``datasets`` (name -> split), the same metrics from the same
     batches, through one loader (:func:`~groupdistil.loaders.splits_loader`): its workers start once,
-    and they decode the next split's first batches while this one's last are evaluated."""
+    and they decode the next split's first batches while this one's last are evaluated.
+
+    ``held``: for some of the names, that split's :func:`~groupdistil.loaders.eval_loader` batches
+    ``(x, y, g, i)`` decoded already (``fit``'s validation split): they are evaluated from memory
+    while the loader's workers start on the other splits."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
     names = list(datasets)
-    metrics = [GroupMetrics(grouping.n_groups, grouping.n_classes) for _ in names]
-    loader = splits_loader(list(datasets.values()), batch_size, num_workers, pin_memory=device.type == "cuda")
-    bar = progress(loader, desc="eval " + ", ".join(names), disable=quiet or not distributed.is_main_process())
-    for x, y, g, _, k in bar:
-        _update(model, metrics[int(k[0])], (x, y, g), device, amp)
-    for m in metrics:
+    held = {name: batches for name, batches in (held or {}).items() if name in datasets}
+    read = [name for name in names if name not in held]
+    metrics = {name: GroupMetrics(grouping.n_groups, grouping.n_classes) for name in names}
+    loader = (splits_loader([datasets[name] for name in read], batch_size, num_workers,
+                            pin_memory=device.type == "cuda") if read else [])
+    passes = iter(loader)  # begun before the held splits are evaluated: its workers start meanwhile
+    batches = itertools.chain(((x, y, g, name) for name in held for x, y, g, _ in held[name]),
+                              ((x, y, g, read[int(k[0])]) for x, y, g, _, k in passes))
+    total = len(loader) + sum(length(held[name]) or 0 for name in held)
+    bar = progress(batches, desc="eval " + ", ".join(names), total=total,
+                   disable=quiet or not distributed.is_main_process())
+    for x, y, g, name in bar:
+        _update(model, metrics[name], (x, y, g), device, amp)
+    for m in metrics.values():
         m.all_reduce()
     model.train(was_training)
-    return {name: m.summary(grouping, train_group_counts) for name, m in zip(names, metrics)}
+    return {name: metrics[name].summary(grouping, train_group_counts) for name in names}
 
 
 def _update(

@@ -14,10 +14,14 @@ run, each in its own process:
 The CPU cases (`make bench`): the `linear` model, 2 workers, batch 64, 2,000 generated 500 x 375 JPEGs
 in the Waterbirds layout, at 64 px (our reader decodes them at a quarter of their size, the bare loop
 at full size) and at 224 px (both decode at full size, as on a GPU machine at 224 px; the command
-line's default). The GPU case (benchmarks/gpu_check.sh part 3):
+line's default). The runs hold what they decode in memory by default (`--hold-decoded-gb`: 1,600
+training images at 224 px take 0.96 GB of the 1 GiB a split may hold), so their epochs after the first
+decode nothing; the third case runs 224 px with `--hold-decoded-gb 0`, which decodes every image at
+every pass, as a run whose training split exceeds the budget does (the issue's 4,000 images at 224 px
+take 2.4 GB). The GPU case (benchmarks/gpu_check.sh part 3) is that regime too:
 
     python benchmarks/bench_steady.py --device cuda --size 224 --model resnet18 --amp bf16 --channels-last \\
-        --batch 128 --workers 16 --out DIR
+        --batch 128 --workers 16 --hold-decoded-gb 0 --out DIR
 
 ``--no-deterministic`` runs the commands with torch's default kernels, as the bare loop does (on CUDA
 deterministic cuDNN and cuBLAS algorithms may cost speed; on a CPU they cost nothing measurable).
@@ -82,7 +86,8 @@ class Setup:
                        "--model", a.model, "--num-workers", str(a.workers), "--batch-size", str(a.batch),
                        "--device", a.device, "--quiet", "--amp", a.amp,
                        *(["--channels-last"] if a.channels_last else []),
-                       *(["--no-deterministic"] if a.no_deterministic else [])]
+                       *(["--no-deterministic"] if a.no_deterministic else []),
+                       *([f"--hold-decoded-gb={a.hold_decoded_gb}"] if a.hold_decoded_gb is not None else [])]
 
     def gd(self, *args: str) -> float:
         t0 = time.perf_counter()
@@ -140,7 +145,9 @@ def measure(a: argparse.Namespace, d: Path) -> list[dict[str, Any]]:
 def _rows(a: argparse.Namespace, med: dict[str, float], bare_epochs: list[list[float]],
           steady: list[dict[str, Any]], one: dict[str, Any], teacher: dict[str, Any]) -> list[dict[str, Any]]:
     case = f"{a.model} {a.size} px, {a.workers} workers, batch {a.batch}, {a.device}, amp {a.amp}" + (
-        ", channels_last" if a.channels_last else "") + (", not deterministic" if a.no_deterministic else "")
+        ", channels_last" if a.channels_last else "") + (", not deterministic" if a.no_deterministic else "") + (
+        "" if a.hold_decoded_gb is None else ", nothing held" if a.hold_decoded_gb == 0
+        else f", {a.hold_decoded_gb:g} GiB held")
     bare_first = statistics.median(e[0] for e in bare_epochs)
     bare_steady = statistics.median(x for e in bare_epochs for x in e[1:])
     more = (med["three"] - med["one"]) / 2
@@ -164,21 +171,22 @@ def _rows(a: argparse.Namespace, med: dict[str, float], bare_epochs: list[list[f
     ]
 
 
-#: `make bench`'s image sizes (module docstring).
-CPU_SIZES = (64, 224)
+#: `make bench`'s cases (module docstring): image size, and ``--hold-decoded-gb`` (None: the default).
+CPU_CASES = ((64, None), (224, None), (224, 0))
 
 
 def run(repeats: int, timer: Any = None, **options: Any) -> list[dict[str, Any]]:
-    """`make bench`'s CPU cases, one per size of :data:`CPU_SIZES` (``options["size"]``: that one
-    alone) over the same JPEGs: ``max(1, repeats // 10)`` interleaved rounds each."""
-    sizes = [options.pop("size")] if "size" in options else list(CPU_SIZES)
+    """`make bench`'s CPU cases, :data:`CPU_CASES` (``options["size"]``: the default case of that
+    size alone) over the same JPEGs: ``max(1, repeats // 10)`` interleaved rounds each."""
+    cases = [(options.pop("size"), None)] if "size" in options else list(CPU_CASES)
     flags = [f"--rounds={max(1, repeats // 10)}", *(f"--{k.replace('_', '-')}={v}" for k, v in options.items())]
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "img").mkdir()
         make_images(Path(d) / "img", parse(flags).images)
-        for size in sizes:
-            rows += measure(parse([*flags, f"--size={size}"]), Path(d))
+        for size, hold in cases:
+            held = [] if hold is None else [f"--hold-decoded-gb={hold}"]
+            rows += measure(parse([*flags, f"--size={size}", *held]), Path(d))
     return rows
 
 
@@ -193,6 +201,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--no-deterministic", action="store_true",
                    help="runs with torch's default kernels, as the bare loop (on CUDA: no deterministic cuDNN/cuBLAS)")
+    p.add_argument("--hold-decoded-gb", type=float, default=None,
+                   help="passed to the runs (default: the command line's); 0 decodes every image at every pass, as "
+                        "where the training split does not fit in the budget")
     p.add_argument("--images", type=int, default=2000)
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--out", type=Path, default=None, help="write steady.json and steady.md here")

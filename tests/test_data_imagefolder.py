@@ -289,35 +289,33 @@ def test_validation_driven_weights_decode_the_validation_split_once(tmp_path, mo
 
 
 @pytest.mark.parametrize("workers", ["0", "2"])
-def test_the_validation_split_is_decoded_once_for_every_evaluation(tmp_path, monkeypatch, workers):
-    """Every epoch's validation and the final evaluation use the batches the first validation decoded,
-    and find what they found when each decoded them again."""
+def test_each_split_is_decoded_once_for_every_pass_over_it(tmp_path, monkeypatch, workers):
+    """The training epochs after the first read the inputs the first decoded; every epoch's validation
+    and the final evaluation use the batches the first validation decoded. The run is the run that
+    decodes them at every pass: the same metrics, weights and selection."""
     from groupdistil.data.images import ImageFiles
-    from groupdistil.loaders import HeldPasses
-    from groupdistil.training import engine
-
-    class Unheld(HeldPasses):  # a budget nothing fits in: every pass decodes, as before
-        def __init__(self, loader) -> None:
-            super().__init__(loader, max_bytes=0)
 
     root = make_folder(tmp_path / "d", n_eval=6)
     decoded: list[str] = []
     decode = ImageFiles.__call__
     monkeypatch.setattr(ImageFiles, "__call__", lambda self, i: decoded.append(str(self.paths[i])) or decode(self, i))
     runs = {}
-    for name, held in (("held", HeldPasses), ("unheld", Unheld)):
-        monkeypatch.setattr(engine, "HeldPasses", held)
+    for name, budget in (("held", "1"), ("unheld", "0")):  # the default (1 GiB), and nothing held
         decoded.clear()
         out = tmp_path / name
         args = ["train", "--dataset", "imagefolder", "--root", str(root), "--image-size", "8", "--model",
                 "cnn-small", "--batch-size", "8", "--epochs", "3", "--num-workers", workers, "--quiet",
-                "--out", str(out)]
+                "--hold-decoded-gb", budget, "--out", str(out)]
         assert run_app(args) == 0
         final = json.loads((out / "final.json").read_text())
-        vals = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["split"] == "val"]
-        runs[name] = final["splits"], final["selected_epoch"], vals
+        lines = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["split"] != "time"]
+        weights = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["model"]
+        runs[name] = final["splits"], final["selected_epoch"], lines, weights
         if workers == "0":  # decoded in this process: counted (workers decode in theirs)
-            passes = 1 if name == "held" else 4  # three validations and the final evaluation
-            assert sum(p.startswith(str(root / "val")) for p in decoded) == passes * 18
-    assert runs["held"] == runs["unheld"]
-    assert len(runs["held"][2]) == 3 and runs["held"][0]["val"]["n"] == 18
+            passes = 1 if name == "held" else 4  # three epochs (or validations) and the final evaluation
+            for split, n in (("train", 60), ("val", 18), ("test", 18)):
+                want = 1 if split == "test" else passes
+                assert sum(p.startswith(str(root / split)) for p in decoded) == want * n, (name, split)
+    (s1, e1, l1, w1), (s2, e2, l2, w2) = runs["held"], runs["unheld"]
+    assert (s1, e1, l1) == (s2, e2, l2) and len(l1) == 6 and s1["train"]["n"] == 60
+    assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)

@@ -262,7 +262,7 @@ def test_the_splits_evaluated_through_one_loader_equal_each_evaluated_alone(blob
     assert together["train"] != together["val"]  # each split got its own metrics
     assert model.training  # the model's mode is given back
     # A split whose batches are held (fit's validation) is evaluated from them, not read again.
-    val = HeldPasses(eval_loader(blobs.val, 64))
+    val = HeldPasses(eval_loader(blobs.val, 64), max_bytes=1 << 20)
     list(val)
     read = []
     real = evaluation.splits_loader

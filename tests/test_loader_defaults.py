@@ -1,15 +1,17 @@
-"""Loading defaults for image data: workers by default for image files only, and workers that persist
-across epochs while every epoch keeps its own order."""
+"""Loading defaults for image data: workers by default for image files only, workers that persist
+across epochs while every epoch keeps its own order, and inputs decoded once and held in memory."""
 
 import os
 
+import pytest
 import torch
 
 from conftest import write_image
 from groupdistil.data import DataConfig, load_dataset
 from groupdistil.data.base import GroupedDataset
 from groupdistil.data.images import ArrayImages
-from groupdistil.loaders import default_workers, epoch_loaders, train_loader
+from groupdistil.loaders import EpochLoaders, default_workers, train_loader
+from groupdistil.parallel import distributed
 
 
 def test_default_workers_are_the_cores_for_image_files_and_none_for_tensors(blobs, waterbirds_root, monkeypatch):
@@ -26,12 +28,9 @@ def test_default_workers_are_the_cores_for_image_files_and_none_for_tensors(blob
 
 
 def test_persistent_workers_serve_every_epoch_in_that_epochs_order(waterbirds_root):
-    for i in range(12, 40):  # more training images, so that orders of different epochs differ
-        write_image(waterbirds_root / f"extra/{i}.jpg", value=5 * i)
-    with open(waterbirds_root / "metadata.csv", "a") as f:
-        f.writelines(f"{i + 1},extra/{i}.jpg,{i % 2},0,{i // 2 % 2},p/{i}.jpg\n" for i in range(12, 40))
+    _more_images(waterbirds_root)
     train = load_dataset(DataConfig(dataset="waterbirds", root=waterbirds_root, image_size=8)).train
-    loaders = epoch_loaders(train, 8, seed=3, num_workers=1)
+    loaders = EpochLoaders(train, 8, seed=3, num_workers=1)
     first = loaders(0)
     assert first.persistent_workers
     for epoch in (0, 1, 2):
@@ -44,6 +43,80 @@ def test_persistent_workers_serve_every_epoch_in_that_epochs_order(waterbirds_ro
 
 def test_augmented_training_gets_fresh_workers_each_epoch(waterbirds_root):
     train = load_dataset(DataConfig(dataset="waterbirds", root=waterbirds_root, image_size=8, augment=True)).train
-    loaders = epoch_loaders(train, 4, seed=0, num_workers=1)
+    loaders = EpochLoaders(train, 4, seed=0, num_workers=1)
     a, b = loaders(0), loaders(1)
     assert a is not b and not a.persistent_workers
+
+
+def _more_images(root) -> None:
+    for i in range(12, 40):  # more training images, so that orders of different epochs differ
+        write_image(root / f"extra/{i}.jpg", value=5 * i)
+    with open(root / "metadata.csv", "a") as f:
+        f.writelines(f"{i + 1},extra/{i}.jpg,{i % 2},0,{i // 2 % 2},p/{i}.jpg\n" for i in range(12, 40))
+
+
+def _same_batches(got, want) -> None:
+    got, want = list(got), list(want)
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        assert all(torch.equal(ta, tb) for ta, tb in zip(a, b))
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_held_inputs_serve_the_epochs_after_the_first_from_memory(waterbirds_root, workers):
+    _more_images(waterbirds_root)
+    train = load_dataset(DataConfig(dataset="waterbirds", root=waterbirds_root, image_size=8)).train
+    loaders = EpochLoaders(train, 8, seed=3, num_workers=workers, hold_bytes=1 << 20, sampler="group-balanced",
+                           n_groups=4)
+    first = loaders(0)
+    for k, _ in enumerate(first):  # an epoch cut short holds only what it decoded
+        if k == 1:
+            break
+    assert loaders.held is not None and not loaders.held.whole
+    epoch = 0
+    while not loaders.held.whole:  # group-balanced draws with replacement: an epoch may miss samples
+        assert epoch < 20
+        _same_batches(loaders(epoch), train_loader(train, 8, seed=3, epoch=epoch, sampler="group-balanced",
+                                                   n_groups=4))
+        epoch += 1
+    for later in (epoch, epoch + 1):
+        skip = later - epoch  # a run resumed within the epoch
+        loader = loaders(later, skip=skip)
+        assert loader.dataset.inputs is not None and loader.num_workers == 0 and loaders.kept is None
+        _same_batches(loader, train_loader(train, 8, seed=3, epoch=later, sampler="group-balanced", n_groups=4,
+                                           skip=skip))
+
+
+def test_a_pass_over_held_inputs_begins_at_iter(waterbirds_root):
+    train = load_dataset(DataConfig(dataset="waterbirds", root=waterbirds_root, image_size=8)).train
+    loader = EpochLoaders(train, 4, seed=0, num_workers=0, hold_bytes=1 << 20)(0)
+    begun, files = [], loader.loader
+
+    class Counted:
+        def __iter__(self):
+            begun.append(True)
+            return iter(files)
+
+        def __len__(self) -> int:
+            return len(files)
+
+    loader.loader = Counted()
+    batches = iter(loader)
+    assert begun == [True]  # begun at iter(), as loaders.Started needs (the workers start then)
+    assert len(list(batches)) == len(loader) > 1 and loader.held.whole
+
+
+def test_inputs_are_not_held_with_augmentation_in_memory_over_the_budget_or_on_ranks(
+    blobs, waterbirds_root, monkeypatch
+):
+    config = DataConfig(dataset="waterbirds", root=waterbirds_root, image_size=8)
+    augmented = load_dataset(config.model_copy(update={"augment": True})).train
+    assert EpochLoaders(augmented, 4, seed=0, num_workers=0, hold_bytes=1 << 20).held is None
+    assert EpochLoaders(blobs.train, 4, seed=0, num_workers=0, hold_bytes=1 << 20).held is None
+    train = load_dataset(config).train
+    assert EpochLoaders(train, 4, seed=0, num_workers=0).held is None  # not asked
+    over = EpochLoaders(train, 4, seed=0, num_workers=0, hold_bytes=len(train) * 3 * 8 * 8 * 4 - 1)
+    list(over(0))
+    assert over.held.refused and not over.held.whole and over(1).dataset is train
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    assert EpochLoaders(train, 4, seed=0, num_workers=0, hold_bytes=1 << 20).held is None

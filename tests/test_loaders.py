@@ -5,9 +5,9 @@ import torch
 
 from groupdistil.loaders import (
     MIN_PASS_BATCH,
+    EpochLoaders,
     HeldPasses,
     Started,
-    epoch_loaders,
     eval_loader,
     pass_batch_size,
     splits_loader,
@@ -57,10 +57,10 @@ def test_a_pass_begun_early_gives_the_loaders_own_batches(blobs, workers):
     def batches(loader):
         return [torch.cat([i for *_, i in loader])]
 
-    made = epoch_loaders(blobs.train, 50, seed=4, num_workers=workers)
+    made = EpochLoaders(blobs.train, 50, seed=4, num_workers=workers)
     started = Started(made(0))
     torch.rand(10)  # the main process's RNG use in between changes nothing: the loader has its own
-    fresh = epoch_loaders(blobs.train, 50, seed=4, num_workers=workers)
+    fresh = EpochLoaders(blobs.train, 50, seed=4, num_workers=workers)
     first = batches(started)
     assert torch.equal(first[0], batches(fresh(0))[0])
     assert len(started) == len(fresh(0)) == 5
@@ -147,7 +147,7 @@ class _Counted:
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_held_pass_replays_the_first_passes_batches_without_reading_again(blobs, workers):
     source = _Counted(eval_loader(blobs.val, 16, num_workers=workers, persistent_workers=True))
-    held = HeldPasses(source)
+    held = HeldPasses(source, max_bytes=1 << 20)
     first = list(held)
     assert held.held and held.loader is None  # the loader (and its workers) let go
     again = list(held)
@@ -166,7 +166,7 @@ def test_a_pass_over_the_budget_or_cut_short_is_read_again():
     exact = HeldPasses(_Counted(data), max_bytes=5 * 56)
     list(exact)
     assert exact.held
-    cut = HeldPasses(_Counted(data))
+    cut = HeldPasses(_Counted(data), max_bytes=1 << 20)
     for k, _ in enumerate(cut):
         if k == 2:
             break

@@ -136,6 +136,10 @@ class TrainConfig(BaseModel):
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto, cpu, cuda or cuda:N")
     num_workers: int | None = Field(None, ge=0, le=1024, description="data-loader workers (default: the machine's "
                                     "cores for image files, shared by the local ranks; 0 for in-memory data)")
+    hold_decoded_gb: float = Field(
+        1.0, ge=0, le=1 << 20, description="GiB of decoded inputs held in memory per split and process, so "
+        "that images read from files are decoded once: the training split (without random augmentation, in "
+        "one process) and the validation split (0: decode at every pass)")
     freeze: Literal["none", "backbone"] = Field(
         "none", description="backbone: train the final linear layer only (a linear probe; frozen BatchNorm "
         "stays in eval mode)")

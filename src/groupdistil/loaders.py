@@ -4,7 +4,7 @@ batches an uninterrupted one would, and a run on N ranks exactly the global batc
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -18,10 +18,6 @@ SAMPLERS = ("shuffle", "group-balanced")
 #: The smallest batch :func:`pass_batch_size` cuts: below it a GPU spends more time per batch than per
 #: image, and the CPU kernels differ (see there).
 MIN_PASS_BATCH = 32
-#: The most bytes of decoded batches one :class:`HeldPasses` keeps (per rank). Waterbirds' validation
-#: split at 224 px (1,199 images of 3 x 224 x 224 float32) takes 0.72 GB; CelebA's (19,867) would take
-#: 12 GB, and is decoded again at every pass.
-HELD_PASS_MAX_BYTES = 1 << 30
 
 
 def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
@@ -153,8 +149,7 @@ def default_workers(dataset: GroupedDataset, requested: int | None = None) -> in
     return local_cores()
 
 
-def epoch_loaders(dataset: GroupedDataset, batch_size: int, *, seed: int, num_workers: int,
-                  **options: object) -> Callable[..., Iterable[Any]]:
+class EpochLoaders:
     """``(epoch, skip=0) -> loader`` of :func:`train_loader` (``options`` are its keywords), without the
     epoch's first ``skip`` batches (a run resumed from a mid-epoch checkpoint).
 
@@ -164,23 +159,102 @@ def epoch_loaders(dataset: GroupedDataset, batch_size: int, *, seed: int, num_wo
     one (persistent workers would carry their random state over from the epochs before). Batches are
     skipped in the sampler, without loading them, except where loader workers draw random crops:
     there they are loaded and dropped, so that each worker's random stream is where it was.
-    """
-    persist = num_workers > 0 and not dataset.has_random_augmentation
-    kept: list[DataLoader] = []
 
-    def loader(epoch: int, skip: int = 0) -> Iterable[Any]:
-        if kept:
-            kept[0].batch_sampler.epoch = epoch  # type: ignore[union-attr]
-            kept[0].batch_sampler.skip = skip  # type: ignore[union-attr]
-            return kept[0]
-        replay = skip > 0 and num_workers > 0 and dataset.has_random_augmentation
-        made = train_loader(dataset, batch_size, seed=seed, epoch=epoch, num_workers=num_workers,
-                            persistent_workers=persist, skip=0 if replay else skip, **options)  # type: ignore[arg-type]
-        if persist:
-            kept.append(made)
+    With ``hold_bytes`` > 0, a split read from files without random augmentation, in one process,
+    keeps the inputs its epochs decode (:class:`HeldInputs`, when they fit in ``hold_bytes``); once
+    every sample has been decoded, later epochs read them from memory, without workers: the same
+    samples in the same batches, so the same run. Under torchrun a rank decodes other samples every
+    epoch, so nothing is held there.
+    """
+
+    def __init__(self, dataset: GroupedDataset, batch_size: int, *, seed: int, num_workers: int,
+                 hold_bytes: int = 0, **options: object) -> None:
+        self.dataset, self.batch_size, self.seed, self.num_workers = dataset, batch_size, seed, num_workers
+        self.options = options
+        self.persist = num_workers > 0 and not dataset.has_random_augmentation
+        self.kept: DataLoader | None = None  # the loader whose workers persist
+        holds = (hold_bytes > 0 and dataset.inputs is None and not dataset.has_random_augmentation
+                 and not distributed.is_distributed())
+        self.held = HeldInputs(dataset, hold_bytes) if holds else None
+
+    def __call__(self, epoch: int, skip: int = 0) -> Iterable[Any]:
+        if self.held is not None and self.held.whole:
+            self.kept = None  # its workers end with it
+            return train_loader(self.held.dataset(), self.batch_size, seed=self.seed, epoch=epoch, skip=skip,
+                                **self.options)  # type: ignore[arg-type]
+        made = self._reading(epoch, skip)
+        return _Keeping(made, self.held) if self.held is not None and not self.held.refused else made
+
+    def _reading(self, epoch: int, skip: int) -> Iterable[Any]:
+        """The epoch's loader over the files."""
+        if self.kept is not None:
+            self.kept.batch_sampler.epoch = epoch  # type: ignore[union-attr]
+            self.kept.batch_sampler.skip = skip  # type: ignore[union-attr]
+            return self.kept
+        replay = skip > 0 and self.num_workers > 0 and self.dataset.has_random_augmentation
+        made = train_loader(self.dataset, self.batch_size, seed=self.seed, epoch=epoch,
+                            num_workers=self.num_workers, persistent_workers=self.persist,
+                            skip=0 if replay else skip, **self.options)  # type: ignore[arg-type]
+        if self.persist:
+            self.kept = made
         return _Dropping(made, skip) if replay else made
 
-    return loader
+
+class HeldInputs:
+    """A split's inputs kept by index as the batches that decode them go by: an (N, ...) tensor and
+    which of its rows are filled. Nothing is kept when the whole split would take more than
+    ``max_bytes`` (``train.hold_decoded_gb``)."""
+
+    def __init__(self, split: GroupedDataset, max_bytes: int) -> None:
+        self.split = split
+        self.max_bytes = int(max_bytes)
+        self.inputs: torch.Tensor | None = None
+        self.filled: torch.Tensor | None = None  # (N,) bool
+        self.refused = False
+
+    @property
+    def whole(self) -> bool:
+        """Whether every sample's input is kept."""
+        return self.filled is not None and bool(self.filled.all())
+
+    def keep(self, batch: Sequence[Any]) -> None:
+        """Keep the inputs of a batch ``(x, y, g, i)``: x (B, ...), i (B,) the samples' indices."""
+        if self.refused:
+            return
+        x, i = batch[0], batch[3]
+        if self.inputs is None:
+            if len(self.split) * x[0].numel() * x.element_size() > self.max_bytes:
+                self.refused = True
+                return
+            self.inputs = torch.empty((len(self.split), *x.shape[1:]), dtype=x.dtype)
+            self.filled = torch.zeros(len(self.split), dtype=torch.bool)
+        self.inputs[i] = x
+        self.filled[i] = True  # type: ignore[index]
+
+    def dataset(self) -> GroupedDataset:
+        """The split with the held inputs in memory (once :attr:`whole`)."""
+        if not self.whole:
+            raise ValueError("HeldInputs: the inputs of some samples are not held")
+        return GroupedDataset(self.split.y, self.split.g, inputs=self.inputs, identity=self.split.identity)
+
+
+class _Keeping:
+    """A loader whose batches' inputs go to a :class:`HeldInputs` as they pass. Its pass begins at
+    ``iter()`` (the workers start then, as :class:`Started` needs)."""
+
+    def __init__(self, loader: Iterable[Any], held: HeldInputs) -> None:
+        self.loader, self.held = loader, held
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._pass(iter(self.loader))
+
+    def _pass(self, batches: Iterator[Any]) -> Iterator[Any]:
+        for batch in batches:
+            self.held.keep(batch)
+            yield batch
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
 
 
 class Started:
@@ -266,10 +340,10 @@ class HeldPasses:
 
     Args:
         loader: a sequential loader whose batches are the same at every pass (no augmentation).
-        max_bytes: the most bytes of tensors to keep.
+        max_bytes: the most bytes of tensors to keep (``train.hold_decoded_gb``).
     """
 
-    def __init__(self, loader: Iterable[Any], max_bytes: int = HELD_PASS_MAX_BYTES) -> None:
+    def __init__(self, loader: Iterable[Any], max_bytes: int) -> None:
         self.loader: Iterable[Any] | None = loader
         self.max_bytes = int(max_bytes)
         self.batches: list[Any] | None = None  # the whole pass, once kept

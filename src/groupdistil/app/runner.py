@@ -42,7 +42,7 @@ from groupdistil.teachers import (
     teacher_class_weights,
 )
 from groupdistil.training.devices import check_device, cpu_has_native, resolve_device
-from groupdistil.training.engine import fit, weight_names
+from groupdistil.training.engine import FitResult, fit, held_splits, weight_names
 from groupdistil.training.evaluation import evaluate_splits
 from groupdistil.training.preempt import Preempted
 from groupdistil.training.timing import RunClock
@@ -404,15 +404,7 @@ def _fit_and_evaluate(
                 model, objective, bundle, train=train_cfg, optim=cfg.optim, teacher=teacher, out=work.root,
                 writer=writer, meta=meta, resume=plan.resume, quiet=cfg.quiet, echo=echo,
             )
-        best, _ = model_from_checkpoint(work.best, device)
-        # One loader for the three splits: its workers start once, not once per split. The validation
-        # split's batches, where validation held them in memory, are not decoded again.
-        parts = {name: bundle.splits[name] for name in ("train", "val", "test")}
-        splits = evaluate_splits(
-            best, parts, bundle.grouping, train_group_counts=bundle.group_counts("train"),
-            batch_size=max(cfg.train.batch_size, 256), device=device, quiet=cfg.quiet,
-            num_workers=max(default_workers(d, cfg.train.num_workers) for d in parts.values()),
-            held={"val": result.val_batches} if result.val_batches is not None else None)
+        splits = _evaluate_selected(cfg, work, bundle, result, device)
         final = {
             "name": cfg.label, "method": cfg.objective.method, "role": cfg.role,
             "dataset": cfg.data.dataset, "seed": cfg.train.seed, "model": cfg.model.name,
@@ -433,6 +425,21 @@ def _fit_and_evaluate(
     finally:
         writer.close()
     return final
+
+
+def _evaluate_selected(
+    cfg: RunConfig, work: RunPaths, bundle: DatasetBundle, result: FitResult, device: torch.device
+) -> dict[str, dict[str, Any]]:
+    """The selected checkpoint's metrics on train, val and test (final.json's ``splits``)."""
+    best, _ = model_from_checkpoint(work.best, device)
+    # One loader for the three splits: its workers start once, not once per split. The splits that
+    # training held in memory are not decoded again.
+    parts = {name: bundle.splits[name] for name in ("train", "val", "test")}
+    batch = max(cfg.train.batch_size, 256)
+    workers = max(default_workers(d, cfg.train.num_workers) for d in parts.values())
+    return evaluate_splits(
+        best, parts, bundle.grouping, train_group_counts=bundle.group_counts("train"), batch_size=batch,
+        device=device, quiet=cfg.quiet, num_workers=workers, held=held_splits(result, bundle, batch, workers))
 
 
 def selection_settings(cfg: RunConfig, echo: Echo) -> TrainConfig:

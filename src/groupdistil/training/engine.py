@@ -25,9 +25,9 @@ from torch.utils.data import DataLoader
 from groupdistil import faults
 from groupdistil.checkpoint import FitState, restore_training, training_payload
 from groupdistil.config import OptimConfig, TrainConfig
-from groupdistil.data.base import DatasetBundle
+from groupdistil.data.base import DatasetBundle, GroupedDataset
 from groupdistil.errors import CheckpointError
-from groupdistil.loaders import HeldPasses, Started, default_workers, epoch_loaders, eval_loader
+from groupdistil.loaders import EpochLoaders, HeldPasses, Started, default_workers, eval_loader, pass_batch_size
 from groupdistil.metrics import GroupMetrics, is_better
 from groupdistil.objectives import Objective
 from groupdistil.parallel import distributed
@@ -57,6 +57,9 @@ class FitResult:
     # The validation split's batches as validation decoded them (read from files and small enough to
     # keep), for the final evaluation to use instead of decoding them again; else None.
     val_batches: HeldPasses | None = None
+    # The training split's (N, ...) inputs as its epochs decoded them, when every one was held (one
+    # process, no random augmentation, small enough to keep); else None.
+    train_inputs: torch.Tensor | None = None
 
 
 def weight_names(objective: Objective, bundle: DatasetBundle) -> list[str]:
@@ -126,8 +129,29 @@ def fit(
             progress.epoch_end()
     distributed.barrier()  # the other ranks may read the checkpoints rank 0 has just written
     best = saver.paths.best if saver.paths is not None else None
-    held = val_loader if isinstance(val_loader, HeldPasses) and val_loader.held else None
-    return FitResult(state.best_epoch, state.best_metrics, state.skipped_steps, best, first_batch_s, held)
+    return FitResult(state.best_epoch, state.best_metrics, state.skipped_steps, best, first_batch_s,
+                     *_held(val_loader, loaders))
+
+
+def _held(val_loader: DataLoader | HeldPasses, loaders: EpochLoaders) -> tuple[HeldPasses | None, Any]:
+    """What ``fit`` holds in memory when it ends (FitResult's ``val_batches`` and ``train_inputs``)."""
+    val = val_loader if isinstance(val_loader, HeldPasses) and val_loader.held else None
+    return val, loaders.held.inputs if loaders.held is not None and loaders.held.whole else None
+
+
+def held_splits(result: FitResult, bundle: DatasetBundle, batch_size: int, num_workers: int) -> dict[str, Any]:
+    """The splits ``fit`` decoded and held in memory, as the batches of an evaluation pass over each
+    (``evaluate_splits``'s ``held``), cut as a pass over the files with ``batch_size`` and
+    ``num_workers`` would cut them, so that no logit moves."""
+    held: dict[str, Any] = {}
+    if result.val_batches is not None:
+        held["val"] = result.val_batches
+    if result.train_inputs is not None:
+        # The data's own groups (training may have used inferred ones), with the inputs training held.
+        train = GroupedDataset(bundle.train.y, bundle.train.g, inputs=result.train_inputs,
+                               identity=bundle.train.identity)
+        held["train"] = eval_loader(train, pass_batch_size(len(train), batch_size, num_workers))
+    return held
 
 
 def _end_epoch(
@@ -231,12 +255,13 @@ def _optimisation(
     return opt, make_scheduler(opt, optim, train.epochs), make_scaler(device, train.amp)
 
 
-def _epoch_loaders(bundle: DatasetBundle, train: TrainConfig, device: torch.device) -> Any:
-    """``epoch -> training loader`` (workers persist across epochs where the data allows it)."""
+def _epoch_loaders(bundle: DatasetBundle, train: TrainConfig, device: torch.device) -> EpochLoaders:
+    """``epoch -> training loader`` (workers persist across epochs where the data allows it; the
+    inputs decoded from files are held in memory where they can be)."""
     # Training sees the training groups (inferred ones when data.train_groups says so).
-    return epoch_loaders(bundle.fit_train, train.batch_size, seed=train.seed,
-                         num_workers=default_workers(bundle.fit_train, train.num_workers), sampler=train.sampler,
-                         n_groups=bundle.fit_grouping.n_groups, pin_memory=device.type == "cuda")
+    return EpochLoaders(bundle.fit_train, train.batch_size, seed=train.seed, hold_bytes=hold_bytes(train),
+                        num_workers=default_workers(bundle.fit_train, train.num_workers), sampler=train.sampler,
+                        n_groups=bundle.fit_grouping.n_groups, pin_memory=device.type == "cuda")
 
 
 def _step_schedule(sched: Any) -> None:
@@ -252,7 +277,13 @@ def _val_loader(bundle: DatasetBundle, train: TrainConfig, device: torch.device)
     the loader's workers persist."""
     loader = eval_loader(bundle.val, max(train.batch_size, 256), default_workers(bundle.val, train.num_workers),
                          pin_memory=device.type == "cuda", persistent_workers=True)
-    return HeldPasses(loader) if bundle.val.inputs is None else loader
+    held = bundle.val.inputs is None and train.hold_decoded_gb > 0
+    return HeldPasses(loader, hold_bytes(train)) if held else loader
+
+
+def hold_bytes(train: TrainConfig) -> int:
+    """``train.hold_decoded_gb`` in bytes: what one split's held inputs may take."""
+    return int(train.hold_decoded_gb * (1 << 30))
 
 
 def _validate(

@@ -37,7 +37,8 @@ def evaluate(
     """Metrics of ``model`` on ``dataset`` (augmentation off), all-reduced under DDP.
 
     ``loader``: the :func:`~groupdistil.loaders.eval_loader` of ``dataset`` to use (``fit`` keeps one
-    whose workers persist across epochs); by default a new one of ``batch_size`` and ``num_workers``.
+    whose workers persist across epochs, or whose first pass it holds in memory:
+    :class:`~groupdistil.loaders.HeldPasses`); by default a new one of ``batch_size`` and ``num_workers``.
     Returns the dict of :meth:`GroupMetrics.summary` (accuracies in [0, 1]).
     """
     device = torch.device(device)

@@ -370,10 +370,17 @@ class HeldPasses:
                 if size > self.max_bytes:
                     kept = None  # over the budget: every pass reads the loader
                 else:
-                    kept.append(batch)
+                    kept.append(_unshared(batch))
             yield batch
         if kept is not None:
             self.batches, self.loader = kept, None
+
+
+def _unshared(batch: Sequence[Any]) -> tuple[Any, ...]:
+    """``batch`` with its tensors out of shared memory. A worker's batch arrives in shared memory, and
+    each such tensor keeps a file descriptor open while it lives: batches held for a whole run would
+    keep hundreds open, against a limit that is often 1,024."""
+    return tuple(t.clone() if isinstance(t, torch.Tensor) and t.is_shared() else t for t in batch)
 
 
 def _rank_share(n: int) -> list[int]:

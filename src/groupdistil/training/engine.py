@@ -133,7 +133,9 @@ def fit(
                      *_held(val_loader, loaders))
 
 
-def _held(val_loader: DataLoader | HeldPasses, loaders: EpochLoaders) -> tuple[HeldPasses | None, Any]:
+def _held(
+    val_loader: DataLoader | HeldPasses, loaders: EpochLoaders
+) -> tuple[HeldPasses | None, torch.Tensor | None]:
     """What ``fit`` holds in memory when it ends (FitResult's ``val_batches`` and ``train_inputs``)."""
     val = val_loader if isinstance(val_loader, HeldPasses) and val_loader.held else None
     return val, loaders.held.inputs if loaders.held is not None and loaders.held.whole else None

@@ -208,7 +208,7 @@ def test_each_epoch_records_where_its_time_went(blobs, tmp_path):
         assert t["images"] == len(blobs.train)
         phases = [t[f"{k}_s"] for k in PHASES]
         assert all(v >= 0 for v in phases) and t["other_s"] >= 0
-        assert sum(phases) <= t["wall_s"] + 1e-3  # each rounded to 0.1 ms
+        assert sum(phases) <= t["wall_s"] + 1e-5  # each rounded to 1 us
         assert t["checkpoint_s"] > 0 and t["validation_s"] > 0 and t["train_steps_s"] > 0
         assert 0 <= t["data_wait_share"] <= 1
         assert t["images_per_s"] == pytest.approx(t["images"] / (t["train_steps_s"] + t["data_wait_s"]), rel=0.01)

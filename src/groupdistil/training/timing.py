@@ -25,7 +25,9 @@ PHASES = ("train_steps", "data_wait", "validation", "checkpoint", "logs")
 
 
 def _digits(x: float) -> float:
-    return round(x, 4)
+    # Microseconds: an epoch of inputs held in memory can take a few milliseconds, where phases rounded
+    # to 0.1 ms would no longer add up to the wall time.
+    return round(x, 6)
 
 
 class EpochClock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from collections.abc import Callable
@@ -338,7 +339,8 @@ def run_experiment(cfg: RunConfig, echo: Echo = print) -> dict[str, Any]:
         echo(f"warning: {w}")
     bundle, inferred = training_groups(cfg, bundle, device, echo)
     objective = build_objective_for(cfg, bundle)
-    with clock.phase("teacher"):
+    # Timed where the method has a teacher: final.json's teacher_s is 0 without one.
+    with clock.phase("teacher") if objective.requires_teacher else contextlib.nullcontext():
         teacher = build_teacher(cfg, bundle, objective, device, echo, clock)
     train_cfg = selection_settings(cfg, echo)
     # The model's initialisation does not depend on teacher loading.

@@ -57,9 +57,9 @@ class FitResult:
     # The validation split's batches as validation decoded them (read from files and small enough to
     # keep), for the final evaluation to use instead of decoding them again; else None.
     val_batches: HeldPasses | None = None
-    # The training split's (N, ...) inputs as its epochs decoded them, when every one was held (one
-    # process, no random augmentation, small enough to keep); else None.
-    train_inputs: torch.Tensor | None = None
+    # The training split as training saw it, its inputs in memory as its epochs decoded them, when every
+    # one was held (one process, no random augmentation, small enough to keep); else None.
+    train_held: GroupedDataset | None = None
 
 
 def weight_names(objective: Objective, bundle: DatasetBundle) -> list[str]:
@@ -135,10 +135,10 @@ def fit(
 
 def _held(
     val_loader: DataLoader | HeldPasses, loaders: EpochLoaders
-) -> tuple[HeldPasses | None, torch.Tensor | None]:
-    """What ``fit`` holds in memory when it ends (FitResult's ``val_batches`` and ``train_inputs``)."""
+) -> tuple[HeldPasses | None, GroupedDataset | None]:
+    """What ``fit`` holds in memory when it ends (FitResult's ``val_batches`` and ``train_held``)."""
     val = val_loader if isinstance(val_loader, HeldPasses) and val_loader.held else None
-    return val, loaders.held.inputs if loaders.held is not None and loaders.held.whole else None
+    return val, loaders.held.dataset() if loaders.held is not None and loaders.held.whole else None
 
 
 def held_splits(result: FitResult, bundle: DatasetBundle, batch_size: int, num_workers: int) -> dict[str, Any]:
@@ -148,10 +148,9 @@ def held_splits(result: FitResult, bundle: DatasetBundle, batch_size: int, num_w
     held: dict[str, Any] = {}
     if result.val_batches is not None:
         held["val"] = result.val_batches
-    if result.train_inputs is not None:
-        # The data's own groups (training may have used inferred ones), with the inputs training held.
-        train = GroupedDataset(bundle.train.y, bundle.train.g, inputs=result.train_inputs,
-                               identity=bundle.train.identity)
+    if result.train_held is not None:
+        # With the data's own groups: training may have used inferred ones.
+        train = result.train_held.with_groups(bundle.train.g)
         held["train"] = eval_loader(train, pass_batch_size(len(train), batch_size, num_workers))
     return held
 

@@ -8,6 +8,7 @@ from torch import nn
 
 from groupdistil.checkpoint import load_checkpoint
 from groupdistil.config import OptimConfig, TrainConfig
+from groupdistil.data.base import GroupedDataset
 from groupdistil.errors import NumericalError
 from groupdistil.loaders import HeldPasses, eval_loader
 from groupdistil.objectives import build_objective
@@ -253,7 +254,9 @@ def test_the_checkpoint_snapshot_shares_no_storage_with_the_training_state():
 
 def test_the_splits_evaluated_through_one_loader_equal_each_evaluated_alone(blobs, monkeypatch):
     model = _net(3)
-    parts = {name: blobs.splits[name] for name in ("train", "val", "test")}
+    # train and test read by index, as from files; val in memory (a sliced pass, no loader)
+    parts = {name: GroupedDataset(d.y, d.g, loader=d.inputs.__getitem__) if name != "val" else d
+             for name, d in blobs.splits.items()}
     counts = blobs.group_counts("train")
     together = evaluate_splits(model, parts, blobs.grouping, train_group_counts=counts, batch_size=64)
     alone = {name: evaluate(model, d, blobs.grouping, train_group_counts=counts, batch_size=64)
@@ -271,6 +274,10 @@ def test_the_splits_evaluated_through_one_loader_equal_each_evaluated_alone(blob
                                 held={"val": val, "other": []})
     assert with_held == alone
     assert read == [[parts["train"], parts["test"]]]
+    # A split in memory as it is goes through no loader either.
+    assert evaluate_splits(model, {"val": blobs.val}, blobs.grouping, train_group_counts=counts) == {
+        "val": alone["val"]}
+    assert len(read) == 1
 
 
 def test_trainer_epoch_without_a_loader_resolves_the_default_workers():

@@ -2,11 +2,15 @@
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
+from groupdistil import loaders
+from groupdistil.data.base import GroupedDataset
 from groupdistil.loaders import (
     MIN_PASS_BATCH,
     EpochLoaders,
     HeldPasses,
+    SlicedPass,
     Started,
     eval_loader,
     pass_batch_size,
@@ -15,6 +19,11 @@ from groupdistil.loaders import (
 )
 from groupdistil.models import create_model
 from groupdistil.training.evaluation import evaluate
+
+
+def _from_files(d):
+    """The same split, its inputs read by index as a split on disk reads them (not sliceable)."""
+    return GroupedDataset(d.y, d.g, loader=d.inputs.__getitem__)
 
 
 def _order(ds, **kw):
@@ -121,8 +130,8 @@ def test_a_batch_size_moves_no_prediction():
 def test_an_evaluation_pass_gives_the_same_metrics_with_any_workers(blobs, workers):
     torch.manual_seed(0)
     model = create_model("mlp", num_classes=blobs.n_classes, input_shape=blobs.input_shape)
-    got = evaluate(model, blobs.train, blobs.grouping, batch_size=256, num_workers=workers)
-    assert len(eval_loader(blobs.train, 256, num_workers=workers)) == (1 if workers == 0 else 2)
+    got = evaluate(model, _from_files(blobs.train), blobs.grouping, batch_size=256, num_workers=workers)
+    assert len(eval_loader(_from_files(blobs.train), 256, num_workers=workers)) == (1 if workers == 0 else 2)
     want = evaluate(model, blobs.train, blobs.grouping, batch_size=240, num_workers=0)
     for key in ("n", "avg_acc", "worst_group_acc", "group_acc", "group_count", "class_acc"):
         assert got[key] == want[key], key
@@ -146,7 +155,7 @@ class _Counted:
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_held_pass_replays_the_first_passes_batches_without_reading_again(blobs, workers):
-    source = _Counted(eval_loader(blobs.val, 16, num_workers=workers, persistent_workers=True))
+    source = _Counted(eval_loader(_from_files(blobs.val), 16, num_workers=workers, persistent_workers=True))
     held = HeldPasses(source, max_bytes=1 << 20)
     first = list(held)
     assert held.held and held.loader is None  # the loader (and its workers) let go
@@ -158,6 +167,38 @@ def test_a_held_pass_replays_the_first_passes_batches_without_reading_again(blob
     for a, b, c in zip(first, again, fresh):
         for ta, tb, tc in zip(a, b, c):
             assert torch.equal(ta, tb) and torch.equal(ta, tc)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_split_in_memory_is_passed_as_views_of_its_rows(blobs, workers):
+    """No per-sample collation where the rows are the batches' inputs as they are: the loader's own
+    batches (cut for ``workers`` as the loader would cut them), each a view of the split's rows."""
+    sliced = eval_loader(blobs.train, 64, num_workers=workers)
+    assert isinstance(sliced, SlicedPass)
+    got = list(sliced)
+    want = list(DataLoader(blobs.train, batch_size=pass_batch_size(len(blobs.train), 64, workers)))
+    assert len(sliced) == len(got) == len(want) == 4  # 240 samples: 4 of 64, or 4 of 60 for 2 workers
+    for a, b in zip(got, want):
+        for ta, tb in zip(a, b):
+            assert ta.dtype == tb.dtype and torch.equal(ta, tb)
+    rows = blobs.train.inputs.untyped_storage().data_ptr()
+    assert all(x.untyped_storage().data_ptr() == rows for x, *_ in got)  # nothing copied
+    assert list(sliced)[1][3].tolist() == list(range(len(got[0][0]), 2 * len(got[0][0])))  # a pass again
+    # Read from files, or transformed, or a rank's share: a loader
+    assert isinstance(eval_loader(_from_files(blobs.train), 64), DataLoader)
+    moved = GroupedDataset(blobs.train.y, blobs.train.g, inputs=blobs.train.inputs, transform=torch.neg)
+    assert isinstance(eval_loader(moved, 64), DataLoader)
+    with pytest.raises(ValueError, match="in memory as they are"):
+        SlicedPass(moved, 64)
+
+
+def test_a_split_in_memory_is_shared_out_by_a_loader_on_ranks(blobs, monkeypatch):
+    monkeypatch.setattr(loaders.distributed, "is_distributed", lambda: True)
+    monkeypatch.setattr(loaders.distributed, "rank", lambda: 1)
+    monkeypatch.setattr(loaders.distributed, "world_size", lambda: 2)
+    share = eval_loader(blobs.train, 64)
+    assert isinstance(share, DataLoader)
+    assert torch.cat([i for *_, i in share]).tolist() == list(range(1, len(blobs.train), 2))
 
 
 def test_a_pass_over_the_budget_or_cut_short_is_read_again():

@@ -27,7 +27,7 @@ from groupdistil.checkpoint import FitState, restore_training, training_payload
 from groupdistil.config import OptimConfig, TrainConfig
 from groupdistil.data.base import DatasetBundle, GroupedDataset
 from groupdistil.errors import CheckpointError
-from groupdistil.loaders import EpochLoaders, HeldPasses, Started, default_workers, eval_loader, pass_batch_size
+from groupdistil.loaders import EpochLoaders, HeldPasses, SlicedPass, Started, default_workers, eval_loader
 from groupdistil.metrics import GroupMetrics, is_better
 from groupdistil.objectives import Objective
 from groupdistil.parallel import distributed
@@ -60,6 +60,10 @@ class FitResult:
     # The training split as training saw it, its inputs in memory as its epochs decoded them, when every
     # one was held (one process, no random augmentation, small enough to keep); else None.
     train_held: GroupedDataset | None = None
+
+
+#: The validation split's batches of every epoch (``_val_loader``).
+ValBatches = DataLoader | SlicedPass | HeldPasses
 
 
 def weight_names(objective: Objective, bundle: DatasetBundle) -> list[str]:
@@ -134,7 +138,7 @@ def fit(
 
 
 def _held(
-    val_loader: DataLoader | HeldPasses, loaders: EpochLoaders
+    val_loader: ValBatches, loaders: EpochLoaders
 ) -> tuple[HeldPasses | None, GroupedDataset | None]:
     """What ``fit`` holds in memory when it ends (FitResult's ``val_batches`` and ``train_held``)."""
     val = val_loader if isinstance(val_loader, HeldPasses) and val_loader.held else None
@@ -151,7 +155,7 @@ def held_splits(result: FitResult, bundle: DatasetBundle, batch_size: int, num_w
     if result.train_held is not None:
         # With the data's own groups: training may have used inferred ones.
         train = result.train_held.with_groups(bundle.train.g)
-        held["train"] = eval_loader(train, pass_batch_size(len(train), batch_size, num_workers))
+        held["train"] = eval_loader(train, batch_size, num_workers)  # views of the held rows
     return held
 
 
@@ -272,7 +276,7 @@ def _step_schedule(sched: Any) -> None:
         sched.step()
 
 
-def _val_loader(bundle: DatasetBundle, train: TrainConfig, device: torch.device) -> DataLoader | HeldPasses:
+def _val_loader(bundle: DatasetBundle, train: TrainConfig, device: torch.device) -> ValBatches:
     """The validation loader of every epoch. A split read from files is decoded by the first epoch's
     validation and, when it fits, held in memory for the later ones (:class:`HeldPasses`); until then
     the loader's workers persist."""
@@ -289,7 +293,7 @@ def hold_bytes(train: TrainConfig) -> int:
 
 def _validate(
     model: nn.Module, bundle: DatasetBundle, train: TrainConfig, device: torch.device, epoch: int, quiet: bool,
-    loader: DataLoader | HeldPasses,
+    loader: ValBatches,
 ) -> dict[str, Any]:
     """The metrics of ``bundle.val`` after ``epoch``."""
     distributed.broadcast_buffers(model)  # every rank validates (and rank 0 saves) the same model

@@ -12,7 +12,7 @@ from torch import nn
 
 from groupdistil.data.base import GroupedDataset
 from groupdistil.groups import Grouping
-from groupdistil.loaders import eval_loader, splits_loader
+from groupdistil.loaders import eval_loader, sliced_pass, splits_loader
 from groupdistil.metrics import GroupMetrics
 from groupdistil.parallel import distributed
 from groupdistil.training.devices import autocast
@@ -75,12 +75,17 @@ def evaluate_splits(
 
     ``held``: for some of the names, that split's :func:`~groupdistil.loaders.eval_loader` batches
     ``(x, y, g, i)`` decoded already (``fit``'s validation split): they are evaluated from memory
-    while the loader's workers start on the other splits."""
+    while the loader's workers start on the other splits, and so is a split in memory as it is
+    (:func:`~groupdistil.loaders.sliced_pass`)."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
     names = list(datasets)
     held = {name: batches for name, batches in (held or {}).items() if name in datasets}
+    for name in names:  # splits in memory as they are: views of their rows, no loader
+        sliced = sliced_pass(datasets[name], batch_size, num_workers) if name not in held else None
+        if sliced is not None:
+            held[name] = sliced
     read = [name for name in names if name not in held]
     metrics = {name: GroupMetrics(grouping.n_groups, grouping.n_classes) for name in names}
     loader = (splits_loader([datasets[name] for name in read], batch_size, num_workers,

@@ -319,3 +319,44 @@ def test_each_split_is_decoded_once_for_every_pass_over_it(tmp_path, monkeypatch
     (s1, e1, l1, w1), (s2, e2, l2, w2) = runs["held"], runs["unheld"]
     assert (s1, e1, l1) == (s2, e2, l2) and len(l1) == 6 and s1["train"]["n"] == 60
     assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_the_teachers_pass_decodes_the_training_split_for_the_whole_run(tmp_path, monkeypatch, workers):
+    """A teacher's pass over the training split (a cache miss) keeps the inputs it decodes: a second
+    teacher's pass, every epoch and the final evaluation read them. The run is the run that decodes
+    them at every pass: the same teacher logits, metrics, weights and selection."""
+    from groupdistil.data.images import ImageFiles
+
+    root = make_folder(tmp_path / "d", n_eval=6)
+    common = ["--dataset", "imagefolder", "--root", str(root), "--image-size", "8", "--batch-size", "8",
+              "--num-workers", workers, "--quiet"]
+    teachers = []
+    for seed in ("0", "1"):  # two teachers of other weights: two cache keys, two passes
+        teachers.append(tmp_path / f"teacher{seed}")
+        assert run_app(["train", "--model", "cnn-small", "--epochs", "1", "--seed", seed, "--out",
+                        str(teachers[-1]), *common]) == 0
+    decoded: list[str] = []
+    decode = ImageFiles.__call__
+    monkeypatch.setattr(ImageFiles, "__call__", lambda self, i: decoded.append(str(self.paths[i])) or decode(self, i))
+    runs = {}
+    for name, budget in (("held", "1"), ("unheld", "0")):
+        decoded.clear()
+        out = tmp_path / name
+        assert run_app(["distill", "--method", "groupdistil", "--model", "linear", "--epochs", "3", "--teacher",
+                        ",".join(str(t / "checkpoints" / "best.pt") for t in teachers), "--teacher-cache-dir",
+                        str(tmp_path / f"cache-{name}"), "--hold-decoded-gb", budget, "--out", str(out), *common]) == 0
+        final = json.loads((out / "final.json").read_text())
+        lines = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["split"] != "time"]
+        weights = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["model"]
+        logits = sorted(np.load(p).tobytes() for p in (tmp_path / f"cache-{name}").glob("*.npy"))
+        runs[name] = final["splits"], final["selected_epoch"], lines, weights, logits
+        if workers == "0":  # decoded in this process: counted
+            train = sum(p.startswith(str(root / "train")) for p in decoded)
+            # two teachers' passes, three epochs and the final evaluation, or the first pass alone
+            assert train == (1 if name == "held" else 6) * 60, name
+            assert final["time"]["teacher_images_per_s"] > 0
+    (s1, e1, l1, w1, t1), (s2, e2, l2, w2, t2) = runs["held"], runs["unheld"]
+    assert (s1, e1, l1) == (s2, e2, l2) and len(l1) == 6
+    assert len(t1) == 2 and t1 == t2 and t1[0] != t1[1]
+    assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)

@@ -10,7 +10,7 @@ from conftest import write_image
 from groupdistil.data import DataConfig, load_dataset
 from groupdistil.data.base import GroupedDataset
 from groupdistil.data.images import ArrayImages
-from groupdistil.loaders import EpochLoaders, default_workers, train_loader
+from groupdistil.loaders import EpochLoaders, SlicedPass, default_workers, eval_loader, held_pass, holder, train_loader
 from groupdistil.parallel import distributed
 
 
@@ -120,3 +120,23 @@ def test_inputs_are_not_held_with_augmentation_in_memory_over_the_budget_or_on_r
     assert over.held.refused and not over.held.whole and over(1).dataset is train
     monkeypatch.setattr(distributed, "is_distributed", lambda: True)
     assert EpochLoaders(train, 4, seed=0, num_workers=0, hold_bytes=1 << 20).held is None
+
+
+def test_a_pass_before_training_fills_the_holder_the_epochs_read(waterbirds_root):
+    """A sequential pass (a teacher's) keeps the inputs it decodes; once all are kept, passes read them
+    as views, in the loader's batches, and the epochs read them without decoding."""
+    train = load_dataset(DataConfig(dataset="waterbirds", root=waterbirds_root, image_size=8)).train
+    files = eval_loader(train, 16)
+    assert held_pass(files, None, 16) is files
+    over = holder(train, len(train) * 3 * 8 * 8 * 4 - 1)
+    list(held_pass(files, over, 16))
+    assert over.refused and held_pass(files, over, 16) is files  # over the budget: the files, every pass
+    held = holder(train, 1 << 20)
+    first = list(held_pass(files, held, 16))
+    assert held.whole
+    again = held_pass(files, held, 16)
+    assert isinstance(again, SlicedPass) and len(again) == len(files)
+    for a, b in zip(first, again, strict=True):
+        assert all(torch.equal(ta, tb) for ta, tb in zip(a, b))
+    loaders = EpochLoaders(train, 4, seed=0, num_workers=0, held=held)
+    assert loaders.held is held and loaders(0).dataset.inputs is held.inputs  # epoch 0 decodes nothing

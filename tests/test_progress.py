@@ -9,6 +9,7 @@ from torch import nn
 
 from groupdistil.checkpoint import FitState
 from groupdistil.config import TrainConfig
+from groupdistil.data.base import GroupedDataset
 from groupdistil.loaders import eval_loader, train_loader
 from groupdistil.objectives import build_objective
 from groupdistil.training import evaluation
@@ -56,7 +57,10 @@ def test_evaluation_begins_one_pass_of_each_loader(blobs, quiet, monkeypatch):
 
     real = evaluation.splits_loader
     monkeypatch.setattr(evaluation, "splits_loader", counted)
-    evaluate_splits(_net(), {"val": blobs.val, "test": blobs.test}, blobs.grouping, quiet=quiet)
+    # Read by index, as from files (splits in memory as they are go through no loader)
+    read = {name: GroupedDataset(d.y, d.g, loader=d.inputs.__getitem__) for name, d in
+            (("val", blobs.val), ("test", blobs.test))}
+    evaluate_splits(_net(), read, blobs.grouping, quiet=quiet)
     assert [m.passes for m in made] == [1]
 
 

@@ -161,21 +161,20 @@ class EpochLoaders:
     there they are loaded and dropped, so that each worker's random stream is where it was.
 
     With ``hold_bytes`` > 0, a split read from files without random augmentation, in one process,
-    keeps the inputs its epochs decode (:class:`HeldInputs`, when they fit in ``hold_bytes``); once
-    every sample has been decoded, later epochs read them from memory, without workers: the same
-    samples in the same batches, so the same run. Under torchrun a rank decodes other samples every
-    epoch, so nothing is held there.
+    keeps the inputs its epochs decode (:class:`HeldInputs`, when they fit in ``hold_bytes``; see
+    :func:`holder`); once every sample has been decoded, later epochs read them from memory, without
+    workers: the same samples in the same batches, so the same run. Under torchrun a rank decodes other
+    samples every epoch, so nothing is held there. ``held``, instead of ``hold_bytes``: a holder that
+    an earlier pass over the split may have filled already (the teacher's, :func:`held_pass`).
     """
 
     def __init__(self, dataset: GroupedDataset, batch_size: int, *, seed: int, num_workers: int,
-                 hold_bytes: int = 0, **options: object) -> None:
+                 hold_bytes: int = 0, held: HeldInputs | None = None, **options: object) -> None:
         self.dataset, self.batch_size, self.seed, self.num_workers = dataset, batch_size, seed, num_workers
         self.options = options
         self.persist = num_workers > 0 and not dataset.has_random_augmentation
         self.kept: DataLoader | None = None  # the loader whose workers persist
-        holds = (hold_bytes > 0 and dataset.inputs is None and not dataset.has_random_augmentation
-                 and not distributed.is_distributed())
-        self.held = HeldInputs(dataset, hold_bytes) if holds else None
+        self.held = held if held is not None else holder(dataset, hold_bytes)
 
     def __call__(self, epoch: int, skip: int = 0) -> Iterable[Any]:
         if self.held is not None and self.held.whole:
@@ -236,6 +235,27 @@ class HeldInputs:
         if not self.whole:
             raise ValueError("HeldInputs: the inputs of some samples are not held")
         return GroupedDataset(self.split.y, self.split.g, inputs=self.inputs, identity=self.split.identity)
+
+
+def holder(dataset: GroupedDataset, hold_bytes: int) -> HeldInputs | None:
+    """A :class:`HeldInputs` for a training split whose inputs can be held: read from files, without
+    random augmentation (the crops differ every epoch), in one process (a rank reads another share
+    every epoch), with ``hold_bytes`` > 0; else None."""
+    holds = (hold_bytes > 0 and dataset.inputs is None and not dataset.has_random_augmentation
+             and not distributed.is_distributed())
+    return HeldInputs(dataset, hold_bytes) if holds else None
+
+
+def held_pass(loader: Iterable[Any], held: HeldInputs | None, batch_size: int) -> Iterable[Any]:
+    """A sequential pass of ``batch_size`` over the split of ``held`` other than training's (a teacher's
+    logits): from memory when every input is held (:class:`SlicedPass`, the loader's own batches),
+    else ``loader``'s batches, whose inputs ``held`` keeps as they go by, for the passes after it.
+    ``loader`` must cut that split, without augmentation, into batches of ``batch_size`` in order."""
+    if held is None:
+        return loader
+    if held.whole:
+        return SlicedPass(held.dataset(), batch_size)
+    return loader if held.refused else _Keeping(loader, held)
 
 
 class _Keeping:

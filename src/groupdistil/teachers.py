@@ -27,7 +27,7 @@ from groupdistil.calibration import Calibration
 from groupdistil.checkpoint import atomic_write, file_sha256
 from groupdistil.data.base import GroupedDataset
 from groupdistil.errors import UserError
-from groupdistil.loaders import default_workers
+from groupdistil.loaders import HeldInputs, default_workers, held_pass
 from groupdistil.losses import adjust_logits, adjust_logits_weighted
 from groupdistil.objectives import class_weights_of
 
@@ -50,6 +50,7 @@ def weights_fingerprint(model: nn.Module) -> str:
 def compute_logits(
     model: nn.Module, dataset: GroupedDataset, batch_size: int = 256, device: torch.device | str = "cpu",
     *, num_workers: int | None = None, amp: str = "none", channels_last: bool = False,
+    held: HeldInputs | None = None,
 ) -> torch.Tensor:
     """(N, C) float32 logits of ``model`` on every sample of ``dataset``, in index order.
 
@@ -57,14 +58,17 @@ def compute_logits(
     :func:`~groupdistil.loaders.default_workers` chooses), pinned memory on CUDA, inference mode,
     autocast to ``amp`` (``none``, ``bf16`` or ``fp16``) and, with ``channels_last``, NHWC images.
     The outputs stay on the device until the pass ends (one copy to the host, not one per batch).
+    ``held``: the training run's holder of ``dataset``'s decoded inputs (``dataset`` being the
+    training split without augmentation): read from it when full, else filled by this pass
+    (:func:`~groupdistil.loaders.held_pass`), so that training's first epoch decodes nothing again.
     """
     device = torch.device(device)
     model.eval()
     if channels_last:
         model.to(memory_format=torch.channels_last)
     workers = default_workers(dataset) if num_workers is None else num_workers
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == "cuda")
+    loader = held_pass(DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                  pin_memory=device.type == "cuda"), held, batch_size)
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     out = []
     with torch.inference_mode(), torch.autocast(device.type, dtype=half, enabled=half is not None):
@@ -182,17 +186,18 @@ def cached_or_computed(
     num_workers: int | None = None,
     amp: str = "none",
     channels_last: bool = False,
+    held: HeldInputs | None = None,
 ) -> CachedPass:
     """A frozen model's logits (N, C) on ``dataset``, and with ``features`` its penultimate features
     (N, D), from the cache; computed in one pass (:func:`compute_logits`, with ``num_workers``,
-    ``amp`` and ``channels_last``) and stored on a miss.
+    ``amp``, ``channels_last`` and ``held``) and stored on a miss.
 
     The logits have the same key with or without features, so a student distilled after the groups
     were inferred from the same teacher reads them without another pass. Logits computed under
     ``amp`` bf16 or fp16 are other numbers than float32's: they have a key of their own.
     """
     key = cache_key(model, dataset, *([f"amp={amp}"] if amp != "none" else []))
-    speed = {"num_workers": num_workers, "amp": amp, "channels_last": channels_last}
+    speed = {"num_workers": num_workers, "amp": amp, "channels_last": channels_last, "held": held}
     logits = cache.load(key, (len(dataset), n_classes))
     if not features:
         if logits is not None:

@@ -19,7 +19,7 @@ from groupdistil.checkpoint import file_sha256, load_checkpoint, load_state_dict
 from groupdistil.config import RunConfig, TrainConfig, dump_yaml
 from groupdistil.data import DatasetBundle, load_dataset
 from groupdistil.errors import CheckpointError, NumericalError, UserError, first_line
-from groupdistil.loaders import default_workers
+from groupdistil.loaders import HeldInputs, default_workers
 from groupdistil.models import create_model
 from groupdistil.objectives import OBJECTIVES, Objective, build_objective, objective_options
 from groupdistil.parallel import distributed
@@ -43,7 +43,7 @@ from groupdistil.teachers import (
     teacher_class_weights,
 )
 from groupdistil.training.devices import check_device, cpu_has_native, resolve_device
-from groupdistil.training.engine import FitResult, fit, held_splits, weight_names
+from groupdistil.training.engine import FitResult, fit, held_splits, train_holder, weight_names
 from groupdistil.training.evaluation import evaluate_splits
 from groupdistil.training.preempt import Preempted
 from groupdistil.training.timing import RunClock
@@ -224,12 +224,14 @@ def group_report(paths: RunPaths, bundle: DatasetBundle, inferred: InferredGroup
 
 def build_teacher(
     cfg: RunConfig, bundle: DatasetBundle, objective: Objective, device: torch.device, echo: Echo,
-    clock: RunClock | None = None,
+    clock: RunClock | None = None, held: HeldInputs | None = None,
 ) -> Teacher | None:
     """Load the teacher checkpoint(s), check them against the data, and set up the logit cache.
 
     The pass over the training set runs as the training loop's data does (its workers, batch size,
-    precision and memory layout); ``clock`` records its time and the images it computed."""
+    precision and memory layout); ``clock`` records its time and the images it computed. ``held``:
+    the training run's holder of the training split's decoded inputs, which a pass fills or reads
+    (:func:`~groupdistil.training.engine.train_holder`)."""
     tc = cfg.teacher
     if not objective.requires_teacher:
         if tc.checkpoints:
@@ -254,7 +256,7 @@ def build_teacher(
             echo(f"teacher {path}: calibrated by {tc.calibrate}; validation NLL "
                  f"{info['val']['nll']['before']:.4f} -> {info['val']['nll']['after']:.4f}")
         if use_cache:
-            m.cached = _teacher_pass(cfg, model, bundle, cache, device, clock or RunClock(), path, echo)
+            m.cached = _teacher_pass(cfg, model, bundle, cache, device, clock or RunClock(), path, echo, held)
         return m
 
     members = [member(p, tc.adjust) for p in tc.checkpoints]
@@ -272,16 +274,18 @@ def build_teacher(
 
 def _teacher_pass(
     cfg: RunConfig, model: nn.Module, bundle: DatasetBundle, cache: LogitCache, device: torch.device,
-    clock: RunClock, path: Path, echo: Echo,
+    clock: RunClock, path: Path, echo: Echo, held: HeldInputs | None = None,
 ) -> torch.Tensor:
     """(N, C) a teacher's logits on the training split, from the cache or computed (and stored) at the
-    training loader's speed: its workers, batch size, ``train.amp`` and ``train.channels_last``."""
+    training loader's speed: its workers, batch size, ``train.amp`` and ``train.channels_last``; the
+    inputs it decodes go to ``held`` (or come from it, when an earlier teacher's pass filled it)."""
     tr, train = cfg.train, bundle.train.without_augmentation()
 
     def compute() -> CachedPass:
         return cached_or_computed(
             model, train, cache, bundle.n_classes, device=device, batch_size=max(tr.batch_size, 256),
             num_workers=default_workers(train, tr.num_workers), amp=tr.amp, channels_last=tr.channels_last,
+            held=held,
         )
 
     with clock.phase("teacher_pass"):
@@ -339,9 +343,10 @@ def run_experiment(cfg: RunConfig, echo: Echo = print) -> dict[str, Any]:
         echo(f"warning: {w}")
     bundle, inferred = training_groups(cfg, bundle, device, echo)
     objective = build_objective_for(cfg, bundle)
+    held = train_holder(bundle, cfg.train)  # the training split decoded once, by the first pass over it
     # Timed where the method has a teacher: final.json's teacher_s is 0 without one.
     with clock.phase("teacher") if objective.requires_teacher else contextlib.nullcontext():
-        teacher = build_teacher(cfg, bundle, objective, device, echo, clock)
+        teacher = build_teacher(cfg, bundle, objective, device, echo, clock, held)
     train_cfg = selection_settings(cfg, echo)
     # The model's initialisation does not depend on teacher loading.
     seed_everything(cfg.train.seed, cfg.train.compile, cfg.train.deterministic)
@@ -354,8 +359,8 @@ def run_experiment(cfg: RunConfig, echo: Echo = print) -> dict[str, Any]:
     with holding_out(cfg, plan, echo) as plan:  # one live process per run folder, until the swap is done
         distributed.on_main(lambda: open_out(plan))
         try:
-            final = _fit_and_evaluate(cfg, plan, model, objective, bundle, teacher, device, echo, train_cfg, inferred,
-                                      clock)
+            final = _fit_and_evaluate(cfg, plan, model, objective, bundle, (teacher, held), device, echo, train_cfg,
+                                      inferred, clock)
         except BaseException as e:
             _failed(plan, e)
             raise
@@ -376,16 +381,18 @@ def _failed(plan: OutPlan, e: BaseException) -> None:
 
 def _fit_and_evaluate(
     cfg: RunConfig, plan: OutPlan, model: nn.Module, objective: Objective, bundle: DatasetBundle,
-    teacher: Teacher | None, device: torch.device, echo: Echo, train_cfg: TrainConfig,
+    teaching: tuple[Teacher | None, HeldInputs | None], device: torch.device, echo: Echo, train_cfg: TrainConfig,
     inferred: InferredGroups | None, clock: RunClock,
 ) -> dict[str, Any]:
     """Train into ``plan.work`` and write final.json there: the selected checkpoint's metrics per split.
 
+    ``teaching``: the teacher (None without one), and the holder of the training split's decoded
+    inputs that the teacher's pass may have filled (:func:`~groupdistil.training.engine.train_holder`).
     ``train_cfg`` is ``cfg.train`` with the selection rule of ``data.val_groups``; ``inferred``, the
     inferred training groups (None for the data's own), written to ``pseudo_groups.csv``; ``clock``,
     the run's start-up phases so far (final.json's ``time``).
     """
-    work = RunPaths(plan.work)
+    work, (teacher, held) = RunPaths(plan.work), teaching
     in_shape = tuple(bundle.input_shape)
     meta = {
         "model_name": cfg.model.name, "num_classes": bundle.n_classes, "in_channels": in_shape[0],
@@ -404,7 +411,7 @@ def _fit_and_evaluate(
         with clock.phase("fit"):
             result = fit(
                 model, objective, bundle, train=train_cfg, optim=cfg.optim, teacher=teacher, out=work.root,
-                writer=writer, meta=meta, resume=plan.resume, quiet=cfg.quiet, echo=echo,
+                writer=writer, meta=meta, resume=plan.resume, quiet=cfg.quiet, echo=echo, held=held,
             )
         splits = _evaluate_selected(cfg, work, bundle, result, device)
         final = {

@@ -27,7 +27,16 @@ from groupdistil.checkpoint import FitState, restore_training, training_payload
 from groupdistil.config import OptimConfig, TrainConfig
 from groupdistil.data.base import DatasetBundle, GroupedDataset
 from groupdistil.errors import CheckpointError
-from groupdistil.loaders import EpochLoaders, HeldPasses, SlicedPass, Started, default_workers, eval_loader
+from groupdistil.loaders import (
+    EpochLoaders,
+    HeldInputs,
+    HeldPasses,
+    SlicedPass,
+    Started,
+    default_workers,
+    eval_loader,
+    holder,
+)
 from groupdistil.metrics import GroupMetrics, is_better
 from groupdistil.objectives import Objective
 from groupdistil.parallel import distributed
@@ -89,25 +98,25 @@ def fit(
     resume: bool = False,
     quiet: bool = False,
     echo: Callable[[str], None] = print,
+    held: HeldInputs | None = None,
 ) -> FitResult:
     """Train ``model`` with ``objective`` on ``bundle.train``; select on ``bundle.val``.
 
     Args:
         model: the student (or teacher being trained); returns (B, C) logits.
         objective: called as ``objective(logits, y, g, teacher_logits)``.
-        bundle: the dataset (test is never touched here).
-        train, optim: loop and optimiser settings.
+        bundle: the dataset (test is never touched here). train, optim: loop and optimiser settings.
         teacher: teacher logits provider, required when ``objective.requires_teacher``.
         out: run folder; checkpoints go to ``out/checkpoints``. None trains without writing.
-        writer: metrics and group-weight logger for ``out``.
-        meta: extra checkpoint fields (model name, class count, config, ...).
+        writer, meta: the metrics and group-weight logger for ``out``; extra checkpoint fields.
         resume: continue from ``out/checkpoints/last.pt``.
+        held: the training split's :func:`train_holder`, maybe filled by the teacher's pass (default: a new one).
     """
     device = resolve_device(train.device)
     if objective.requires_teacher and teacher is None:
         raise ValueError(f"teacher: objective {type(objective).__name__} needs a teacher")
     model = _place(model, objective, teacher, train, device, str((meta or {}).get("model_name", "model")))
-    loaders = _epoch_loaders(bundle, train, device)
+    loaders = _epoch_loaders(bundle, train, device, held)
     first = Started(loaders(0)) if not resume and train.epochs > 0 else None  # see _Progress.first
     opt, sched, scaler = _optimisation(model, optim, train, device)
     saver = _Saver(RunPaths(out) if out is not None else None, dict(meta or {}), (model, objective, opt, sched, scaler))
@@ -260,13 +269,23 @@ def _optimisation(
     return opt, make_scheduler(opt, optim, train.epochs), make_scaler(device, train.amp)
 
 
-def _epoch_loaders(bundle: DatasetBundle, train: TrainConfig, device: torch.device) -> EpochLoaders:
+def _epoch_loaders(
+    bundle: DatasetBundle, train: TrainConfig, device: torch.device, held: HeldInputs | None
+) -> EpochLoaders:
     """``epoch -> training loader`` (workers persist across epochs where the data allows it; the
-    inputs decoded from files are held in memory where they can be)."""
+    inputs decoded from files are held in memory by ``held``, or a new holder, where they can be)."""
     # Training sees the training groups (inferred ones when data.train_groups says so).
-    return EpochLoaders(bundle.fit_train, train.batch_size, seed=train.seed, hold_bytes=hold_bytes(train),
+    held = held if held is not None else train_holder(bundle, train)
+    return EpochLoaders(bundle.fit_train, train.batch_size, seed=train.seed, held=held,
                         num_workers=default_workers(bundle.fit_train, train.num_workers), sampler=train.sampler,
                         n_groups=bundle.fit_grouping.n_groups, pin_memory=device.type == "cuda")
+
+
+def train_holder(bundle: DatasetBundle, train: TrainConfig) -> HeldInputs | None:
+    """The holder of the training split's decoded inputs (``train.hold_decoded_gb``), where they can be
+    held (:func:`~groupdistil.loaders.holder`): every pass over the split in this process fills it or
+    reads it (the teacher's, then the epochs'), so the split is decoded once."""
+    return holder(bundle.fit_train, hold_bytes(train))
 
 
 def _step_schedule(sched: Any) -> None:

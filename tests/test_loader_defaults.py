@@ -12,6 +12,7 @@ from groupdistil.data.base import GroupedDataset
 from groupdistil.data.images import ArrayImages
 from groupdistil.loaders import EpochLoaders, SlicedPass, default_workers, eval_loader, held_pass, holder, train_loader
 from groupdistil.parallel import distributed
+from groupdistil.teachers import compute_logits
 
 
 def test_default_workers_are_the_cores_for_image_files_and_none_for_tensors(blobs, waterbirds_root, monkeypatch):
@@ -140,3 +141,5 @@ def test_a_pass_before_training_fills_the_holder_the_epochs_read(waterbirds_root
         assert all(torch.equal(ta, tb) for ta, tb in zip(a, b))
     loaders = EpochLoaders(train, 4, seed=0, num_workers=0, held=held)
     assert loaders.held is held and loaders(0).dataset.inputs is held.inputs  # epoch 0 decodes nothing
+    with pytest.raises(ValueError, match=f"holds {len(train)} samples, the dataset has 5"):  # a holder of another split
+        compute_logits(torch.nn.Flatten(), torch.utils.data.Subset(train, range(5)), held=held)

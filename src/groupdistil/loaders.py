@@ -247,10 +247,11 @@ def holder(dataset: GroupedDataset, hold_bytes: int) -> HeldInputs | None:
 
 
 def held_pass(loader: Iterable[Any], held: HeldInputs | None, batch_size: int) -> Iterable[Any]:
-    """A sequential pass of ``batch_size`` over the split of ``held`` other than training's (a teacher's
-    logits): from memory when every input is held (:class:`SlicedPass`, the loader's own batches),
-    else ``loader``'s batches, whose inputs ``held`` keeps as they go by, for the passes after it.
-    ``loader`` must cut that split, without augmentation, into batches of ``batch_size`` in order."""
+    """A sequential pass of ``batch_size`` over the split that ``held`` holds, outside the training
+    epochs (a teacher's logits): from memory when every input is held (:class:`SlicedPass`, the
+    loader's own batches), else ``loader``'s batches, whose inputs ``held`` keeps as they go by, for the
+    passes after it. ``loader`` must cut that split, without augmentation, into batches of
+    ``batch_size`` in order."""
     if held is None:
         return loader
     if held.whole:

@@ -62,6 +62,8 @@ def compute_logits(
     training split without augmentation): read from it when full, else filled by this pass
     (:func:`~groupdistil.loaders.held_pass`), so that training's first epoch decodes nothing again.
     """
+    if held is not None and len(held.split) != len(dataset):
+        raise ValueError(f"held: holds {len(held.split)} samples, the dataset has {len(dataset)}")
     device = torch.device(device)
     model.eval()
     if channels_last:

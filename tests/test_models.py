@@ -21,6 +21,21 @@ def test_every_model_gives_logits_and_features(name):
     assert torch.allclose(head_of(m)(feats), logits, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", list_models())
+def test_no_model_writes_into_its_input(name):
+    """Passes over inputs held in memory hand the models views of the held rows (loaders.SlicedPass):
+    a model that wrote into its input (an in-place first activation) would change the data."""
+    torch.manual_seed(0)
+    side = 32 if name.startswith(("resnet", "mobilenet")) else 8
+    m = create_model(name, num_classes=2, in_channels=3, input_shape=(3, side, side))
+    held = torch.randn(4, 3, side, side)
+    before = held.clone()
+    m(held[1:3]).sum().backward()  # training mode
+    m.eval()
+    m(held[1:3])
+    assert torch.equal(held, before)
+
+
 @pytest.mark.parametrize("name,published", [("resnet20", 0.27e6), ("resnet32", 0.46e6), ("resnet56", 0.85e6)])
 def test_cifar_resnets_have_the_published_size(name, published):
     n = sum(p.numel() for p in create_model(name, num_classes=10).parameters())

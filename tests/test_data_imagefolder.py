@@ -261,7 +261,8 @@ def test_decoded_split_holds_the_same_inputs_once_decoded(tmp_path, workers, bat
 
 def test_validation_driven_weights_decode_the_validation_split_once(tmp_path, monkeypatch):
     """A robust teacher draws a validation batch every K steps: its images are decoded at the first
-    draw only, and lambda follows the same trajectory as when every draw decodes them."""
+    draw only, for the draws and every validation at once, and lambda follows the same trajectory as
+    when every draw decodes them."""
     from groupdistil.data.images import ImageFiles
     from groupdistil.training import trainer
 
@@ -279,11 +280,12 @@ def test_validation_driven_weights_decode_the_validation_split_once(tmp_path, mo
                 "--num-workers", "0", "--quiet", "--out", str(out)]
         assert run_app(args) == 0
         weights[cap] = (out / "group_weights.csv").read_text()
-        # 60 training images in batches of 8: 16 steps, a draw every 2. The first epoch's validation
-        # decodes the 18 validation images for every evaluation (tests/test_loaders.py); the size check
-        # before decoding once decodes one more image.
-        draws = sum(p.startswith(str(root / "val")) for p in decoded) - 18
-        assert draws == (18 if cap else 8 * 18) + 1, cap
+        # 60 training images in batches of 8: 16 steps, a draw every 2. With the cap, the first draw
+        # decodes the 18 validation images, held for the draws and every evaluation (the size check
+        # before it decodes one more image). Without it, the first epoch's validation decodes them for
+        # every evaluation (tests/test_loaders.py) and each of the 8 draws decodes them again.
+        val = sum(p.startswith(str(root / "val")) for p in decoded)
+        assert val == (18 + 1 if cap else 18 + 8 * 18 + 1), cap
     assert weights[trainer.LAMBDA_VAL_MAX_BYTES] == weights[0]
     assert len(weights[0].splitlines()) > 5  # lambda moved at many draws
 

@@ -215,3 +215,14 @@ def test_a_pass_over_the_budget_or_cut_short_is_read_again():
             break
     assert not cut.held  # a pass that ended early keeps nothing
     assert len(list(cut)) == 5 and cut.held
+
+
+def test_a_held_pass_gives_its_inputs_as_one_tensor_and_its_batches_become_views(blobs):
+    held = HeldPasses(_Counted(eval_loader(_from_files(blobs.val), 16, num_workers=0)), max_bytes=1 << 20)
+    whole = held.inputs()  # the first pass is made now
+    assert held.held and held.loader is None and torch.equal(whole, blobs.val.inputs)
+    again = list(held)
+    assert all(b[0].untyped_storage().data_ptr() == whole.untyped_storage().data_ptr() for b in again)
+    assert torch.equal(torch.cat([b[0] for b in again]), whole) and len(again) == len(held) > 1
+    over = HeldPasses(_Counted(eval_loader(_from_files(blobs.val), 16)), max_bytes=100)
+    assert over.inputs() is None and not over.held

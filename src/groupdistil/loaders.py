@@ -420,6 +420,20 @@ class HeldPasses:
             return iter(self.batches)
         return self._read()
 
+    def inputs(self) -> torch.Tensor | None:
+        """(N, ...) the held pass's inputs in one tensor, in the pass's order (its first pass is made
+        now if it was not), or None when the pass is not held. The held batches become views of it,
+        so the inputs are in memory once."""
+        if self.batches is None:
+            for _ in self:
+                pass
+        if self.batches is None:
+            return None
+        whole = torch.cat([b[0] for b in self.batches])
+        sizes = [len(b[0]) for b in self.batches]
+        self.batches = [(x, *b[1:]) for x, b in zip(whole.split(sizes), self.batches)]
+        return whole
+
     def _read(self) -> Iterator[Any]:
         kept: list[Any] | None = []
         size = 0

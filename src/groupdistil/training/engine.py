@@ -125,8 +125,8 @@ def fit(
     trainer = Trainer(_wrap(model, device, train), objective, opt, scaler, train=train, device=device,
                       state=state, teacher=teacher)
     progress = _Progress(saver, state, Watch(train.checkpoint_every), writer, loaders, first)
-    trainer.after_batch = progress.after_batch
     val_loader, first_batch_s = _val_loader(bundle, train, device), None
+    trainer.after_batch, trainer.held_validation = progress.after_batch, _as_held(val_loader)
     with saver.writer.settled():  # the last checkpoint is on disk (or whole) before anyone reads it
         for epoch in range(state.epoch + 1, train.epochs):
             clock = EpochClock(device)
@@ -303,6 +303,11 @@ def _val_loader(bundle: DatasetBundle, train: TrainConfig, device: torch.device)
                          pin_memory=device.type == "cuda", persistent_workers=True)
     held = bundle.val.inputs is None and train.hold_decoded_gb > 0
     return HeldPasses(loader, hold_bytes(train)) if held else loader
+
+
+def _as_held(val_loader: ValBatches) -> HeldPasses | None:
+    """The validation passes that hold what they decode (for validation-driven weights), if they do."""
+    return val_loader if isinstance(val_loader, HeldPasses) else None
 
 
 def hold_bytes(train: TrainConfig) -> int:

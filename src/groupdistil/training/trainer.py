@@ -23,7 +23,7 @@ from groupdistil.checkpoint import FitState
 from groupdistil.config import TrainConfig
 from groupdistil.data.base import DatasetBundle, GroupedDataset
 from groupdistil.errors import NumericalError
-from groupdistil.loaders import default_workers, epoch_generator, pass_batch_size, train_loader
+from groupdistil.loaders import HeldPasses, default_workers, epoch_generator, pass_batch_size, train_loader
 from groupdistil.metrics import GroupMetrics, confidence_and_prediction
 from groupdistil.objectives import Objective, ObjectiveOutput
 from groupdistil.parallel import distributed
@@ -94,8 +94,10 @@ class Trainer:
         self.after_batch: Callable[[int, Callable[[], GroupMetrics]], None] | None = None
         # The loss scale before the next step: the scaler lowers it exactly when it skips a step.
         self._scale = scaler.get_scale() if scaler.is_enabled() else 0.0
-        # The validation split that validation-driven weights read every K steps, decoded at the first.
+        # The validation split that validation-driven weights read every K steps, decoded at the first
+        # draw (:meth:`validation_split`); fit's validation passes, held, when fit has them.
         self._lambda_val: GroupedDataset | None = None
+        self.held_validation: HeldPasses | None = None
 
     def _to_device(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         x, y, g, idx = batch
@@ -231,16 +233,31 @@ class Trainer:
             return
         distributed.broadcast_buffers(self.net)  # the same model, hence the same lambda, on every rank
         if self._lambda_val is None:
-            # Decoded once: a batch of 4096 images every K steps otherwise decodes more images than the
-            # steps between draws train on (robust teacher on CIFAR-10-LT at 16 px, K = 8, batch 128).
-            workers = default_workers(bundle.val, self.train.num_workers)
-            self._lambda_val = bundle.val.decoded(LAMBDA_VAL_MAX_BYTES, workers,
-                                                  pass_batch_size(len(bundle.val), 256, workers))
+            self._lambda_val = self.validation_split(bundle)
         err = per_class_error(
             distributed.unwrap(self.net), self._lambda_val, bundle.n_classes,
             generator=epoch_generator(self.train.seed, self.state.step), device=self.device,
         )
         self.objective.update_from_validation(err)
+
+    def validation_split(self, bundle: DatasetBundle) -> GroupedDataset:
+        """The validation split decoded into memory (up to :data:`LAMBDA_VAL_MAX_BYTES`, else as it is),
+        whole on every rank: every rank draws the same batch, so lambda stays the same everywhere.
+        Decoded once: a batch of 4096 images every K steps otherwise decodes more images than the steps
+        between draws train on (robust teacher on CIFAR-10-LT at 16 px, K = 8, batch 128). In one
+        process, the split that fit's validations hold (:attr:`held_validation`, filled now), so that it
+        is decoded and held once for both; where that would not hold it whole, a copy of its own."""
+        val, held = bundle.val, self.held_validation
+        limit = min(held.max_bytes, LAMBDA_VAL_MAX_BYTES) if held is not None else 0
+        if limit > 0 and len(val) > 0 and not distributed.is_distributed():
+            first = val.without_augmentation()[0][0]  # the size check decodes one image
+            if first.numel() * first.element_size() * len(val) <= limit:
+                inputs = held.inputs()  # type: ignore[union-attr]
+                order = torch.cat([b[3] for b in held.batches]) if inputs is not None else None  # type: ignore[union-attr]
+                if order is not None and torch.equal(order, torch.arange(len(val))):
+                    return GroupedDataset(val.y, val.g, inputs=inputs, identity=val.identity)
+        workers = default_workers(val, self.train.num_workers)
+        return val.decoded(LAMBDA_VAL_MAX_BYTES, workers, pass_batch_size(len(val), 256, workers))
 
 
 class _EpochLog:

@@ -182,7 +182,7 @@ class EpochLoaders:
             return train_loader(self.held.dataset(), self.batch_size, seed=self.seed, epoch=epoch, skip=skip,
                                 **self.options)  # type: ignore[arg-type]
         made = self._reading(epoch, skip)
-        return _Keeping(made, self.held) if self.held is not None and not self.held.refused else made
+        return self.held.keeping(made) if self.held is not None else made
 
     def _reading(self, epoch: int, skip: int) -> Iterable[Any]:
         """The epoch's loader over the files."""
@@ -234,7 +234,11 @@ class HeldInputs:
         """The split with the held inputs in memory (once :attr:`whole`)."""
         if not self.whole:
             raise ValueError("HeldInputs: the inputs of some samples are not held")
-        return GroupedDataset(self.split.y, self.split.g, inputs=self.inputs, identity=self.split.identity)
+        return self.split.with_inputs(self.inputs)  # type: ignore[arg-type]
+
+    def keeping(self, loader: Iterable[Any]) -> Iterable[Any]:
+        """``loader``'s batches, whose inputs this keeps as they go by (``loader`` itself once refused)."""
+        return loader if self.refused else _Keeping(loader, self)
 
 
 def holder(dataset: GroupedDataset, hold_bytes: int) -> HeldInputs | None:
@@ -254,9 +258,7 @@ def held_pass(loader: Iterable[Any], held: HeldInputs | None, batch_size: int) -
     ``batch_size`` in order."""
     if held is None:
         return loader
-    if held.whole:
-        return SlicedPass(held.dataset(), batch_size)
-    return loader if held.refused else _Keeping(loader, held)
+    return SlicedPass(held.dataset(), batch_size) if held.whole else held.keeping(loader)
 
 
 class _Keeping:

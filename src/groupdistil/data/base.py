@@ -114,7 +114,11 @@ class GroupedDataset(Dataset):
         # Sequential and whole on every process (not eval_loader's per-rank shares): every rank draws
         # the same validation batch, so that lambda stays the same on every rank.
         batches = DataLoader(view, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-        inputs = torch.cat([x for x, *_ in batches])
+        return self.with_inputs(torch.cat([x for x, *_ in batches]))
+
+    def with_inputs(self, inputs: torch.Tensor) -> GroupedDataset:
+        """The same split (labels, groups, identity) with its inputs decoded and transformed already:
+        ``inputs`` (N, ...) in memory, items taken as they are (no transform, no augmentation)."""
         return GroupedDataset(self.y, self.g, inputs=inputs, identity=self.identity)
 
     def counts(self, n: int, by: str = "group") -> torch.Tensor:

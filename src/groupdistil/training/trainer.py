@@ -255,7 +255,7 @@ class Trainer:
                 inputs = held.inputs()  # type: ignore[union-attr]
                 order = torch.cat([b[3] for b in held.batches]) if inputs is not None else None  # type: ignore[union-attr]
                 if order is not None and torch.equal(order, torch.arange(len(val))):
-                    return GroupedDataset(val.y, val.g, inputs=inputs, identity=val.identity)
+                    return val.with_inputs(inputs)
         workers = default_workers(val, self.train.num_workers)
         return val.decoded(LAMBDA_VAL_MAX_BYTES, workers, pass_batch_size(len(val), 256, workers))
 
